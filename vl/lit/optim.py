@@ -1,0 +1,90 @@
+"""AdamW with parameter groups and a warmup + cosine schedule, shared by pretraining and fine-tuning."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and schedule settings (AdamW, linear warmup, cosine decay)."""
+
+    lr: float = 1e-4  # peak learning rate of parts trained from scratch
+    pretrained_lr_scale: float = 0.1  # pretrained parts (e.g. a loaded text encoder) get lr * this
+    weight_decay: float = 0.05  # not applied to norms, biases, embeddings, logit scale
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_steps: int = 100  # linear warmup from 0 to lr
+    min_lr_ratio: float = 0.01  # cosine decays to lr * this at the last step
+    fused: bool = False  # torch's fused AdamW kernel (CUDA)
+
+
+def _no_decay(name: str, param: nn.Parameter, explicit: set[str]) -> bool:
+    """Norm weights, biases, embeddings and scalars take no weight decay."""
+    if param.ndim <= 1 or name in explicit:
+        return True
+    return any(part in explicit for part in _prefixes(name))
+
+
+def _prefixes(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def param_groups(
+    model: nn.Module,
+    cfg: OptimConfig,
+    no_weight_decay: set[str] = frozenset(),
+    pretrained: set[str] = frozenset(),
+) -> list[dict]:
+    """Split trainable parameters into (decay | no decay) x (new | pretrained) groups.
+
+    Returns torch optimiser groups, each with its own `lr` and `weight_decay`; empty groups dropped.
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        key = (_no_decay(name, param, set(no_weight_decay)), name in pretrained)
+        groups.setdefault(key, []).append(param)
+    out = []
+    for (no_decay, is_pretrained), params in sorted(groups.items()):
+        out.append(
+            {
+                "params": params,
+                "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+                "lr": cfg.lr * (cfg.pretrained_lr_scale if is_pretrained else 1.0),
+                "name": f"{'pretrained' if is_pretrained else 'new'}_{'no_decay' if no_decay else 'decay'}",
+            }
+        )
+    return out
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
+    """A LambdaLR factor: linear 0 -> 1 over warmup, then cosine 1 -> min_ratio at total_steps."""
+    total_steps = max(total_steps, warmup_steps + 1)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, total_steps: int, no_weight_decay=frozenset(), pretrained=frozenset()
+) -> dict:
+    """The `configure_optimizers` return value: AdamW + per-step LambdaLR."""
+    groups = param_groups(model, cfg, set(no_weight_decay), set(pretrained))
+    fused = cfg.fused and torch.cuda.is_available()
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, warmup_cosine(cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
+    )
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,154 @@
+"""PretrainModule: wires a VideoLanguageModel, its objectives and the optimiser. No architecture here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from datapipes.batch import Batch
+from vl.lit.evaluation import RetrievalAccumulator
+from vl.lit.optim import OptimConfig, build_optimizer
+from vl.lit.safety import NonFiniteGuard
+from vl.models import create_model
+from vl.models.hub import load_tokenizer
+from vl.objectives import MLMLoss, VTCLoss, VTMLoss
+
+
+@dataclass
+class Objectives:
+    """Weights of the pretraining objectives; one with weight 0 is not computed at all."""
+
+    vtc: float = 1.0  # video-text contrastive (open_clip's ClipLoss)
+    vtm: float = 0.0  # video-text matching with hard negatives from VTC similarities
+    mlm: float = 0.0  # masked language modelling on the fused text tokens
+    mlm_prob: float = 0.15  # share of text tokens masked for MLM (80% [MASK], 10% random, 10% kept)
+    whole_word: bool = False  # mask every WordPiece of a chosen word together
+
+
+class PretrainModule(pl.LightningModule):
+    """Video-language pretraining with VTC, VTM and MLM.
+
+    The model is built by `vl.create_model(model, video=..., text=..., fusion=...)`; each dict overrides
+    the preset's options for that part. Validation reports text-to-video retrieval (R@1/5/10 next to
+    chance) on the validation shards.
+    """
+
+    def __init__(
+        self,
+        model: str = "vl_tiny",
+        video: Optional[dict[str, Any]] = None,
+        text: Optional[dict[str, Any]] = None,
+        fusion: Optional[dict[str, Any]] = None,
+        embed_dim: Optional[int] = None,
+        tokenizer: str = "minilm",
+        objectives: Objectives = Objectives(),
+        optim: OptimConfig = OptimConfig(),
+        max_consecutive_nonfinite: int = 5,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        overrides = {k: v for k, v in dict(video=video, text=text, fusion=fusion).items() if v}
+        if embed_dim is not None:
+            overrides["embed_dim"] = embed_dim
+        self.model = create_model(model, **overrides)
+        if grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        self.objectives = objectives
+        self.optim = optim
+        self.vtc = VTCLoss()
+        self.vtm = VTMLoss() if objectives.vtm > 0 else None
+        self.mlm = self._build_mlm(tokenizer, objectives) if objectives.mlm > 0 else None
+        self.guard = NonFiniteGuard(max_consecutive_nonfinite)
+        self.val_retrieval = RetrievalAccumulator()
+        self.test_retrieval = RetrievalAccumulator()
+
+    @staticmethod
+    def _build_mlm(tokenizer: str, objectives: Objectives) -> MLMLoss:
+        return MLMLoss.from_tokenizer(
+            load_tokenizer(tokenizer), prob=objectives.mlm_prob, whole_word=objectives.whole_word
+        )
+
+    # ---- losses ---------------------------------------------------------------------------------
+
+    def weights(self) -> dict[str, float]:
+        return {"vtc": self.objectives.vtc, "vtm": self.objectives.vtm, "mlm": self.objectives.mlm}
+
+    def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
+        """Every objective with a non-zero weight on one batch: `{"<name>_loss": ..., metrics...}`."""
+        video = self.model.encode_video(batch.video)  # tokens (B, N, Dv), pooled (B, Dv)
+        text = self.model.encode_text(batch.text_ids, batch.text_mask)  # tokens (B, L, Dt)
+        v_emb = self.model.embed_video(video["pooled"])  # (B, E)
+        t_emb = self.model.embed_text(text["pooled"])  # (B, E)
+        out: dict[str, Tensor] = {}
+        if self.objectives.vtc > 0:
+            out.update(self.vtc(v_emb, t_emb, self.model.logit_scale))
+        if self.vtm is not None:
+            sim = v_emb @ t_emb.T  # (B, B) video-to-text similarities, for hard negatives
+            out.update(self.vtm(self.model, video["tokens"], text["tokens"], batch.text_mask, sim.detach()))
+        if self.mlm is not None:
+            out.update(self.mlm(self.model, video["tokens"], batch.text_ids, batch.text_mask))
+        return out
+
+    def total_loss(self, out: dict[str, Tensor]) -> Tensor:
+        weights = self.weights()
+        return sum(weights[k[: -len("_loss")]] * v for k, v in out.items() if k.endswith("_loss"))
+
+    # ---- Lightning hooks ------------------------------------------------------------------------
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Optional[Tensor]:
+        out = self.compute_losses(batch)
+        loss = self.total_loss(out)
+        if not self.guard.check(loss, out, self.trainer):
+            self.log("train/nonfinite_steps", float(self.guard.total), batch_size=batch.batch_size)
+            return None  # skip this optimiser step (all ranks agree, see NonFiniteGuard)
+        logs = {f"train/{k}": v.detach() for k, v in out.items()}
+        logs["train/loss"] = loss.detach()
+        logs["train/logit_scale"] = self.model.logit_scale.detach().exp()
+        self.log_dict(logs, prog_bar=False, batch_size=batch.batch_size)
+        self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=batch.batch_size)
+        return loss
+
+    def _eval_step(self, batch: Batch, acc: RetrievalAccumulator) -> None:
+        v_emb = self.model.embed_video(self.model.encode_video(batch.video)["pooled"])  # (B, E)
+        t_emb = self.model.embed_text(self.model.encode_text(batch.text_ids, batch.text_mask)["pooled"])
+        acc.add(v_emb, t_emb, batch.video_index(), batch.keys)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_retrieval)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_retrieval)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_retrieval("val", self.val_retrieval)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_retrieval("test", self.test_retrieval)
+
+    def _log_retrieval(self, split: str, acc: RetrievalAccumulator) -> None:
+        metrics = acc.compute(self)
+        acc.reset()
+        if metrics:
+            self.log_dict({f"{split}/{k}": v for k, v in metrics.items()}, rank_zero_only=True)
+
+    def configure_optimizers(self) -> dict:
+        return build_optimizer(
+            self.model,
+            self.optim,
+            total_steps=int(self.trainer.estimated_stepping_batches),
+            no_weight_decay=set(self.model.no_weight_decay()),
+            pretrained=set(self.model.pretrained_parameter_names()),
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["vl_model_config"] = self.model.config
+        checkpoint["vl_nonfinite"] = self.guard.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "vl_nonfinite" in checkpoint:
+            self.guard.load_state_dict(checkpoint["vl_nonfinite"])

@@ -1,0 +1,57 @@
+"""Retrieval metrics shared by pretraining validation, the retrieval task and the search index."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def gt_ranks(sim: Tensor, gt: Tensor) -> Tensor:
+    """1-based rank of the right column for each row.
+
+    sim: (Nq, Nc) scores, higher is better; gt: (Nq,) column index of each query's right answer.
+    Ties count against the query (a constant scorer gets the worst rank, never a lucky R@1).
+    """
+    right = sim.gather(1, gt.view(-1, 1))  # (Nq, 1)
+    return (sim >= right).sum(dim=1)  # (Nq,) >= 1, since the right column ties with itself
+
+
+def best_ranks(sim: Tensor, positives: Tensor) -> Tensor:
+    """1-based rank of the best-ranked positive for each row, for rows with several right columns.
+
+    sim: (Nq, Nc); positives: (Nq, Nc) bool with at least one True per row.
+    """
+    if not bool(positives.any(dim=1).all()):
+        raise ValueError("every query needs at least one positive column")
+    best_pos = sim.masked_fill(~positives, float("-inf")).max(dim=1, keepdim=True).values  # (Nq, 1)
+    return (sim.masked_fill(positives, float("-inf")) >= best_pos).sum(dim=1) + 1  # (Nq,)
+
+
+def rank_metrics(ranks: Tensor, ks: tuple[int, ...] = (1, 5, 10), prefix: str = "") -> dict[str, float]:
+    """R@k (percent), median rank and mean rank from 1-based ranks."""
+    ranks = ranks.float()
+    out = {f"{prefix}R@{k}": 100.0 * (ranks <= k).float().mean().item() for k in ks}
+    out[f"{prefix}MdR"] = ranks.median().item()
+    out[f"{prefix}MnR"] = ranks.mean().item()
+    return out
+
+
+def retrieval_metrics(
+    sim_t2v: Tensor, text_video_index: Tensor, ks: tuple[int, ...] = (1, 5, 10)
+) -> dict[str, float]:
+    """Text-to-video and video-to-text metrics, several captions per video allowed.
+
+    sim_t2v: (Nt, Nv) text-video scores; text_video_index: (Nt,) the video each text describes.
+    Video-to-text counts a video as retrieved at the rank of its best-ranked caption.
+    Also returns the chance level of t2v R@k (k / Nv, in percent) as `t2v_chance_R@k`.
+    """
+    sim_t2v = sim_t2v.float()
+    num_videos = sim_t2v.shape[1]
+    out = rank_metrics(gt_ranks(sim_t2v, text_video_index), ks, prefix="t2v_")
+    positives = torch.zeros_like(sim_t2v, dtype=torch.bool).T  # (Nv, Nt)
+    positives[text_video_index, torch.arange(len(text_video_index), device=sim_t2v.device)] = True
+    has_text = positives.any(dim=1)
+    out.update(rank_metrics(best_ranks(sim_t2v.T[has_text], positives[has_text]), ks, prefix="v2t_"))
+    for k in ks:
+        out[f"t2v_chance_R@{k}"] = 100.0 * min(k, num_videos) / num_videos
+    return out
