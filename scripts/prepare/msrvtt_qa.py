@@ -1,0 +1,117 @@
+"""MSRVTT-QA (open-ended video QA): `train_qa.json` / `val_qa.json` / `test_qa.json` -> annotation JSONL.
+
+Each file is a JSON list of `{"question", "answer", "video_id" (int), "id", "category_id" (int)}`;
+`category_id` is the question type, 0..4 = what/who/how/when/where. Questions are grouped by video
+into one record per video, `qa: [{"question", "answer", "type", "id"}]`; video `N` is `videoN.mp4`.
+Outputs `train.jsonl`, `val.jsonl`, `test.jsonl`. MSVD-QA shares this format (see `msvd_qa.py`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+if __package__ in (None, ""):  # run as a file: make `scripts.prepare` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from scripts.prepare.common import (
+    AnnotationError,
+    Record,
+    Report,
+    build_parser,
+    find_annotation,
+    finish,
+    parse_args,
+    progress,
+    read_json,
+    run,
+)
+
+QA_FILES = {"train": "train_qa.json", "val": "val_qa.json", "test": "test_qa.json"}
+QUESTION_TYPES = {0: "what", 1: "who", 2: "how", 3: "when", 4: "where"}
+
+
+def question_type(category_id: Any) -> str:
+    """`category_id` -> what/who/how/when/where; an id outside 0..4 is kept as its string."""
+    if isinstance(category_id, int) and category_id in QUESTION_TYPES:
+        return QUESTION_TYPES[category_id]
+    return str(category_id)
+
+
+def parse_qa_item(item: Any) -> tuple[int, dict[str, Any]] | None:
+    """(video id, qa entry) of one question, or None when a field is missing or of the wrong type."""
+    if not isinstance(item, dict):
+        return None
+    question, answer, video_id = item.get("question"), item.get("answer"), item.get("video_id")
+    if isinstance(video_id, str) and video_id.strip().isdigit():
+        video_id = int(video_id)
+    if not isinstance(question, str) or not question.strip() or not isinstance(video_id, int):
+        return None
+    if not isinstance(answer, (str, int)) or not str(answer).strip():
+        return None
+    entry = {
+        "question": question.strip(),
+        "answer": str(answer).strip(),
+        "type": question_type(item.get("category_id")),
+    }
+    if "id" in item:
+        entry["id"] = item["id"]
+    return video_id, entry
+
+
+def group_qa(items: Any, split: str, video_name: Callable[[int], str | None], report: Report) -> list[Record]:
+    """One record per video with its questions in file order; bad items and unmapped videos counted.
+
+    `video_name(video_id)` gives the file stem of a video (None: the video cannot be named, skipped).
+    """
+    if not isinstance(items, list):
+        raise AnnotationError(f"{split}: a QA file must hold a JSON list of questions")
+    grouped: dict[int, list[dict[str, Any]]] = {}
+    for item in progress(items, f"{split} questions"):
+        parsed = parse_qa_item(item)
+        if parsed is None:
+            report.skip("malformed question", str(item)[:80])
+            continue
+        grouped.setdefault(parsed[0], []).append(parsed[1])
+    records = []
+    for video_id, qa in grouped.items():
+        stem = video_name(video_id)
+        if stem is None:
+            report.skip("video id not in mapping", str(video_id))
+            continue
+        records.append({"id": stem, "video": stem, "split": split, "qa": qa})
+    return records
+
+
+def convert_qa(
+    sources: Sequence[Path], report: Report, video_name: Callable[[int], str | None], suffix: str
+) -> dict[str, list[Record]]:
+    """Records per split for every `*_qa.json` found; default video file is `<stem><suffix>`."""
+    outputs: dict[str, list[Record]] = {}
+    for split, name in QA_FILES.items():
+        path = find_annotation(sources, [name])
+        if path is None:
+            continue
+        records = group_qa(read_json(path), split, video_name, report)
+        outputs[split] = [{**r, "video": r["video"] + suffix} for r in records]
+    if not outputs:
+        raise FileNotFoundError(f"none of {', '.join(QA_FILES.values())} found in {', '.join(map(str, sources))}")
+    return outputs
+
+
+def msrvtt_video_name(video_id: int) -> str:
+    """MSRVTT-QA video ids are MSR-VTT's numbers: 7 -> `video7`."""
+    return f"video{video_id}"
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
+    """CLI entry point; returns the JSONL paths written."""
+    parser = build_parser("msrvtt_qa", __doc__.splitlines()[0])
+    args = parse_args(parser, argv)
+    report = Report("msrvtt_qa")
+    return finish(convert_qa(args.annotations, report, msrvtt_video_name, ".mp4"), args, report)
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

