@@ -1,0 +1,7 @@
+"""Objectives: standalone modules that turn model outputs into ``{"<name>_loss": ..., metrics}``."""
+
+from .mlm import IGNORE_INDEX, MLMLoss, mask_tokens, word_starts
+from .vtc import VTCLoss
+from .vtm import VTMLoss, sample_negatives
+
+__all__ = ["IGNORE_INDEX", "MLMLoss", "VTCLoss", "VTMLoss", "mask_tokens", "sample_negatives", "word_starts"]

@@ -1,0 +1,238 @@
+"""VTC against a hand-computed CLIP loss, VTM hard negatives, MLM masking statistics and losses."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vl.models import create_model
+from vl.models.hub import load_tokenizer
+from vl.objectives import IGNORE_INDEX, MLMLoss, VTCLoss, VTMLoss, mask_tokens, sample_negatives, word_starts
+
+SPECIAL = [0, 100, 101, 102, 103]  # [PAD] [UNK] [CLS] [SEP] [MASK] of the uncased WordPiece vocab
+MASK_ID, VOCAB = 103, 30522
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return create_model("vl_tiny")
+
+
+def pairs(B: int = 4, L: int = 10):
+    """A tiny batch for vl_tiny: clips (B, 4, 3, 32, 32), ids/mask (B, L) with [CLS] ... [SEP] + padding."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 2000, (B, L), generator=g)
+    mask = torch.ones(B, L, dtype=torch.long)
+    ids[:, 0], ids[:, -1] = 101, 102
+    ids[-1, 6], ids[-1, 7:], mask[-1, 7:] = 102, 0, 0
+    return torch.randn(B, 4, 3, 32, 32, generator=g), ids, mask
+
+
+# -- VTC ------------------------------------------------------------------------------------------
+def test_vtc_equals_hand_computed_clip_loss():
+    g = torch.Generator().manual_seed(0)
+    v = F.normalize(torch.randn(5, 8, generator=g), dim=-1).requires_grad_()
+    t = F.normalize(torch.randn(5, 8, generator=g), dim=-1).requires_grad_()
+    log_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+    out = VTCLoss()(v, t, log_scale)
+    logits = (1 / 0.07) * v @ t.T
+    expected = (F.cross_entropy(logits, torch.arange(5)) + F.cross_entropy(logits.T, torch.arange(5))) / 2
+    torch.testing.assert_close(out["vtc_loss"], expected)
+    out["vtc_loss"].backward()
+    assert v.grad is not None and t.grad is not None and log_scale.grad is not None
+
+
+def test_vtc_clamps_the_temperature_at_100_and_reports_accuracy():
+    e = torch.eye(4)
+    out = VTCLoss()(e, e, torch.tensor(math.log(1000.0)))
+    logits = 100.0 * e
+    expected = F.cross_entropy(logits, torch.arange(4))
+    torch.testing.assert_close(out["vtc_loss"], expected)
+    assert out["vtc_acc"].item() == 1.0
+    shuffled = VTCLoss()(e, e[[1, 0, 2, 3]], torch.tensor(0.0))
+    assert shuffled["vtc_acc"].item() == pytest.approx(0.5)
+
+
+def test_vtc_trains_after_an_inference_mode_call():
+    loss_fn, e = VTCLoss(), F.normalize(torch.randn(4, 8), dim=-1)
+    with torch.inference_mode():
+        loss_fn(e, e, torch.tensor(1.0))  # as in a validation loop
+    scale = torch.nn.Parameter(torch.tensor(1.0))
+    loss_fn(e, e, scale)["vtc_loss"].backward()
+    assert scale.grad is not None
+
+
+def test_vtc_rejects_mismatched_embeddings():
+    with pytest.raises(ValueError, match="both be"):
+        VTCLoss()(torch.randn(4, 8), torch.randn(3, 8), torch.tensor(1.0))
+
+
+# -- VTM ------------------------------------------------------------------------------------------
+def test_vtm_negatives_are_never_the_positive():
+    g = torch.Generator().manual_seed(0)
+    sim = torch.randn(6, 6) * 5
+    for _ in range(200):
+        neg_text, neg_video = sample_negatives(sim, generator=g)
+        assert not bool((neg_text == torch.arange(6)).any()) and not bool((neg_video == torch.arange(6)).any())
+
+
+def test_vtm_negatives_follow_the_similarities():
+    sim = torch.zeros(4, 4)
+    sim[0, 2] = 20.0  # text 2 is by far the hardest negative of video 0 ...
+    sim[3, 1] = 20.0  # ... and video 3 the hardest of text 1
+    sim[0, 0] = sim[3, 3] = 50.0  # positives score higher still, and must be skipped
+    g = torch.Generator().manual_seed(0)
+    draws = [sample_negatives(sim, generator=g) for _ in range(100)]
+    assert sum(int(t[0] == 2) for t, _ in draws) >= 99
+    assert sum(int(v[1] == 3) for _, v in draws) >= 99
+
+
+def test_vtm_positive_mask_and_errors():
+    sim = torch.randn(4, 4)
+    same_video = torch.zeros(4, 4, dtype=torch.bool)
+    same_video[0, 1] = same_video[1, 0] = True  # texts 0 and 1 both describe video 0/1
+    g = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        neg_text, neg_video = sample_negatives(sim, same_video, generator=g)
+        assert neg_text[0] not in (0, 1) and neg_video[1] not in (0, 1)
+    with pytest.raises(ValueError, match="at least 2"):
+        sample_negatives(torch.randn(1, 1))
+    with pytest.raises(ValueError, match="no negative"):
+        sample_negatives(sim, torch.ones(4, 4, dtype=torch.bool))
+
+
+def test_vtm_loss_fuses_one_positive_and_two_negatives_per_pair(model):
+    video, ids, mask = pairs()
+    v = model.encode_video(video)
+    t = model.encode_text(ids, mask)
+    sim = VTCLoss.similarity(model.embed_video(v["pooled"]), model.embed_text(t["pooled"]), model.logit_scale)
+    seen = []
+    fuse = model.fuse
+    model.fuse = lambda *a, **k: seen.append(a[0].shape[0]) or fuse(*a, **k)
+    try:
+        out = VTMLoss()(model, v["tokens"], t["tokens"], mask, sim, generator=torch.Generator().manual_seed(0))
+    finally:
+        del model.fuse
+    assert seen == [12]
+    assert set(out) == {"vtm_loss", "vtm_acc"} and torch.isfinite(out["vtm_loss"])
+    model.zero_grad()
+    out["vtm_loss"].backward()
+    assert model.vtm_head.weight.grad is not None and model.fusion.blocks[0].attn.q.weight.grad is not None
+    assert model.logit_scale.grad is None  # negatives are sampled, not back-propagated through
+
+
+# -- MLM masking ----------------------------------------------------------------------------------
+def corpus(B: int = 256, L: int = 64, seed: int = 0):
+    """[CLS] random words [SEP] + padding of random length."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 30000, (B, L), generator=g)
+    lengths = torch.randint(L // 2, L + 1, (B,), generator=g)
+    mask = (torch.arange(L)[None] < lengths[:, None]).long()
+    ids[:, 0] = 101
+    ids[torch.arange(B), lengths - 1] = 102
+    return ids.masked_fill(mask == 0, 0), mask
+
+
+def test_mask_tokens_proportions_and_specials():
+    ids, mask = corpus()
+    masked, labels = mask_tokens(ids, mask, mask_token_id=MASK_ID, vocab_size=VOCAB, special_ids=SPECIAL,
+                                 generator=torch.Generator().manual_seed(0))
+    candidates = (mask == 1) & ~torch.isin(ids, torch.tensor(SPECIAL))
+    chosen = labels != IGNORE_INDEX
+    n = int(candidates.sum())
+    assert n > 10_000
+    assert not bool((chosen & ~candidates).any())  # specials and padding never chosen
+    assert torch.equal(masked[~chosen], ids[~chosen])  # nothing else changes
+    assert torch.equal(labels[chosen], ids[chosen])
+    assert chosen.sum().item() / n == pytest.approx(0.15, abs=0.01)
+    k = int(chosen.sum())
+    to_mask = int((masked[chosen] == MASK_ID).sum())
+    kept = int((masked[chosen] == ids[chosen]).sum())
+    assert to_mask / k == pytest.approx(0.8, abs=0.03)
+    assert kept / k == pytest.approx(0.1, abs=0.02)
+    assert (k - to_mask - kept) / k == pytest.approx(0.1, abs=0.02)  # random replacements
+
+
+def test_mask_tokens_is_reproducible_with_a_generator():
+    ids, mask = corpus(8, 16)
+    a = mask_tokens(ids, mask, mask_token_id=MASK_ID, vocab_size=VOCAB, special_ids=SPECIAL,
+                    generator=torch.Generator().manual_seed(3))
+    b = mask_tokens(ids, mask, mask_token_id=MASK_ID, vocab_size=VOCAB, special_ids=SPECIAL,
+                    generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_whole_word_masking_masks_every_piece_of_a_word():
+    starts = torch.ones(VOCAB, dtype=torch.bool)
+    starts[20000:] = False  # ids >= 20000 play "##" continuation pieces
+    ids, mask = corpus(seed=1)
+    # Make roughly every other real token a continuation of the word before it.
+    g = torch.Generator().manual_seed(2)
+    piece = (torch.rand(ids.shape, generator=g) < 0.5) & (mask == 1) & ~torch.isin(ids, torch.tensor(SPECIAL))
+    piece[:, 1] = False  # the first word starts right after [CLS]
+    ids = torch.where(piece, ids % 10000 + 20000, ids)
+    _, labels = mask_tokens(ids, mask, mask_token_id=MASK_ID, vocab_size=VOCAB, special_ids=SPECIAL,
+                            whole_word_starts=starts, generator=torch.Generator().manual_seed(0))
+    chosen = labels != IGNORE_INDEX
+    words_chosen = words_total = 0
+    for b in range(ids.shape[0]):
+        word: list[int] = []
+        for i in range(1, int(mask[b].sum()) - 1):
+            if not piece[b, i] and word:
+                flags = {bool(chosen[b, j]) for j in word}
+                assert len(flags) == 1, "a word was masked only in part"
+                words_chosen, words_total, word = words_chosen + flags.pop(), words_total + 1, []
+            word.append(i)
+    assert words_chosen / words_total == pytest.approx(0.15, abs=0.015)
+
+
+def test_word_starts_reads_wordpiece_continuations():
+    assert word_starts(["[CLS]", "play", "##ing", "ball"]).tolist() == [True, True, False, True]
+
+
+# -- MLM loss -------------------------------------------------------------------------------------
+def test_mlm_loss_forward_backward(model):
+    video, ids, mask = pairs()
+    mlm = MLMLoss(MASK_ID, VOCAB, SPECIAL, prob=0.5)
+    v = model.encode_video(video)
+    model.zero_grad()
+    out = mlm(model, v["tokens"], ids, mask, generator=torch.Generator().manual_seed(0))
+    assert set(out) == {"mlm_loss", "mlm_acc"} and torch.isfinite(out["mlm_loss"])
+    assert out["mlm_loss"].item() == pytest.approx(math.log(VOCAB), rel=0.25)  # untrained: near uniform
+    out["mlm_loss"].backward()
+    assert model.text_encoder.word_embeddings.weight.grad is not None  # through input and tied decoder
+    assert model.mlm_head.transform[0].weight.grad is not None
+    assert model.video_encoder.patch_embed.proj.weight.grad is not None
+
+
+def test_mlm_loss_with_nothing_masked_is_zero_not_nan(model):
+    video, ids, mask = pairs()
+    only_special = torch.where(mask == 1, torch.full_like(ids, 101), ids)
+    out = MLMLoss(MASK_ID, VOCAB, SPECIAL)(model, model.encode_video(video)["tokens"], only_special, mask)
+    assert out["mlm_loss"].item() == 0.0 and out["mlm_loss"].requires_grad
+
+
+def test_mlm_from_tokenizer_and_missing_mask_token():
+    tok = load_tokenizer("minilm")
+    mlm = MLMLoss.from_tokenizer(tok, prob=0.2, whole_word=True)
+    assert mlm.mask_token_id == tok.mask_token_id == 103 and mlm.vocab_size == 30522 and mlm.prob == 0.2
+    assert set(tok.all_special_ids) <= set(mlm.special_ids)
+    assert not bool(mlm.whole_word_starts[tok.convert_tokens_to_ids("##ing")])
+    assert bool(mlm.whole_word_starts[tok.convert_tokens_to_ids("play")])
+    with pytest.raises(ValueError, match="no mask token"):
+        MLMLoss(None, 49408, [49406, 49407])
+    with pytest.raises(ValueError, match="no mask token"):
+        MLMLoss.from_tokenizer(load_tokenizer("open_clip"))
+
+
+def test_mlm_rejects_a_model_without_head_or_with_a_smaller_vocab():
+    video, ids, mask = pairs(2)
+    no_head = create_model("vl_tiny", heads=["vtm"])
+    with pytest.raises(ValueError, match="without an MLM head"):
+        MLMLoss(MASK_ID, VOCAB, SPECIAL)(no_head, torch.randn(2, 32, 128), ids[:2], mask[:2])
+    with pytest.raises(ValueError, match="larger than the model"):
+        MLMLoss(MASK_ID, VOCAB + 10, SPECIAL)(create_model("vl_tiny"), torch.randn(2, 32, 128), ids[:2], mask[:2])

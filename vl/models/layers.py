@@ -1,0 +1,229 @@
+"""Blocks shared by the model families: 3D patch embedding, attention that can return its weights,
+fusion blocks, masking helpers and the checkpointed block loop.
+
+What timm already has (Mlp, DropPath, LayerScale, trunc_normal_, its ViT ``Block``) is imported, not
+rewritten; what it lacks in 3D or for cross-attention lives here.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, trunc_normal_
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+
+class PatchEmbed3D(nn.Module):
+    """Cut a clip into tubelets and embed each: (B, T, C, H, W) -> (B, T', H', W', D)."""
+
+    def __init__(
+        self,
+        patch_size: int = 16,
+        tubelet_size: int = 2,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        norm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.tubelet_size = tubelet_size
+        kernel = (tubelet_size, patch_size, patch_size)
+        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=kernel, stride=kernel)
+        self.norm = nn.LayerNorm(embed_dim) if norm else nn.Identity()
+
+    def forward(self, video: Tensor) -> Tensor:
+        x = self.proj(video.transpose(1, 2))  # (B, D, T', H', W')
+        x = x.permute(0, 2, 3, 4, 1)  # (B, T', H', W', D)
+        return self.norm(x)
+
+
+class MultiHeadAttention(nn.Module):
+    """Self- or cross-attention through ``F.scaled_dot_product_attention``.
+
+    ``forward(x (B, Nq, D), context (B, Nk, Dk) | None, key_mask (B, Nk) bool | None, need_weights)``
+    returns ``(out (B, Nq, D), weights (B, heads, Nq, Nk) | None)``; ``key_mask`` is True where a key may
+    be attended. Weights are computed explicitly only when asked (SDPA does not return them).
+    """
+
+    def __init__(self, dim: int, num_heads: int, context_dim: int | None = None, qkv_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"attention dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(context_dim or dim, 2 * dim, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        B, N, _ = x.shape
+        return x.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, N, hd)
+
+    def forward(self, x: Tensor, context: Tensor | None = None, key_mask: Tensor | None = None,
+                need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        context = x if context is None else context
+        q = self._heads(self.q(x))  # (B, h, Nq, hd)
+        k, v = (self._heads(t) for t in self.kv(context).chunk(2, dim=-1))  # (B, h, Nk, hd) each
+        mask = None if key_mask is None else key_mask[:, None, None, :].bool()  # (B, 1, 1, Nk)
+        weights = None
+        if need_weights:
+            scores = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5  # (B, h, Nq, Nk)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            weights = scores.softmax(dim=-1)
+            out = F.dropout(weights, self.attn_drop, self.training) @ v  # (B, h, Nq, hd)
+        else:
+            drop = self.attn_drop if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+        out = out.transpose(1, 2).flatten(2)  # (B, Nq, D)
+        return self.proj_drop(self.proj(out)), weights
+
+
+class FusionBlock(nn.Module):
+    """Pre-norm transformer block: self-attention, optional cross-attention to a context, MLP.
+
+    With ``cross_attention=False`` it is a plain encoder block (single-stream fusion); with True it is
+    the ALBEF/VindLU text block that attends to video tokens after attending to itself.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, cross_attention: bool = False,
+                 context_dim: int | None = None, drop: float = 0.0, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = MultiHeadAttention(dim, num_heads, attn_drop=drop, proj_drop=drop)
+        self.cross_attention = cross_attention
+        if cross_attention:
+            self.norm_cross = nn.LayerNorm(dim)
+            self.cross_attn = MultiHeadAttention(dim, num_heads, context_dim, attn_drop=drop, proj_drop=drop)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, context: Tensor | None = None,
+                context_mask: Tensor | None = None, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """x (B, N, D), mask (B, N) keep -> (x (B, N, D), weights (B, h, N, N or Nc) | None).
+
+        The weights are those of the cross-attention when there is one, else of the self-attention.
+        """
+        out, weights = self.attn(self.norm1(x), key_mask=mask, need_weights=need_weights and not self.cross_attention)
+        x = x + self.drop_path(out)
+        if self.cross_attention:
+            if context is None:
+                raise ValueError("a cross-attention fusion block needs video tokens as context")
+            out, weights = self.cross_attn(self.norm_cross(x), context, context_mask, need_weights)
+            x = x + self.drop_path(out)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x, weights
+
+
+def run_blocks(blocks: Sequence[nn.Module], x: Tensor, checkpointing: bool, *args) -> Tensor:
+    """``x = block(x, *args)`` for each block, under activation checkpointing when asked."""
+    for block in blocks:
+        if checkpointing and torch.is_grad_enabled():
+            x = checkpoint(block, x, *args, use_reentrant=False)
+        else:
+            x = block(x, *args)
+    return x
+
+
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+    """Stochastic depth rising linearly from 0 to ``rate`` over ``depth`` blocks (as timm)."""
+    return [rate * i / max(depth - 1, 1) for i in range(depth)]
+
+
+def init_weights(module: nn.Module) -> None:
+    """timm's ViT init: truncated-normal (0.02) linear weights, zero biases, unit LayerNorm."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def check_mask(mask: Tensor, batch: int, num_tokens: int, owner: str) -> Tensor:
+    """Validate a token mask (B, N) bool, True = masked; return it as bool."""
+    if mask.shape != (batch, num_tokens):
+        raise ValueError(f"{owner}: mask must be (B, N) = ({batch}, {num_tokens}), got {tuple(mask.shape)}")
+    return mask.bool()
+
+
+def replace_masked(tokens: Tensor, mask: Tensor, mask_token: Tensor) -> Tensor:
+    """tokens (B, N, D), mask (B, N) True = masked, mask_token (D,) -> tokens with masked ones replaced."""
+    return torch.where(mask.unsqueeze(-1), mask_token.to(tokens.dtype).view(1, 1, -1), tokens)
+
+
+def keep_visible(tokens: Tensor, mask: Tensor) -> Tensor:
+    """tokens (B, N, D), mask (B, N) True = masked -> visible tokens (B, N_vis, D), in original order.
+
+    Every row must hide the same number of tokens (as MAE/VideoMAE maskers do).
+    """
+    counts = (~mask).sum(dim=1)
+    if bool((counts != counts[0]).any()):
+        raise ValueError(
+            f"dropping masked tokens needs the same number of visible tokens in every sample, got {counts.tolist()}"
+        )
+    B, _, D = tokens.shape
+    return tokens[~mask].view(B, int(counts[0]), D)  # boolean indexing keeps row-major order
+
+
+class VideoEncoder(nn.Module):
+    """The contract every video encoder keeps (DESIGN §4).
+
+    ``forward_features(video (B, T, C, H, W), mask (B, N_grid) bool | None) -> tokens (B, N, D)``: the
+    first ``num_prefix_tokens`` tokens are summary tokens (none for ``vit_st`` and ``swin3d``, one per
+    frame for ``clip_st``), the rest lie on ``grid`` = (T', H', W') in (t, h, w) row-major order, each
+    covering ``token_size`` = (frames, pixels, pixels) of the clip. ``mask`` marks grid cells, True =
+    masked. ``pool(tokens) -> (B, D)``.
+    """
+
+    embed_dim: int
+    num_frames: int
+    img_size: int
+    grid: tuple[int, int, int]
+    token_size: tuple[int, int, int]
+    num_prefix_tokens: int = 0
+    is_pretrained: bool = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grad_checkpointing = False
+
+    @property
+    def num_grid_tokens(self) -> int:
+        """Number of grid cells, i.e. the length of a mask row."""
+        t, h, w = self.grid
+        return t * h * w
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in backward to save memory."""
+        self.grad_checkpointing = enable
+
+    def pretrained_parameter_names(self) -> set[str]:
+        """Names of parameters loaded from pretrained weights (for a lower learning rate); none here."""
+        return set()
+
+    def check_video(self, video: Tensor) -> None:
+        """Fail clearly when a clip does not have the frames and size this encoder was built for."""
+        expected = (self.num_frames, self.img_size, self.img_size)
+        if video.dim() != 5 or (video.shape[1], video.shape[3], video.shape[4]) != expected:
+            raise ValueError(
+                f"{type(self).__name__} expects video (B, T, C, H, W) with T, H, W = {expected} (set "
+                f"num_frames/img_size when creating it), got {tuple(video.shape)}"
+            )
+
+    def pool(self, tokens: Tensor) -> Tensor:
+        """tokens (B, N, D) -> (B, D): mean over the grid tokens."""
+        return tokens[:, self.num_prefix_tokens:].mean(dim=1)
+
+    def forward(self, video: Tensor, mask: Tensor | None = None) -> Tensor:
+        """video (B, T, C, H, W) -> pooled (B, D)."""
+        return self.pool(self.forward_features(video, mask))
+

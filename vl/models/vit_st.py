@@ -1,0 +1,205 @@
+"""``vit_st``: a space-time ViT on tubelets, with four ways of modelling time.
+
+``temporal`` picks how attention crosses frames:
+
+- ``none``: attention within each frame only (the per-frame "imagify" baseline); frames are
+  mean-pooled at pooling.
+- ``joint``: attention over all space-time tokens (ViViT/VideoMAE). With a mask, masked tokens are
+  dropped before the blocks and only the visible ones are returned, in their original (t, h, w) order.
+- ``divided``: time attention then space attention in every block (TimeSformer).
+- ``rolling``: All-in-one's temporal token rolling: before each attention, a slice of token positions
+  is rolled one frame forward and another slice one frame back, then attention runs within each frame.
+  It adds no parameters.
+
+In every mode but ``joint``, masked tokens are replaced by a learned mask token.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from timm.layers import Attention, trunc_normal_
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+
+from .layers import (PatchEmbed3D, VideoEncoder, check_mask, drop_path_rates, init_weights, keep_visible,
+                     replace_masked, run_blocks)
+from .registry import VIDEO_ENCODERS, build
+
+Temporal = Literal["none", "joint", "divided", "rolling"]
+TEMPORAL_MODES: tuple[str, ...] = ("none", "joint", "divided", "rolling")
+
+
+class JointBlock(Block):
+    """timm ViT block over all space-time tokens: (B, N, D) -> (B, N, D)."""
+
+    def forward(self, x: Tensor, grid: tuple[int, int, int]) -> Tensor:  # type: ignore[override]
+        return super().forward(x)
+
+
+class FrameBlock(Block):
+    """timm ViT block applied to each frame separately: (B, T'*S, D) -> (B, T'*S, D)."""
+
+    def forward(self, x: Tensor, grid: tuple[int, int, int]) -> Tensor:  # type: ignore[override]
+        B, N, D = x.shape
+        T = grid[0]
+        x = super().forward(x.reshape(B * T, N // T, D))  # (B*T', S, D)
+        return x.reshape(B, N, D)
+
+
+def roll_tokens(x: Tensor, ratio: float) -> Tensor:
+    """x (B, T', S, D) -> same shape, the first ``ratio/2`` of positions taken from the previous frame
+    and the next ``ratio/2`` from the following frame (cyclic in time)."""
+    fold = int(x.shape[2] * ratio) // 2
+    if fold == 0 or x.shape[1] == 1:
+        return x
+    from_prev = x[:, :, :fold].roll(1, dims=1)  # (B, T', fold, D)
+    from_next = x[:, :, fold:2 * fold].roll(-1, dims=1)  # (B, T', fold, D)
+    return torch.cat([from_prev, from_next, x[:, :, 2 * fold:]], dim=2)
+
+
+class RollingBlock(Block):
+    """All-in-one block: per-frame attention whose input has tokens rolled across adjacent frames."""
+
+    def __init__(self, *args, roll_ratio: float = 0.25, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.roll_ratio = roll_ratio
+
+    def forward(self, x: Tensor, grid: tuple[int, int, int]) -> Tensor:  # type: ignore[override]
+        B, N, D = x.shape
+        T = grid[0]
+        rolled = roll_tokens(x.view(B, T, N // T, D), self.roll_ratio)  # (B, T', S, D)
+        rolled = rolled.reshape(B * T, N // T, D)  # (B*T', S, D)
+        x = x.reshape(B * T, N // T, D)  # (B*T', S, D)
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(rolled))))
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return x.reshape(B, N, D)
+
+
+class DividedBlock(Block):
+    """TimeSformer block: attention over time at each position, then over space in each frame, then MLP."""
+
+    def __init__(self, dim: int, num_heads: int, *args, **kwargs) -> None:
+        super().__init__(dim, num_heads, *args, **kwargs)
+        self.norm_t = nn.LayerNorm(dim)
+        self.attn_t = Attention(dim, num_heads=num_heads, qkv_bias=True)
+        self.temporal_fc = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, grid: tuple[int, int, int]) -> Tensor:  # type: ignore[override]
+        B, N, D = x.shape
+        T, S = grid[0], N // grid[0]
+        xt = x.view(B, T, S, D).transpose(1, 2).reshape(B * S, T, D)  # (B*S, T', D)
+        xt = xt + self.drop_path1(self.temporal_fc(self.attn_t(self.norm_t(xt))))
+        xs = xt.view(B, S, T, D).transpose(1, 2).reshape(B * T, S, D)  # (B*T', S, D)
+        xs = super().forward(xs)  # space attention + MLP
+        return xs.reshape(B, N, D)
+
+
+BLOCKS: dict[str, type[Block]] = {
+    "none": FrameBlock, "joint": JointBlock, "divided": DividedBlock, "rolling": RollingBlock,
+}
+
+
+class VideoViT(VideoEncoder):
+    """Space-time ViT: video (B, T, C, H, W) -> tokens (B, T'*H'*W', D), or (B, N_visible, D) for a
+    masked ``joint`` encoder. No CLS token: ``pool`` is the mean of the tokens (per frame, then over
+    frames, which is the same mean)."""
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        num_frames: int = 16,
+        patch_size: int = 16,
+        tubelet_size: int = 2,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        temporal: Temporal = "joint",
+        roll_ratio: float = 0.25,  # share of token positions rolled per frame (rolling only)
+        drop_path_rate: float = 0.0,
+        init_values: float | None = None,  # LayerScale init; None = no LayerScale
+    ) -> None:
+        super().__init__()
+        if temporal not in TEMPORAL_MODES:
+            raise ValueError(f"vit_st: temporal must be one of {TEMPORAL_MODES}, got {temporal!r}")
+        if img_size % patch_size or num_frames % tubelet_size:
+            raise ValueError(
+                f"vit_st: img_size {img_size} must be a multiple of patch_size {patch_size} and num_frames "
+                f"{num_frames} a multiple of tubelet_size {tubelet_size}"
+            )
+        self.img_size, self.num_frames, self.temporal = img_size, num_frames, temporal
+        self.patch_size, self.tubelet_size, self.embed_dim = patch_size, tubelet_size, embed_dim
+        self.grid = (num_frames // tubelet_size, img_size // patch_size, img_size // patch_size)
+        self.token_size = (tubelet_size, patch_size, patch_size)
+        self.patch_embed = PatchEmbed3D(patch_size, tubelet_size, in_chans, embed_dim)
+        self.pos_embed_space = nn.Parameter(torch.zeros(1, self.grid[1] * self.grid[2], embed_dim))
+        self.pos_embed_time = nn.Parameter(torch.zeros(1, self.grid[0], embed_dim))
+        # Joint attention drops masked tokens, so only the other modes need a mask token.
+        self.mask_token = None if temporal == "joint" else nn.Parameter(torch.zeros(embed_dim))
+        self.blocks = nn.ModuleList([self._block(temporal, dpr, embed_dim, num_heads, mlp_ratio, roll_ratio,
+                                                 init_values) for dpr in drop_path_rates(drop_path_rate, depth)])
+        self.norm = nn.LayerNorm(embed_dim)
+        self._init_weights()
+
+    @staticmethod
+    def _block(temporal: str, drop_path: float, dim: int, heads: int, mlp_ratio: float, roll_ratio: float,
+               init_values: float | None) -> Block:
+        kwargs = dict(mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=drop_path, init_values=init_values)
+        if temporal == "rolling":
+            kwargs["roll_ratio"] = roll_ratio
+        return BLOCKS[temporal](dim, heads, **kwargs)
+
+    def _init_weights(self) -> None:
+        trunc_normal_(self.pos_embed_space, std=0.02)
+        trunc_normal_(self.pos_embed_time, std=0.02)
+        if self.mask_token is not None:
+            trunc_normal_(self.mask_token, std=0.02)
+        self.apply(init_weights)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names (relative to this module) to exclude from weight decay."""
+        return {"pos_embed_space", "pos_embed_time", "mask_token"}
+
+    def pos_embed(self) -> Tensor:
+        """Space-time position embeddings (1, T'*H'*W', D): a time and a space table, summed."""
+        pos = self.pos_embed_time[:, :, None, :] + self.pos_embed_space[:, None, :, :]  # (1, T', S, D)
+        return pos.flatten(1, 2)  # (1, N, D)
+
+    def embed(self, video: Tensor, mask: Tensor | None) -> Tensor:
+        """video (B, T, C, H, W) -> embedded tokens with positions (B, N, D); masked ones replaced, or
+        dropped for ``joint`` (then (B, N_visible, D))."""
+        self.check_video(video)
+        x = self.patch_embed(video).flatten(1, 3)  # (B, N, D)
+        if mask is None:
+            return x + self.pos_embed()
+        mask = check_mask(mask, x.shape[0], x.shape[1], "vit_st")
+        if self.mask_token is None:
+            return keep_visible(x + self.pos_embed(), mask)  # (B, N_visible, D)
+        return replace_masked(x, mask, self.mask_token) + self.pos_embed()
+
+    def forward_features(self, video: Tensor, mask: Tensor | None = None) -> Tensor:
+        """video (B, T, C, H, W), mask (B, N) True = masked -> tokens (B, N or N_visible, D)."""
+        x = self.embed(video, mask)
+        x = run_blocks(self.blocks, x, self.grad_checkpointing, self.grid)
+        return self.norm(x)
+
+
+@VIDEO_ENCODERS.register(VideoViT)
+def vit_st_tiny(**kw) -> VideoViT:
+    """Debug size: 128 wide, 2 deep, 2 heads, 32 px, 4 frames."""
+    return build(VideoViT, dict(img_size=32, num_frames=4, patch_size=8, embed_dim=128, depth=2, num_heads=2), kw)
+
+
+@VIDEO_ENCODERS.register(VideoViT)
+def vit_st_base(**kw) -> VideoViT:
+    """ViT-B/16 on 2x16x16 tubelets (VideoMAE-B): 768 wide, 12 deep, 12 heads."""
+    return build(VideoViT, dict(patch_size=16, embed_dim=768, depth=12, num_heads=12), kw)
+
+
+@VIDEO_ENCODERS.register(VideoViT)
+def vit_st_large(**kw) -> VideoViT:
+    """ViT-L/16 on 2x16x16 tubelets (VideoMAE-L): 1024 wide, 24 deep, 16 heads."""
+    return build(VideoViT, dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16), kw)

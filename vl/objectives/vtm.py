@@ -1,0 +1,66 @@
+"""Video-text matching (VTM): binary matched / not matched on fused tokens, with ALBEF's hard negatives.
+
+For every video a negative text is drawn with probability softmax(similarity) over the batch's other
+texts, and for every text a negative video likewise; the positives never are. The fusion then sees
+B positive and 2B negative pairs, and ``model.vtm_head`` classifies its CLS token.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from vl.models import VideoLanguageModel
+
+
+def sample_negatives(sim_v2t: Tensor, positive_mask: Tensor | None = None,
+                     generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """sim_v2t (B, B) (row i: video i against every text) -> (neg_text (B,), neg_video (B,)) indices.
+
+    Negatives are drawn from softmax(similarity) with the positives (the diagonal, plus ``positive_mask``
+    (B, B) bool where several texts describe one video) excluded, so harder negatives come up more often.
+    """
+    B = sim_v2t.shape[0]
+    if sim_v2t.dim() != 2 or sim_v2t.shape[1] != B:
+        raise ValueError(f"vtm: sim_v2t must be square (B, B), got {tuple(sim_v2t.shape)}")
+    if B < 2:
+        raise ValueError(f"vtm: hard negatives need a batch of at least 2 pairs, got {B}")
+    positives = torch.eye(B, dtype=torch.bool, device=sim_v2t.device)
+    if positive_mask is not None:
+        positives = positives | positive_mask.bool()
+    if bool(positives.all(dim=1).any()) or bool(positives.all(dim=0).any()):
+        raise ValueError("vtm: some video or text has no negative in the batch (every pair is marked positive)")
+    sim = sim_v2t.detach().float()
+    weights_v2t = sim.masked_fill(positives, float("-inf")).softmax(dim=1)  # (B, B) over texts
+    weights_t2v = sim.t().masked_fill(positives.t(), float("-inf")).softmax(dim=1)  # (B, B) over videos
+    neg_text = torch.multinomial(weights_v2t, 1, generator=generator).squeeze(1)  # (B,)
+    neg_video = torch.multinomial(weights_t2v, 1, generator=generator).squeeze(1)  # (B,)
+    return neg_text, neg_video
+
+
+class VTMLoss(nn.Module):
+    """``forward(model, video_tokens (B, N, Dv), text_tokens (B, L, Dt), text_mask (B, L), sim_v2t (B, B))
+    -> {"vtm_loss", "vtm_acc"}``: cross-entropy of ``model.vtm_head`` over B positive and 2B hard
+    negative pairs. ``sim_v2t`` is ``VTCLoss.similarity(...)`` of the same batch (not back-propagated)."""
+
+    def forward(self, model: "VideoLanguageModel", video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor,
+                sim_v2t: Tensor, positive_mask: Tensor | None = None, video_mask: Tensor | None = None,
+                generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        if model.vtm_head is None:
+            raise ValueError("vtm: the model was built without a VTM head; add 'vtm' to its heads")
+        neg_text, neg_video = sample_negatives(sim_v2t, positive_mask, generator)
+        B = video_tokens.shape[0]
+        # Pairs in order: (video i, text i), (video i, negative text), (negative video, text i).
+        videos = torch.cat([video_tokens, video_tokens, video_tokens[neg_video]])  # (3B, N, Dv)
+        texts = torch.cat([text_tokens, text_tokens[neg_text], text_tokens])  # (3B, L, Dt)
+        masks = torch.cat([text_mask, text_mask[neg_text], text_mask])  # (3B, L)
+        vmask = None if video_mask is None else torch.cat([video_mask, video_mask, video_mask[neg_video]])
+        logits = model.vtm_head(model.fuse(videos, texts, masks, vmask)["cls"])  # (3B, 2)
+        labels = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long().to(logits.device)  # (3B,)
+        loss = F.cross_entropy(logits, labels)
+        acc = (logits.detach().argmax(dim=1) == labels).float().mean()
+        return {"vtm_loss": loss, "vtm_acc": acc}
