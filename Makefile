@@ -37,6 +37,7 @@ demo: setup
 	$(VL) data synth --out $(DEMO_DATA) --train 2000 --val 200 --test 200 --skip-existing
 	$(VL) fit -c configs/pretrain/demo.yaml --data.init_args.root $(DEMO_DATA) --trainer.default_root_dir $(DEMO_RUN)
 	$(VL) test -c configs/pretrain/demo.yaml --data.init_args.root $(DEMO_DATA) --trainer.default_root_dir $(DEMO_RUN) --ckpt_path $(DEMO_RUN)/checkpoints/last.ckpt
+	$(VL) index --ckpt $(DEMO_RUN)/checkpoints/last.ckpt --videos '$(DEMO_DATA)/test-*.tar' --out $(DEMO_RUN)/index --overwrite
 
 test: setup
 	$(PY) -m pytest tests -q
@@ -48,6 +49,7 @@ bench: setup
 	$(PY) scripts/bench/run_all.py
 
 app: setup
+	@test -f $(DEMO_RUN)/index/config.json || { echo "no search index at $(DEMO_RUN)/index: run 'make demo' first"; exit 1; }
 	$(VL) demo --index $(DEMO_RUN)/index
 
 clean:

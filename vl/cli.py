@@ -28,6 +28,8 @@ LIGHTNING_COMMANDS = {
 # not pay for Gradio or FAISS.
 TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("datapipes.cli", "write, inspect and synthesise WebDataset shards (`vl data --help`)"),
+    "index": ("vl.search.cli", "embed a folder or shards of videos into a FAISS search index (`vl index --help`)"),
+    "demo": ("vl.search.app", "serve a search index in a Gradio app (`vl demo --index INDEX`)"),
 }
 
 
@@ -51,8 +53,8 @@ def _tool_main(name: str) -> Callable[[list[str]], int]:
     return module.main
 
 
-def run_lightning(argv: list[str]) -> int:
-    """Parse `argv` with LightningCLI and run the subcommand; returns an exit status."""
+def run_lightning(argv: list[str] | None) -> int:
+    """Parse `argv` (None: sys.argv) with LightningCLI and run the subcommand; returns an exit status."""
     from vl.lit.cli import VLLightningCLI
 
     VLLightningCLI(args=argv)
@@ -70,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command in TOOL_COMMANDS:
         return int(_tool_main(command)(args[1:]) or 0)
     if command in LIGHTNING_COMMANDS:
-        return run_lightning(args)
+        return run_lightning(None if argv is None else args)
     print(_usage(), file=sys.stderr)
     print(f"\nerror: unknown command {command!r}", file=sys.stderr)
     return 2

@@ -8,6 +8,9 @@ from typing import Any, NoReturn
 import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from vl.lit.callbacks import SaveLastOnTrainEnd
+from vl.lit.data import SkipCounter
+
 
 class VLArgumentParser(LightningArgumentParser):
     """A LightningArgumentParser whose errors are one line naming the bad key, not a page of usage."""
@@ -31,6 +34,9 @@ class VLLightningCLI(LightningCLI):
         kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf"})
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)
+        kwargs.setdefault("parser_class", VLArgumentParser)
+        # Every run counts skipped samples and leaves a resumable last.ckpt, whatever its config says.
+        kwargs.setdefault("trainer_defaults", {"callbacks": [SkipCounter(), SaveLastOnTrainEnd()]})
         super().__init__(
             pl.LightningModule,
             pl.LightningDataModule,
@@ -39,7 +45,3 @@ class VLLightningCLI(LightningCLI):
             args=args,
             **kwargs,
         )
-
-    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
-        kwargs.setdefault("prog", "vl")
-        return VLArgumentParser(**kwargs)

@@ -65,9 +65,49 @@ class RetrievalAccumulator:
         index = index + offsets[rank]
         return gather_rows(video), gather_rows(text), gather_rows(index), gather_objects(self.keys)
 
-    def compute(self, module=None) -> dict[str, float]:
-        """Retrieval metrics over everything added, or {} when nothing was."""
+    def compute(self) -> tuple[dict[str, float], int, int]:
+        """Retrieval metrics over everything added (all ranks), with the numbers of videos and texts."""
         if not self.video:
-            return {}
+            return {}, 0, 0
         video, text, index, _ = self.gathered()
-        return retrieval_metrics(text @ video.T, index)  # sim (Nt, Nv)
+        return retrieval_metrics(text @ video.T, index), video.shape[0], text.shape[0]  # sim (Nt, Nv)
+
+
+def retrieval_summary(split: str, metrics: dict[str, float], num_videos: int, num_texts: int) -> str:
+    """A few lines a person reads at the end of an evaluation: R@k next to chance, and the ratio."""
+    lines = [f"{split}: text-to-video retrieval over {num_videos} clips, {num_texts} captions"]
+    for k in (1, 5, 10):
+        got, chance = metrics.get(f"t2v_R@{k}"), metrics.get(f"t2v_chance_R@{k}")
+        if got is None or chance is None:
+            continue
+        lines.append(f"  R@{k:<3} {got:6.2f}%   chance {chance:6.2f}%   ({got / chance:5.1f}x chance)")
+    lines.append(f"  median rank {metrics['t2v_MdR']:.0f}, mean rank {metrics['t2v_MnR']:.1f}")
+    return "\n".join(lines)
+
+
+def write_eval_outputs(trainer, split: str, metrics: dict, predictions: list[dict]) -> tuple[str, str] | None:
+    """Write ``<split>_metrics.json`` and ``<split>_predictions.jsonl`` (one JSON object per line) into the
+    run's log folder (``trainer.log_dir``, else ``default_root_dir``), on global rank 0 only.
+
+    ``metrics``: name -> number (or None for a metric that could not be computed); ``predictions``: JSON-ready
+    dicts (rankings, answers, captions). Returns the two paths on rank 0, else None.
+    """
+    import json
+    import os
+
+    from lightning.pytorch.utilities import rank_zero_info
+
+    if getattr(trainer, "global_rank", 0) != 0:
+        return None
+    folder = getattr(trainer, "log_dir", None) or trainer.default_root_dir
+    os.makedirs(folder, exist_ok=True)
+    metrics_path = os.path.join(folder, f"{split}_metrics.json")
+    predictions_path = os.path.join(folder, f"{split}_predictions.jsonl")
+    with open(metrics_path, "w", encoding="utf-8") as f:
+        json.dump(metrics, f, indent=2, sort_keys=True)
+        f.write("\n")
+    with open(predictions_path, "w", encoding="utf-8") as f:
+        for row in predictions:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    rank_zero_info(f"{split} metrics -> {metrics_path}\n{split} predictions ({len(predictions)}) -> {predictions_path}")
+    return metrics_path, predictions_path

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_info
 import torch
 from torch import Tensor
 
 from datapipes.batch import Batch
-from vl.lit.evaluation import RetrievalAccumulator
+from vl.lit.checkpoint import preprocess_from_datamodule
+from vl.lit.evaluation import RetrievalAccumulator, retrieval_summary
 from vl.lit.optim import OptimConfig, build_optimizer
 from vl.lit.safety import NonFiniteGuard
 from vl.models import create_model
 from vl.models.hub import load_tokenizer
 from vl.objectives import MLMLoss, VTCLoss, VTMLoss
+from vl.objectives.mvm import MVMConfig, MVMLoss, build_mvm
 
 
 @dataclass
@@ -27,6 +30,8 @@ class Objectives:
     mlm: float = 0.0  # masked language modelling on the fused text tokens
     mlm_prob: float = 0.15  # share of text tokens masked for MLM (80% [MASK], 10% random, 10% kept)
     whole_word: bool = False  # mask every WordPiece of a chosen word together
+    mvm: float = 0.0  # masked visual modelling (target, masking and head in `mvm_config`)
+    mvm_config: MVMConfig = field(default_factory=MVMConfig)
 
 
 class PretrainModule(pl.LightningModule):
@@ -63,6 +68,7 @@ class PretrainModule(pl.LightningModule):
         self.vtc = VTCLoss()
         self.vtm = VTMLoss() if objectives.vtm > 0 else None
         self.mlm = self._build_mlm(tokenizer, objectives) if objectives.mlm > 0 else None
+        self.mvm: Optional[MVMLoss] = build_mvm(objectives.mvm_config, self.model) if objectives.mvm > 0 else None
         self.guard = NonFiniteGuard(max_consecutive_nonfinite)
         self.val_retrieval = RetrievalAccumulator()
         self.test_retrieval = RetrievalAccumulator()
@@ -76,7 +82,8 @@ class PretrainModule(pl.LightningModule):
     # ---- losses ---------------------------------------------------------------------------------
 
     def weights(self) -> dict[str, float]:
-        return {"vtc": self.objectives.vtc, "vtm": self.objectives.vtm, "mlm": self.objectives.mlm}
+        return {"vtc": self.objectives.vtc, "vtm": self.objectives.vtm, "mlm": self.objectives.mlm,
+                "mvm": self.objectives.mvm}
 
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
         """Every objective with a non-zero weight on one batch: `{"<name>_loss": ..., metrics...}`."""
@@ -88,10 +95,13 @@ class PretrainModule(pl.LightningModule):
         if self.objectives.vtc > 0:
             out.update(self.vtc(v_emb, t_emb, self.model.logit_scale))
         if self.vtm is not None:
-            sim = v_emb @ t_emb.T  # (B, B) video-to-text similarities, for hard negatives
-            out.update(self.vtm(self.model, video["tokens"], text["tokens"], batch.text_mask, sim.detach()))
+            sim = VTCLoss.similarity(v_emb, t_emb, self.model.logit_scale).detach()  # (B, B) for hard negatives
+            same_text = (batch.text_ids[:, None, :] == batch.text_ids[None, :, :]).all(-1)  # (B, B) duplicates
+            out.update(self.vtm(self.model, video["tokens"], text["tokens"], batch.text_mask, sim, same_text))
         if self.mlm is not None:
             out.update(self.mlm(self.model, video["tokens"], batch.text_ids, batch.text_mask))
+        if self.mvm is not None:  # masks (scored by the unmasked pass), re-encodes the masked clip, predicts targets
+            out.update(self.mvm(self.model, batch.video, video["tokens"], text["tokens"], batch.text_mask, t_emb))
         return out
 
     def total_loss(self, out: dict[str, Tensor]) -> Tensor:
@@ -131,22 +141,32 @@ class PretrainModule(pl.LightningModule):
         self._log_retrieval("test", self.test_retrieval)
 
     def _log_retrieval(self, split: str, acc: RetrievalAccumulator) -> None:
-        metrics = acc.compute(self)
+        metrics, num_videos, num_texts = acc.compute()
         acc.reset()
-        if metrics:
-            self.log_dict({f"{split}/{k}": v for k, v in metrics.items()}, rank_zero_only=True)
+        if not metrics:
+            return
+        self.log_dict({f"{split}/{k}": v for k, v in metrics.items()}, rank_zero_only=True)
+        if not self.trainer.sanity_checking:
+            rank_zero_info(retrieval_summary(split, metrics, num_videos, num_texts))
 
     def configure_optimizers(self) -> dict:
+        module, no_decay = self.model, set(self.model.no_weight_decay())
+        pretrained = set(self.model.pretrained_parameter_names())
+        if self.mvm is not None:  # the MVM decoder and head train with the model (frozen targets have no grad)
+            module = torch.nn.ModuleDict({"model": self.model, "mvm": self.mvm})
+            no_decay = {f"model.{n}" for n in no_decay} | {f"mvm.{n}" for n in self.mvm.no_weight_decay()}
+            pretrained = {f"model.{n}" for n in pretrained}
         return build_optimizer(
-            self.model,
+            module,
             self.optim,
             total_steps=int(self.trainer.estimated_stepping_batches),
-            no_weight_decay=set(self.model.no_weight_decay()),
-            pretrained=set(self.model.pretrained_parameter_names()),
+            no_weight_decay=no_decay,
+            pretrained=pretrained,
         )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["vl_model_config"] = self.model.config
+        checkpoint["vl_preprocess"] = preprocess_from_datamodule(getattr(self.trainer, "datamodule", None))
         checkpoint["vl_nonfinite"] = self.guard.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

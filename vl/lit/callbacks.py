@@ -1,0 +1,28 @@
+"""Callbacks every vl run uses."""
+
+from __future__ import annotations
+
+import os
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
+
+
+class SaveLastOnTrainEnd(pl.Callback):
+    """Writes `last.ckpt` when fitting stops, so a run ended by `max_steps`/`max_time` resumes where it stopped.
+
+    Lightning's ModelCheckpoint updates `last.ckpt` only after validation (or at an epoch end); a run that
+    stops between two of those would otherwise resume from an older step with `--ckpt_path last`.
+    """
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for cb in trainer.checkpoint_callbacks:
+            if not isinstance(cb, ModelCheckpoint) or not cb.save_last or not cb.dirpath:
+                continue
+            path = os.path.join(cb.dirpath, f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}")
+            if cb.last_model_path == path and getattr(cb, "_last_global_step_saved", -1) == trainer.global_step:
+                continue  # already saved at this step
+            trainer.save_checkpoint(path)
+            cb.last_model_path = path
+            rank_zero_info(f"saved {path} at step {trainer.global_step}")
