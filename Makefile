@@ -9,9 +9,9 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-# Demo data and run directories (override: make demo DEMO_DATA=/tmp/synth).
+# Demo data (override: make demo DEMO_DATA=/tmp/synth) and the run directory set in configs/pretrain/demo.yaml.
 DEMO_DATA ?= data/synth
-DEMO_RUN ?= runs/demo
+DEMO_RUN := runs/demo
 
 .PHONY: setup demo test test-fast bench app clean help
 
@@ -35,8 +35,8 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(VL) data synth --out $(DEMO_DATA) --train 2000 --val 200 --test 200 --skip-existing
-	$(VL) fit -c configs/pretrain/demo.yaml --data.init_args.root $(DEMO_DATA) --trainer.default_root_dir $(DEMO_RUN)
-	$(VL) test -c configs/pretrain/demo.yaml --data.init_args.root $(DEMO_DATA) --trainer.default_root_dir $(DEMO_RUN) --ckpt_path $(DEMO_RUN)/checkpoints/last.ckpt
+	$(VL) fit -c configs/pretrain/demo.yaml --data.init_args.root $(DEMO_DATA)
+	$(VL) test -c configs/pretrain/demo.yaml --data.init_args.root $(DEMO_DATA) --ckpt_path $(DEMO_RUN)/checkpoints/last.ckpt
 	$(VL) index --ckpt $(DEMO_RUN)/checkpoints/last.ckpt --videos '$(DEMO_DATA)/test-*.tar' --out $(DEMO_RUN)/index --overwrite
 
 test: setup

@@ -23,7 +23,7 @@ def tiny_config(tmp: Path, synth: dict, **trainer) -> Path:
     """demo.yaml pointed at the tiny session shards, with every output under `tmp`."""
     cfg = yaml.safe_load(DEMO.read_text())
     cfg["data"]["init_args"].update(
-        train_shards=synth["train"], val_shards=synth["val"], test_shards=synth["test"], batch_size=4,
+        root=None, train_shards=synth["train"], val_shards=synth["val"], test_shards=synth["test"], batch_size=4,
         eval_batch_size=6, num_workers=0, batches_per_epoch=2, num_frames=4,
     )
     cfg["trainer"].update(default_root_dir=str(tmp), check_val_every_n_epoch=1, log_every_n_steps=1, **trainer)

@@ -1,0 +1,443 @@
+"""Train and evaluation pipelines: shards -> samples -> clips + text -> ``Batch``, with skip counting.
+
+``build_train_loader`` reads resampled shards (several datasets mixed by weight), shuffles, decodes,
+augments and batches inside DataLoader workers; every worker yields a fixed number of batches per
+epoch, so every DDP rank runs the same number of steps. ``build_eval_loader`` reads every sample
+exactly once, split by rank then by worker, with one text row per caption.
+
+Samples that cannot be used are skipped and counted by reason (``SkipTally``); each batch carries
+the counts of its worker since that worker's previous batch in ``Batch.skipped``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import numpy as np
+import webdataset as wds
+from torch.utils.data import DataLoader
+from webdataset.filters import _shuffle
+from webdataset.utils import PipelineStage
+
+from datapipes.augment import NORM_STATS, Norm, eval_transform, pad_frames, train_transform
+from datapipes.batch import Batch
+from datapipes.collate import Sample, collate
+from datapipes.decode import (
+    BACKENDS,
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    Backend,
+    SkipTally,
+    SkipSample,
+    decode_clip,
+    is_image_bytes,
+    quiet_decoders,
+)
+from datapipes.sampling import SAMPLING_METHODS, SamplingMethod, sample_indices
+from datapipes.shards import (
+    ResampledShards,
+    ShardSpec,
+    SplitShards,
+    dist_info,
+    expand_shards,
+    mix_streams,
+    shard_samples,
+    stream_seed,
+    worker_info,
+)
+from datapipes.text import (
+    TEXT_FIELDS,
+    HFTokenizer,
+    TextField,
+    Tokenize,
+    caption_list,
+    choose_caption,
+    decode_text,
+    qa_items,
+)
+
+# Skip reasons a pipeline can count (shards.py adds the tar-level ones).
+SKIP_REASONS: tuple[str, ...] = (
+    "status_not_success", "bad_metadata", "no_video", "not_a_video", "empty_file", "decode_error",
+    "bad_clip_bounds", "no_caption", "bad_text_encoding", "no_question", "bad_qa",
+    "truncated_tar", "bad_tar", "empty_shard", "shard_open_error", "duplicate_file", "shard_read_error",
+)
+
+
+@dataclass
+class ClipConfig:
+    """How one split decodes, samples, augments and tokenises its samples."""
+
+    num_frames: int = 8  # T: frames per clip; shorter clips are padded (Batch.frame_mask)
+    size: int = 224  # output frames are size x size
+    sampling: SamplingMethod = "uniform"  # uniform | random_segment (TSN) | fps
+    sample_fps: float = 2.0  # frames per second read by `fps` sampling
+    backend: Backend = "decord"  # first video decoder; the other is the fallback
+    fallback: bool = True  # try the other backend when the first fails on a file
+    decode_threads: int = 1  # decoder threads per video (1 suits DataLoader workers)
+    short_side: Optional[int] = None  # shorter side after decode-time resize; None: `size`
+    allow_images: bool = True  # jpg/png/webp samples become 1-frame clips; else skipped (not_a_video)
+    norm: Norm = "imagenet"  # normalisation statistics of the model's image encoder
+    crop_scale: tuple[float, float] = (0.5, 1.0)  # random-resized-crop area range (training)
+    hflip: float = 0.0  # flip probability (training); flips turn "left" into "right"
+    color_jitter: float = 0.0  # brightness/contrast/saturation strength (training)
+    text_field: TextField = "caption"  # caption | qa (open-ended) | mc (multiple choice)
+    max_text_len: int = 32  # tokens per text row, padded
+
+    def __post_init__(self) -> None:
+        """Reject bad settings at start, before they could turn into a skip per sample."""
+        choices = {"sampling": SAMPLING_METHODS, "backend": BACKENDS, "norm": tuple(NORM_STATS),
+                   "text_field": TEXT_FIELDS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"ClipConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.num_frames < 1 or self.size < 1 or self.sample_fps <= 0:
+            raise ValueError(f"num_frames, size and sample_fps must be positive: {self}")
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
+
+
+def _parse_meta(raw: dict) -> dict:
+    """The sample's ``json`` as a dict ({} when absent)."""
+    data = raw.get("json")
+    if data is None:
+        return {}
+    try:
+        meta = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SkipSample("bad_metadata", str(e)) from e
+    if not isinstance(meta, dict):
+        raise SkipSample("bad_metadata", f"json is a {type(meta).__name__}, not an object")
+    return meta
+
+
+def _find_media(raw: dict, allow_images: bool) -> bytes:
+    """Bytes of the sample's video (preferred) or image; skip reasons ``no_video`` and ``not_a_video``."""
+    for ext in VIDEO_EXTENSIONS:
+        if ext in raw:
+            if not allow_images and is_image_bytes(raw[ext]):
+                raise SkipSample("not_a_video", f"{ext} holds an image")
+            return raw[ext]
+    for ext in IMAGE_EXTENSIONS:
+        if ext in raw:
+            if not allow_images:
+                raise SkipSample("not_a_video", f"image sample ({ext})")
+            return raw[ext]
+    raise SkipSample("no_video", f"files: {sorted(k for k in raw if not k.startswith('__'))}")
+
+
+def _size_hint(meta: dict) -> Optional[tuple[int, int]]:
+    """Source (width, height) from metadata: ours (``width``/``height``) or video2dataset's ffprobe streams."""
+    if isinstance(meta.get("width"), int) and isinstance(meta.get("height"), int):
+        return meta["width"], meta["height"]
+    video_metadata = meta.get("video_metadata")
+    streams = video_metadata.get("streams") if isinstance(video_metadata, dict) else None
+    for s in streams if isinstance(streams, list) else []:
+        if isinstance(s, dict) and s.get("codec_type") == "video" and s.get("width") and s.get("height"):
+            return int(s["width"]), int(s["height"])
+    return None
+
+
+def _bounds(meta: dict) -> tuple[Optional[float], Optional[float]]:
+    """``start``/``end`` seconds of the clip inside its video (None when absent)."""
+    try:
+        start = None if meta.get("start") is None else float(meta["start"])
+        end = None if meta.get("end") is None else float(meta["end"])
+    except (TypeError, ValueError) as e:
+        raise SkipSample("bad_clip_bounds", f"start={meta.get('start')!r} end={meta.get('end')!r}") from e
+    if start is not None and end is not None and end <= start:
+        raise SkipSample("bad_clip_bounds", f"end {end} is not after start {start}")
+    return start, end
+
+
+def _text_rows(raw: dict, meta: dict, cfg: ClipConfig, train: bool, rng: np.random.Generator) -> list[dict]:
+    """Text of one sample as a list of Sample field dicts (one per question in QA modes)."""
+    captions = caption_list(meta, decode_text(raw.get("txt")))
+    if cfg.text_field == "caption":
+        if not captions:
+            raise SkipSample("no_caption")
+        texts = [choose_caption(captions, rng)] if train else captions
+        return [dict(texts=texts, references=captions)]
+    items = qa_items(meta, cfg.text_field)
+    if not items:
+        raise SkipSample("no_question", f"no {cfg.text_field} item in qa")
+    return [
+        dict(texts=[q.question], references=captions, answer=q.answer, choices=q.choices,
+             answer_idx=q.answer_idx, question_type=q.question_type)
+        for q in items
+    ]
+
+
+def process_sample(raw: dict, cfg: ClipConfig, train: bool, rng: np.random.Generator) -> list[Sample]:
+    """One raw shard sample -> processed ``Sample``s (several for several questions in QA modes).
+
+    Raises ``SkipSample`` with the reason when the sample cannot be used.
+    """
+    meta = _parse_meta(raw)
+    if "status" in meta and meta["status"] != "success":
+        raise SkipSample("status_not_success", str(meta.get("status")))
+    data = _find_media(raw, cfg.allow_images)
+    rows = _text_rows(raw, meta, cfg, train, rng)  # cheap checks before the costly decode
+
+    start, end = _bounds(meta)
+    randomised = train or cfg.sampling == "random_segment"  # evaluation: fps windows centred, segments seeded
+
+    def choose(total: int, fps: float) -> np.ndarray:
+        return sample_indices(cfg.sampling, total, fps, cfg.num_frames, start=start, end=end,
+                              target_fps=cfg.sample_fps, rng=rng if randomised else None)
+
+    clip = decode_clip(data, choose, short_side=cfg.short_side or cfg.size, backend=cfg.backend,
+                       fallback=cfg.fallback, threads=cfg.decode_threads, size_hint=_size_hint(meta))
+    if len(clip.frames) == 0:
+        raise SkipSample("bad_clip_bounds", f"start={meta.get('start')} end={meta.get('end')} "
+                         f"outside {clip.total_frames} frames at {clip.fps:.3g} fps")
+    if train:
+        video = train_transform(clip.frames, cfg.size, rng, scale=cfg.crop_scale, hflip=cfg.hflip,
+                                jitter=cfg.color_jitter)
+    else:
+        video = eval_transform(clip.frames, cfg.size)  # (t, C, H, W) uint8
+    video, frame_mask = pad_frames(video, cfg.num_frames)  # (T, C, H, W), (T,)
+    return [Sample(key=raw["__key__"], video=video, frame_mask=frame_mask, meta=meta, **row) for row in rows]
+
+
+class StreamContext:
+    """State shared by the stages of one pipeline copy (one per worker): seed, rank, epoch, skip counts."""
+
+    def __init__(self, seed: int, rank: int, world_size: int) -> None:
+        self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
+        self.counter = SkipTally()
+
+    def rng(self, salt: int) -> np.random.Generator:
+        """A generator for this rank, worker and epoch; ``salt`` separates the stages."""
+        worker, _ = worker_info()
+        return np.random.default_rng(stream_seed(self.seed, self.rank, worker, self.epoch, salt))
+
+
+class TrainSource(PipelineStage):
+    """Endless raw samples from resampled shards of one or more datasets mixed by weight."""
+
+    def __init__(self, datasets: list[list[str]], weights: list[float], ctx: StreamContext,
+                 max_empty_shards: int) -> None:
+        self.datasets, self.weights, self.ctx, self.max_empty_shards = datasets, weights, ctx, max_empty_shards
+
+    def run(self) -> Iterator[dict]:
+        streams = []
+        for i, urls in enumerate(self.datasets):
+            shards = ResampledShards(urls, seed=self.ctx.seed + 7919 * i, rank=self.ctx.rank)
+            shards.set_epoch(self.ctx.epoch)
+            streams.append(shard_samples(shards, self.ctx.counter, self.max_empty_shards))
+        if len(streams) == 1:
+            return streams[0]
+        worker, _ = worker_info()
+        return mix_streams(streams, self.weights, stream_seed(self.ctx.seed, self.ctx.rank, worker, self.ctx.epoch, 1))
+
+
+class EvalSource(PipelineStage):
+    """Raw samples of every shard once, this rank and worker's share only."""
+
+    def __init__(self, urls: list[str], ctx: StreamContext) -> None:
+        self.shards, self.ctx = SplitShards(urls, ctx.rank, ctx.world_size), ctx
+
+    def run(self) -> Iterator[dict]:
+        return self.shards.split_samples(shard_samples(self.shards, self.ctx.counter))
+
+
+class ShuffleStage(PipelineStage):
+    """webdataset's buffer shuffle, seeded per rank, worker and epoch."""
+
+    def __init__(self, bufsize: int, ctx: StreamContext) -> None:
+        self.bufsize, self.ctx = bufsize, ctx
+
+    def run(self, src: Iterable[dict]) -> Iterator[dict]:
+        rng = random.Random(int(self.ctx.rng(2).integers(2**62)))
+        return _shuffle(iter(src), self.bufsize, min(self.bufsize, 100), rng=rng)
+
+
+class ProcessStage(PipelineStage):
+    """Raw samples -> ``Sample``s; skips are counted, and too many in a row raise instead of hanging."""
+
+    def __init__(self, cfg: ClipConfig, train: bool, ctx: StreamContext, max_consecutive_skips: Optional[int]) -> None:
+        self.cfg, self.train, self.ctx, self.max_skips = cfg, train, ctx, max_consecutive_skips
+
+    def run(self, src: Iterable[dict]) -> Iterator[Sample]:
+        quiet_decoders()
+        rng, counter = self.ctx.rng(3), self.ctx.counter
+        for raw in src:
+            try:
+                samples = process_sample(raw, self.cfg, self.train, rng)
+            except SkipSample as e:
+                counter.skip(e.reason, f"{raw.get('__key__')} ({raw.get('__url__')}): {e.detail}")
+                if self.max_skips is not None and counter.consecutive >= self.max_skips:
+                    raise RuntimeError(
+                        f"{counter.consecutive} samples in a row were skipped ({counter.totals()}); "
+                        f"last problems: {counter.last_detail}. Check the shards."
+                    ) from e
+                continue
+            counter.ok()
+            yield from samples
+
+
+class BatchStage(PipelineStage):
+    """Group samples into collated ``Batch``es carrying the skip counts since the worker's last batch.
+
+    A full batch is handed on only when the next sample arrives (or the stream ends), so skips after
+    the last sample still reach a batch. ``partial`` keeps a last, smaller batch (evaluation).
+    """
+
+    def __init__(self, batch_size: int, tokenize: Tokenize, norm: Norm, ctx: StreamContext, partial: bool) -> None:
+        self.batch_size, self.tokenize, self.norm, self.ctx, self.partial = batch_size, tokenize, norm, ctx, partial
+
+    def run(self, src: Iterable[Sample]) -> Iterator[Batch]:
+        buf: list[Sample] = []
+        for sample in src:
+            if len(buf) == self.batch_size:
+                yield collate(buf, self.tokenize, self.norm, self.ctx.counter.pop())
+                buf = []
+            buf.append(sample)
+        if buf and (self.partial or len(buf) == self.batch_size):
+            yield collate(buf, self.tokenize, self.norm, self.ctx.counter.pop())
+        elif self.ctx.counter.pending:
+            worker, _ = worker_info()
+            warnings.warn(f"rank {self.ctx.rank} worker {worker}: samples skipped after its last batch, "
+                          f"not reported in any batch: {self.ctx.counter.pop()}")
+
+
+class VideoTextPipeline(wds.DataPipeline):
+    """A webdataset pipeline whose stages share a ``StreamContext``; each ``iter()`` starts a new epoch."""
+
+    def __init__(self, *stages, ctx: StreamContext, length: Optional[int] = None) -> None:
+        super().__init__(*stages)
+        self.ctx = ctx
+        self.next_epoch = 0
+        self.num_batches = length  # batches per epoch across workers, when fixed (training)
+
+    def __len__(self) -> int:
+        if self.num_batches is None:
+            raise TypeError("an evaluation pipeline has no length: it reads its shards to the end")
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[Batch]:
+        self.ctx.epoch = self.next_epoch
+        self.next_epoch += 1  # persistent workers keep this copy and move on by themselves
+        return super().__iter__()
+
+
+class EpochDataLoader(DataLoader):
+    """A DataLoader over a ``VideoTextPipeline`` that tells it the epoch before each pass.
+
+    Workers that are not persistent get a fresh copy of the dataset every epoch; setting the epoch
+    here makes their random streams differ from epoch to epoch.
+    """
+
+    def __init__(self, dataset: VideoTextPipeline, num_workers: int = 0, pin_memory: bool = False,
+                 persistent_workers: bool = False, start_epoch: int = 0,
+                 prefetch_factor: Optional[int] = None, **kwargs: Any) -> None:
+        # kwargs: other DataLoader options (Lightning re-creates loaders passing sampler=None).
+        kwargs.pop("batch_size", None)  # batching happens inside the pipeline
+        super().__init__(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                         persistent_workers=persistent_workers and num_workers > 0,
+                         prefetch_factor=prefetch_factor if num_workers > 0 else None, **kwargs)
+        self.start_epoch = start_epoch
+        self.epoch = start_epoch
+
+    def __iter__(self):
+        self.dataset.next_epoch = self.epoch
+        self.epoch += 1
+        return super().__iter__()
+
+
+def resolve_datasets(shards: Union[ShardSpec, Sequence[ShardSpec]], weights: Optional[Sequence[float]]
+                     ) -> tuple[list[list[str]], list[float]]:
+    """Shard URLs per dataset: with ``weights``, each entry of ``shards`` is one dataset; else one dataset."""
+    if weights is None:
+        return [expand_shards(shards)], [1.0]
+    specs = [shards] if isinstance(shards, str) else list(shards)
+    if len(specs) != len(weights):
+        raise ValueError(f"{len(weights)} weights for {len(specs)} datasets: give one weight per shard spec")
+    return [expand_shards(s) for s in specs], [float(w) for w in weights]
+
+
+def build_train_dataset(
+    shards: Union[ShardSpec, Sequence[ShardSpec]],
+    tokenizer: HFTokenizer,
+    cfg: ClipConfig,
+    *,
+    batch_size: int,
+    batches_per_epoch: int,
+    num_workers: int = 0,
+    weights: Optional[Sequence[float]] = None,
+    shuffle_buffer: int = 1000,
+    seed: int = 0,
+    rank: Optional[int] = None,
+    max_consecutive_skips: int = 10_000,
+) -> VideoTextPipeline:
+    """The training pipeline of one rank: ``ceil(batches_per_epoch / num_workers)`` batches per worker."""
+    datasets, weights = resolve_datasets(shards, weights)
+    rank = dist_info()[0] if rank is None else rank
+    ctx = StreamContext(seed, rank, 1)
+    per_worker = math.ceil(batches_per_epoch / max(1, num_workers))
+    pipeline = VideoTextPipeline(
+        TrainSource(datasets, weights, ctx, max_empty_shards=min(max_consecutive_skips, 1000)),
+        ShuffleStage(shuffle_buffer, ctx) if shuffle_buffer > 1 else None,
+        ProcessStage(cfg, True, ctx, max_consecutive_skips),
+        BatchStage(batch_size, Tokenize(tokenizer, cfg.max_text_len), cfg.norm, ctx, partial=False),
+        ctx=ctx,
+        length=per_worker * max(1, num_workers),
+    )
+    return pipeline.with_epoch(per_worker)
+
+
+def build_eval_dataset(
+    shards: Union[ShardSpec, Sequence[ShardSpec]],
+    tokenizer: HFTokenizer,
+    cfg: ClipConfig,
+    *,
+    batch_size: int,
+    rank: Optional[int] = None,
+    world_size: Optional[int] = None,
+) -> VideoTextPipeline:
+    """The evaluation pipeline of one rank: its share of every sample, once, in shard order."""
+    specs = [shards] if isinstance(shards, str) else list(shards)
+    urls = [u for spec in specs for u in expand_shards(spec)]
+    if rank is None or world_size is None:
+        rank, world_size = dist_info()
+    ctx = StreamContext(0, rank, world_size)
+    return VideoTextPipeline(
+        EvalSource(urls, ctx),
+        ProcessStage(cfg, False, ctx, None),
+        BatchStage(batch_size, Tokenize(tokenizer, cfg.max_text_len), cfg.norm, ctx, partial=True),
+        ctx=ctx,
+    )
+
+
+def build_train_loader(shards: Union[ShardSpec, Sequence[ShardSpec]], tokenizer: HFTokenizer,
+                       cfg: ClipConfig, *, batch_size: int, batches_per_epoch: int, num_workers: int = 0,
+                       weights: Optional[Sequence[float]] = None, shuffle_buffer: int = 1000, seed: int = 0,
+                       rank: Optional[int] = None, pin_memory: bool = False, persistent_workers: bool = False,
+                       start_epoch: int = 0, max_consecutive_skips: int = 10_000) -> EpochDataLoader:
+    """A DataLoader yielding training ``Batch``es: a fixed ``len()`` per epoch on every rank.
+
+    ``shards`` is one dataset (a spec or a list of shard URLs), or, with ``weights``, a list of
+    datasets (one spec each) mixed sample by sample with those weights.
+    """
+    dataset = build_train_dataset(shards, tokenizer, cfg, batch_size=batch_size, batches_per_epoch=batches_per_epoch,
+                                  num_workers=num_workers, weights=weights, shuffle_buffer=shuffle_buffer,
+                                  seed=seed, rank=rank, max_consecutive_skips=max_consecutive_skips)
+    return EpochDataLoader(dataset, num_workers=num_workers, pin_memory=pin_memory,
+                           persistent_workers=persistent_workers, start_epoch=start_epoch)
+
+
+def build_eval_loader(shards: Union[ShardSpec, Sequence[ShardSpec]], tokenizer: HFTokenizer, cfg: ClipConfig, *,
+                      batch_size: int, num_workers: int = 0, rank: Optional[int] = None,
+                      world_size: Optional[int] = None, pin_memory: bool = False,
+                      persistent_workers: bool = False) -> EpochDataLoader:
+    """A DataLoader yielding evaluation ``Batch``es: every sample once across ranks and workers."""
+    dataset = build_eval_dataset(shards, tokenizer, cfg, batch_size=batch_size, rank=rank, world_size=world_size)
+    return EpochDataLoader(dataset, num_workers=num_workers, pin_memory=pin_memory,
+                           persistent_workers=persistent_workers)

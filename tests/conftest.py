@@ -1,0 +1,154 @@
+"""Shared test fixtures: a tokenizer, tiny synthetic shards, clips that encode their frame index, and
+shards in video2dataset's layout or full of faults. Everything is written once per session, small."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+LEVEL0, LEVEL_STEP = 16, 7  # frame i of an indexed clip is uniform grey at LEVEL0 + LEVEL_STEP * i
+
+
+def encode_indexed_clip(num_frames: int = 24, fps: int = 8, width: int = 64, height: int = 48) -> bytes:
+    """An mp4 whose frame i is uniform grey ``LEVEL0 + LEVEL_STEP * i``, so decoded frames reveal their index."""
+    from datapipes.synth import encode_mp4
+
+    if LEVEL0 + LEVEL_STEP * (num_frames - 1) > 255:
+        raise ValueError("too many frames to encode their index as a grey level")
+    levels = LEVEL0 + LEVEL_STEP * np.arange(num_frames)
+    frames = np.broadcast_to(levels[:, None, None, None], (num_frames, height, width, 3)).astype(np.uint8)
+    return encode_mp4(np.ascontiguousarray(frames), fps)
+
+
+def frame_index(frame: np.ndarray) -> int:
+    """The index an indexed clip's frame encodes (frame: (H, W, 3) uint8 or (3, H, W) float in [0, 255])."""
+    return int(round((float(np.asarray(frame).mean()) - LEVEL0) / LEVEL_STEP))
+
+
+def jpeg_bytes(width: int = 40, height: int = 30, seed: int = 0) -> bytes:
+    """A small random JPEG."""
+    from PIL import Image
+
+    arr = (np.random.default_rng(seed).random((height, width, 3)) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def write_tar(path: Path | str, samples: list[dict]) -> str:
+    """Write samples ``{"__key__", ext: bytes|str}`` to one tar with webdataset's TarWriter; returns the path."""
+    import webdataset as wds
+
+    with wds.TarWriter(str(path)) as writer:
+        for sample in samples:
+            writer.write(sample)
+    return str(path)
+
+
+def good_sample(key: str, caption: str = "a grey clip gets brighter", **meta) -> dict:
+    """A valid sample with an indexed clip, caption and metadata."""
+    return {"__key__": key, "mp4": encode_indexed_clip(), "txt": caption,
+            "json": json.dumps({"status": "success", **meta}).encode()}
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The packaged MiniLM WordPiece tokenizer (offline)."""
+    from vl.models.hub import load_tokenizer
+
+    return load_tokenizer("minilm")
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> dict:
+    """Tiny synthetic shards: 48 train clips in 3 shards, 12 val, 12 test (8 frames of 32x32 at 8 fps)."""
+    from datapipes.synth import SynthConfig, write_synth
+
+    out = tmp_path_factory.mktemp("synth")
+    info = write_synth(str(out), {"train": 48, "val": 12, "test": 12}, SynthConfig(frames=8, size=32, fps=8),
+                       maxcount=16, workers=1, progress=False)
+    return {"dir": str(out), **{k: v["path"] for k, v in info["splits"].items()}}
+
+
+@pytest.fixture(scope="session")
+def indexed_clip() -> Callable[..., bytes]:
+    """``encode_indexed_clip`` as a fixture."""
+    return encode_indexed_clip
+
+
+@pytest.fixture(scope="session")
+def v2d_shards(tmp_path_factory) -> dict:
+    """Shards as video2dataset writes them: ``{shard:05d}.tar`` with 9-digit keys, ``_stats.json`` beside,
+    ffprobe metadata in ``video_metadata`` and failed downloads present as json (+txt) without mp4."""
+    out = tmp_path_factory.mktemp("v2d")
+    clip = encode_indexed_clip(width=64, height=48)
+    expected, failed = [], []
+    for shard in range(2):
+        samples = []
+        for i in range(5):
+            key = f"{shard:05d}{i:04d}"
+            meta = {"url": f"https://example.com/{key}.mp4", "key": key, "caption": f"clip number {key}",
+                    "status": "success", "error_message": None}
+            if i == 2:
+                meta.update(status="failed_to_download", error_message="HTTP Error 404: Not Found")
+                samples.append({"__key__": key, "txt": meta["caption"], "json": json.dumps(meta).encode()})
+                failed.append(key)
+                continue
+            meta["video_metadata"] = {"streams": [{"codec_type": "video", "width": 64, "height": 48}],
+                                      "format": {"duration": "3.0"}}
+            samples.append({"__key__": key, "mp4": clip, "txt": meta["caption"], "json": json.dumps(meta).encode()})
+            expected.append(key)
+        write_tar(out / f"{shard:05d}.tar", samples)
+        (out / f"{shard:05d}_stats.json").write_text(json.dumps({"count": 5, "successes": 4, "failed_to_download": 1}))
+    return {"dir": str(out), "pattern": str(out / "{00000..00001}.tar"), "keys": expected, "failed": failed}
+
+
+FAULTS = {
+    # key -> skip reason counted by the pipeline (None: usable)
+    "corrupt": "decode_error",
+    "zerobyte": "empty_file",
+    "nocaption": "no_caption",
+    "badutf8": "bad_text_encoding",
+    "failed": "status_not_success",
+    "novideo": "no_video",
+    "badjson": "bad_metadata",
+    "short": None,  # 3 frames where 8 are asked for: padded, frame_mask marks the padding
+    "imageasvideo": None,  # JPEG bytes in KEY.mp4: read as a 1-frame clip (skipped with allow_images=False)
+}
+
+
+@pytest.fixture(scope="session")
+def fault_shards(tmp_path_factory) -> dict:
+    """A shard holding one sample per fault of ``FAULTS`` plus 3 good ones, a truncated shard, a good shard."""
+    out = tmp_path_factory.mktemp("faults")
+    ok = {"status": "success"}
+    samples = [
+        good_sample("good0"),
+        {"__key__": "corrupt", "mp4": os.urandom(4000), "txt": "noise", "json": json.dumps(ok).encode()},
+        {"__key__": "zerobyte", "mp4": b"", "txt": "nothing", "json": json.dumps(ok).encode()},
+        {"__key__": "nocaption", "mp4": encode_indexed_clip(), "json": json.dumps(ok).encode()},
+        {"__key__": "badutf8", "mp4": encode_indexed_clip(), "txt": b"caf\xe9 \xff\xfe", "json": json.dumps(ok).encode()},
+        {"__key__": "failed", "json": json.dumps({"status": "failed_to_download", "error_message": "404"}).encode()},
+        {"__key__": "novideo", "txt": "a caption without video", "json": json.dumps(ok).encode()},
+        {"__key__": "badjson", "mp4": encode_indexed_clip(), "txt": "x", "json": b"{not json"},
+        {"__key__": "short", "mp4": encode_indexed_clip(num_frames=3), "txt": "three frames", "json": json.dumps(ok).encode()},
+        {"__key__": "imageasvideo", "mp4": jpeg_bytes(), "txt": "a still", "json": json.dumps(ok).encode()},
+        good_sample("good1"),
+        good_sample("good2"),
+    ]
+    faults = write_tar(out / "faults-000000.tar", samples)
+    good = write_tar(out / "good-000000.tar", [good_sample(f"g{i}") for i in range(4)])
+    full = write_tar(out / "full.tar", [good_sample(f"t{i}") for i in range(6)])
+    data = Path(full).read_bytes()
+    truncated = out / "truncated-000000.tar"
+    truncated.write_bytes(data[: len(data) * 2 // 3])  # cuts the 5th sample's mp4 in the middle
+    os.remove(full)
+    return {"faults": faults, "good": good, "truncated": str(truncated), "dir": str(out)}
