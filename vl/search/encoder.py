@@ -1,0 +1,158 @@
+"""The model side of search: a checkpoint's model, tokenizer and clip settings behind one thread-safe object.
+
+``Encoder`` turns text and decoded clips into the model's L2-normalised VTC embeddings, and scores
+(video, text) pairs with the VTM head for re-ranking. ``prepare_clip`` decodes one video the way the
+model saw its evaluation clips (``datapipes`` decode, sampling and eval transform).
+"""
+
+from __future__ import annotations
+
+import threading
+import unicodedata
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from datapipes.augment import eval_transform, normalize, pad_frames
+from datapipes.decode import SkipSample, decode_clip
+from datapipes.pipeline import ClipConfig
+from datapipes.sampling import sample_indices
+from datapipes.text import Tokenize
+
+MAX_QUERY_CHARS = 1000  # longer queries are cut here (the tokenizer keeps max_text_len tokens anyway)
+
+
+def normalize_query(text: Any) -> str:
+    """A query as clean text: control characters dropped, whitespace collapsed, cut to MAX_QUERY_CHARS.
+
+    Raises ValueError for a query with no visible character.
+    """
+    raw = "" if text is None else str(text)[: MAX_QUERY_CHARS * 4]
+    kept = "".join(" " if ch.isspace() else ch for ch in raw if ch.isspace() or unicodedata.category(ch)[0] != "C")
+    query = " ".join(kept.split())[:MAX_QUERY_CHARS]
+    if not query:
+        raise ValueError("type a query: it is empty")
+    return query
+
+
+def set_threads(threads: Optional[int]) -> None:
+    """CPU threads of torch and FAISS (None: leave the libraries' defaults). On a busy machine 1 is often fastest."""
+    if threads is None:
+        return
+    import faiss
+
+    torch.set_num_threads(max(1, threads))
+    faiss.omp_set_num_threads(max(1, threads))
+
+
+def clip_config_for(model: torch.nn.Module, preprocess: dict[str, Any]) -> ClipConfig:
+    """The evaluation ClipConfig of a model: the checkpoint's data settings, else its video encoder's sizes.
+
+    Random-segment sampling becomes uniform so that an index is deterministic.
+    """
+    video = model.video_encoder
+    sampling = preprocess.get("val_sampling", "uniform")
+    return ClipConfig(
+        num_frames=int(preprocess.get("num_frames") or getattr(video, "num_frames", 8)),
+        size=int(preprocess.get("frame_size") or getattr(video, "img_size", 224)),
+        sampling="uniform" if sampling == "random_segment" else sampling,
+        sample_fps=float(preprocess.get("sample_fps", 2.0)),
+        norm=preprocess.get("norm", "imagenet"),
+        max_text_len=int(preprocess.get("max_text_len", 32)),
+        allow_images=False,
+    )
+
+
+def prepare_clip(data: bytes, cfg: ClipConfig, meta: Optional[dict] = None) -> Tensor:
+    """Video bytes -> normalised clip (T, C, H, W) as the model's evaluation pipeline prepares it.
+
+    ``meta`` may carry ``start``/``end`` seconds. Raises ``SkipSample`` (``empty_file``, ``decode_error``,
+    ``not_a_video``, ``bad_clip_bounds``) for bytes that give no usable clip.
+    """
+    meta = meta or {}
+
+    def choose(total: int, fps: float) -> np.ndarray:
+        return sample_indices(cfg.sampling, total, fps, cfg.num_frames, start=meta.get("start"),
+                              end=meta.get("end"), target_fps=cfg.sample_fps)
+
+    clip = decode_clip(data, choose, short_side=cfg.size, backend=cfg.backend, fallback=cfg.fallback, threads=1)
+    if clip.backend == "image":
+        raise SkipSample("not_a_video", "an image, not a video")
+    if len(clip.frames) == 0:
+        raise SkipSample("bad_clip_bounds", f"no frame inside start={meta.get('start')} end={meta.get('end')}")
+    video = pad_frames(eval_transform(clip.frames, cfg.size), cfg.num_frames)[0]  # (T, C, H, W) uint8
+    return normalize(video, cfg.norm)  # (T, C, H, W) float32
+
+
+class Encoder:
+    """A trained VideoLanguageModel with its tokenizer and clip settings; every call is thread-safe.
+
+    Args:
+        model: a ``VideoLanguageModel`` (put in eval mode here).
+        preprocess: the data settings it was trained with (``LoadedModel.preprocess``).
+        device: where the model runs.
+    """
+
+    def __init__(self, model: torch.nn.Module, preprocess: dict[str, Any], device: str = "cpu") -> None:
+        from vl.models.hub import load_tokenizer
+
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.clip_config = clip_config_for(model, preprocess)
+        self.tokenizer_name = str(preprocess.get("tokenizer", "minilm"))
+        self.tokenize = Tokenize(load_tokenizer(self.tokenizer_name), self.clip_config.max_text_len)
+        self._lock = threading.Lock()  # one forward at a time: shared CPU, and no shared-state surprises
+
+    @classmethod
+    def from_checkpoint(cls, path: str, device: str = "cpu") -> "Encoder":
+        """The model of a ``vl fit`` checkpoint (``vl.lit.checkpoint.load_checkpoint``)."""
+        from vl.lit.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(path, map_location="cpu")
+        return cls(loaded.model, loaded.preprocess, device)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.video_proj.out_features)
+
+    @property
+    def has_vtm(self) -> bool:
+        return getattr(self.model, "vtm_head", None) is not None
+
+    def _text(self, texts: list[str]) -> tuple[dict[str, Tensor], Tensor]:
+        ids, mask = self.tokenize(texts)  # (N, L) each
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        return self.model.encode_text(ids, mask), mask
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+        """Texts -> (N, E) float32 L2-normalised embeddings."""
+        out = [np.zeros((0, self.embed_dim), np.float32)]
+        with self._lock:
+            for i in range(0, len(texts), batch_size):
+                encoded, _ = self._text(texts[i : i + batch_size])
+                out.append(self.model.embed_text(encoded["pooled"]).float().cpu().numpy())
+        return np.concatenate(out)
+
+    @torch.inference_mode()
+    def encode_clips(self, clips: Tensor) -> tuple[np.ndarray, Tensor]:
+        """Clips (B, T, C, H, W) -> (B, E) float32 embeddings and video tokens (B, N, D) on the CPU."""
+        with self._lock:
+            encoded = self.model.encode_video(clips.to(self.device))
+            emb = self.model.embed_video(encoded["pooled"]).float().cpu().numpy()
+        return emb, encoded["tokens"].cpu()
+
+    @torch.inference_mode()
+    def vtm_scores(self, video_tokens: Tensor, text: str) -> np.ndarray:
+        """Match probability of one text against each of R videos' tokens (R, N, D) -> (R,) in [0, 1]."""
+        if not self.has_vtm:
+            raise ValueError("this model has no VTM head (it was trained without the vtm objective)")
+        r = video_tokens.shape[0]
+        with self._lock:
+            encoded, mask = self._text([text])
+            text_tokens = encoded["tokens"].repeat(r, 1, 1)  # (R, L, Dt)
+            fused = self.model.fuse(video_tokens.to(self.device), text_tokens, mask.repeat(r, 1))
+            logits = self.model.vtm_head(fused["cls"])  # (R, 2), index 1 = match
+        return logits.float().softmax(-1)[:, 1].cpu().numpy()
