@@ -20,7 +20,7 @@ class OptimConfig:
     eps: float = 1e-6
     warmup_steps: int = 100  # linear warmup from 0 to lr
     min_lr_ratio: float = 0.01  # cosine decays to lr * this at the last step
-    fused: bool = False  # torch's fused AdamW kernel (CUDA)
+    fused: bool = False  # torch's fused AdamW kernel (CUDA and CPU)
 
 
 def _no_decay(name: str, param: nn.Parameter, explicit: set[str]) -> bool:
@@ -82,8 +82,7 @@ def build_optimizer(
 ) -> dict:
     """The `configure_optimizers` return value: AdamW + per-step LambdaLR."""
     groups = param_groups(model, cfg, set(no_weight_decay), set(pretrained))
-    fused = cfg.fused and torch.cuda.is_available()
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=cfg.fused or None)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, warmup_cosine(cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
     )
