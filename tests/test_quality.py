@@ -32,7 +32,6 @@ def direction_shards(tmp_path_factory) -> dict:
 def train_and_evaluate(shards: dict, temporal: str, steps: int, seed: int = 0) -> dict[str, float]:
     """Pretrain vl_tiny with VTC for `steps` steps; text-to-video metrics on the held-out split."""
     pl.seed_everything(seed, workers=True)
-    torch.set_num_threads(2)
     module = PretrainModule(
         model="vl_tiny", video=dict(num_frames=8, img_size=32, temporal=temporal),
         optim=OptimConfig(lr=1e-3, warmup_steps=20),
@@ -45,8 +44,13 @@ def train_and_evaluate(shards: dict, temporal: str, steps: int, seed: int = 0) -
     trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                          gradient_clip_val=1.0)
-    trainer.fit(module, data)
-    metrics = trainer.validate(module, data, verbose=False)[0]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one decoding worker + one compute thread on 2 cores (see vl.lit.CPUThreads)
+    try:
+        trainer.fit(module, data)
+        metrics = trainer.validate(module, data, verbose=False)[0]
+    finally:
+        torch.set_num_threads(threads)
     return {k.removeprefix("val/"): v for k, v in metrics.items() if k.startswith("val/t2v")}
 
 

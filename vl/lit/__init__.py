@@ -1,7 +1,7 @@
 """LightningModules and the DataModule: wiring of models, objectives, data and optimisers."""
 
-from vl.lit.callbacks import SaveLastOnTrainEnd
+from vl.lit.callbacks import CPUThreads, SaveLastOnTrainEnd
 from vl.lit.data import SkipCounter, VideoTextDataModule
 from vl.lit.pretrain import Objectives, PretrainModule
 
-__all__ = ["Objectives", "PretrainModule", "SaveLastOnTrainEnd", "SkipCounter", "VideoTextDataModule"]
+__all__ = ["CPUThreads", "Objectives", "PretrainModule", "SaveLastOnTrainEnd", "SkipCounter", "VideoTextDataModule"]

@@ -26,3 +26,22 @@ class SaveLastOnTrainEnd(pl.Callback):
             trainer.save_checkpoint(path)
             cb.last_model_path = path
             rank_zero_info(f"saved {path} at step {trainer.global_step}")
+
+
+class CPUThreads(pl.Callback):
+    """Sets the number of torch CPU threads of the training process when the run starts.
+
+    On a small CPU machine the DataLoader workers decode video on the same cores as the model's
+    intra-op threads; more threads than free cores makes OpenMP spin and slows every matmul (3x on
+    2 cores with one worker busy). `num_threads: 1` with one worker suits a 2-core machine.
+    """
+
+    def __init__(self, num_threads: int) -> None:
+        if num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+        self.num_threads = num_threads
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        import torch
+
+        torch.set_num_threads(self.num_threads)
