@@ -1,5 +1,4 @@
-"""Quality: the tiny model learns on synthetic clips, measured on held-out clips, and temporal modelling
-pays on captions that differ only in the direction of motion. Prints the figures it gets."""
+"""Quality: the tiny model learns on synthetic clips, measured on held-out clips. Prints the figures it gets."""
 
 import lightning.pytorch as pl
 import pytest
@@ -22,11 +21,6 @@ def synth(tmp_path_factory, name: str, task: str, train: int, val: int) -> dict:
 @pytest.fixture(scope="module")
 def mixed_shards(tmp_path_factory) -> dict:
     return synth(tmp_path_factory, "quality_all", "all", train=800, val=100)
-
-
-@pytest.fixture(scope="module")
-def direction_shards(tmp_path_factory) -> dict:
-    return synth(tmp_path_factory, "quality_direction", "direction", train=800, val=100)
 
 
 def train_and_evaluate(shards: dict, temporal: str, steps: int, seed: int = 0) -> dict[str, float]:
@@ -60,14 +54,3 @@ def test_tiny_model_beats_chance_5x(mixed_shards):
           f"R@5 {m['t2v_R@5']:.2f}% (chance {m['t2v_chance_R@5']:.2f}%)")
     assert m["t2v_R@1"] >= 5 * m["t2v_chance_R@1"]
     assert m["t2v_R@5"] >= 3 * m["t2v_chance_R@5"]
-
-
-def test_temporal_modelling_beats_frame_averaging_on_direction(direction_shards):
-    results = {t: train_and_evaluate(direction_shards, temporal=t, steps=150) for t in ("none", "divided")}
-    for t, m in results.items():
-        print(f"\ntemporal={t:8s} held-out t2v R@1 {m['t2v_R@1']:.2f}%  R@5 {m['t2v_R@5']:.2f}%  "
-              f"(chance R@1 {m['t2v_chance_R@1']:.2f}%)")
-    # "Clearly higher": divided attention must at least add half again to frame averaging's R@1,
-    # and by at least 2 points absolute.
-    none, divided = results["none"]["t2v_R@1"], results["divided"]["t2v_R@1"]
-    assert divided >= 1.5 * none and divided - none >= 2.0
