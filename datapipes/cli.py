@@ -3,6 +3,7 @@
     vl data shards FOLDER ANNOTATIONS --out DIR [--maxcount N] [--maxsize 1G] [--prefix NAME]
     vl data inspect SHARDS [--limit N] [--decode] [--json]
     vl data synth --out DIR --train N --val N --test N [--frames 16 --size 64 --fps 8 --task all]
+    vl data vq-targets SHARDS --tokenizer CKPT --out DIR --grid N [--frames 4 --size 224]   (MVM targets)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Optional
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vl data", description="Make, inspect and synthesise video-text shards.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{shards,inspect,synth}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{shards,inspect,synth,vq-targets}")
 
     p = sub.add_parser("shards", help="folder of videos + JSONL/CSV annotations -> WebDataset shards",
                        description="Write WebDataset shards (KEY.mp4, KEY.txt, KEY.json) from a folder of videos "
@@ -59,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-existing", action="store_true",
                    help="do nothing when OUT/splits.json already records these counts and settings")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    # Every argument goes to vl.objectives.precompute, which parses them (`vl data vq-targets --help`); with
+    # prefix_chars "+", argparse takes "--x" here as a plain value.
+    p = sub.add_parser("vq-targets", add_help=False, prefix_chars="+",
+                       help="precompute MVM vq targets (visual-tokenizer codes) into shards")
+    p.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -103,13 +110,19 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_vq_targets(args: argparse.Namespace) -> int:
+    from vl.objectives.precompute import main as vq_targets_main  # lazy: datapipes never imports vl at import time
+
+    return vq_targets_main(args.args)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Run ``vl data`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     try:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # --help, or a usage error already printed by argparse
         return int(e.code or 0)
-    handlers = {"shards": _cmd_shards, "inspect": _cmd_inspect, "synth": _cmd_synth}
+    handlers = {"shards": _cmd_shards, "inspect": _cmd_inspect, "synth": _cmd_synth, "vq-targets": _cmd_vq_targets}
     try:
         return handlers[args.command](args)
     except (FileNotFoundError, ValueError) as e:

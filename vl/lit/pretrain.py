@@ -114,7 +114,8 @@ class PretrainModule(pl.LightningModule):
         if self.mlm is not None:
             out.update(self.mlm(self.model, video["tokens"], batch.text_ids, batch.text_mask))
         if self.mvm is not None:  # masks (scored by the unmasked pass), re-encodes the masked clip, predicts targets
-            out.update(self.mvm(self.model, batch.video, video["tokens"], text["tokens"], batch.text_mask, t_emb))
+            out.update(self.mvm(self.model, batch.video, video["tokens"], text["tokens"], batch.text_mask, t_emb,
+                                keys=batch.keys))
         return out
 
     def total_loss(self, out: dict[str, Tensor]) -> Tensor:

@@ -1,0 +1,123 @@
+"""Visual tokenizers: FSQ/LFQ encode and decode, codebook statistics, a short `fit` that lowers the
+reconstruction error and writes a checkpoint MVM can load, and the DALL-E encoder adapter."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+
+from vl.models import dalle
+from vl.models.vq_tokenizer import codebook_usage, create_tokenizer, list_tokenizers, load_tokenizer_checkpoint
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on a shared 2-core machine two threads contend and these tiny models run ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", ["fsq_tiny", "lfq_tiny"])
+def test_tokenizer_encodes_and_decodes_an_image(name):
+    torch.manual_seed(0)
+    tokenizer = create_tokenizer(name).eval()
+    images = torch.randn(3, 3, 32, 32)
+    ids = tokenizer.encode(images)
+    assert ids.shape == (3, 4, 4) and ids.dtype == torch.long  # f = 8
+    assert 0 <= int(ids.min()) and int(ids.max()) < tokenizer.codebook_size
+    recon = tokenizer.decode_ids(ids)
+    assert recon.shape == images.shape and torch.isfinite(recon).all()
+    out = tokenizer(images)
+    torch.testing.assert_close(out["recon"], recon)  # decoding the ids = the forward pass's reconstruction
+    assert torch.equal(out["ids"], ids)
+
+
+def test_registered_sizes():
+    assert {"fsq_tiny", "fsq_base", "lfq_tiny", "lfq_base"} <= set(list_tokenizers())
+    assert create_tokenizer("fsq_tiny").codebook_size == 1000
+    with pytest.raises(ValueError, match="unknown tokenizer option"):
+        create_tokenizer("fsq_tiny", levelz=(8, 8))
+
+
+def test_codebook_usage_and_perplexity():
+    stats = codebook_usage(torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]), codebook_size=8)
+    assert stats["usage"].item() == pytest.approx(0.5)
+    assert stats["perplexity"].item() == pytest.approx(4.0)
+
+
+def test_short_fit_lowers_reconstruction_error_and_saves_a_loadable_checkpoint(synth_dir, tmp_path):
+    import lightning.pytorch as pl
+
+    from vl.lit import VideoTextDataModule
+    from vl.lit.optim import OptimConfig
+    from vl.lit.tokenizer import TokenizerModule
+
+    torch.manual_seed(0)
+    module = TokenizerModule("fsq_tiny", frames_per_clip=2, grid_images=4,
+                             optim=OptimConfig(lr=2e-3, weight_decay=0.0, warmup_steps=2))
+    dm = VideoTextDataModule(root=synth_dir["dir"], num_frames=4, frame_size=32, batch_size=8, eval_batch_size=8,
+                             num_workers=0, batches_per_epoch=12, persistent_workers=False, max_text_len=16)
+    dm.setup("fit")
+    fixed = next(iter(dm.val_dataloader())).video.flatten(0, 1)  # (M, C, H, W) validation frames
+
+    def error() -> float:
+        with torch.no_grad():
+            return module.losses(fixed)["recon_loss"].item()
+
+    before = error()
+    trainer = pl.Trainer(accelerator="cpu", max_steps=24, default_root_dir=str(tmp_path), enable_progress_bar=False,
+                         enable_model_summary=False, logger=pl.loggers.CSVLogger(str(tmp_path), name="logs"),
+                         limit_val_batches=1, num_sanity_val_steps=0, log_every_n_steps=5)
+    trainer.fit(module, datamodule=dm)
+    assert error() < 0.8 * before
+    assert list((tmp_path / "logs").rglob("reconstructions/step_*.png"))  # the grid is in the log directory
+    metrics = (next((tmp_path / "logs").rglob("metrics.csv"))).read_text()
+    assert "val/codebook_usage" in metrics and "train/recon_loss" in metrics
+    ckpt = tmp_path / "tokenizer.ckpt"
+    trainer.save_checkpoint(ckpt)
+    loaded = load_tokenizer_checkpoint(ckpt)
+    assert torch.equal(loaded.encode(fixed), module.tokenizer.eval().encode(fixed))
+
+
+def _save_as_dall_e_pickle(encoder: dalle.DalleEncoder, path, monkeypatch) -> None:
+    """torch.save the encoder as if its classes came from the `dall_e` package (as OpenAI's encoder.pkl)."""
+    package, enc_mod, utils_mod = (types.ModuleType(n) for n in ("dall_e", "dall_e.encoder", "dall_e.utils"))
+    enc_mod.Encoder, enc_mod.EncoderBlock, utils_mod.Conv2d = dalle.DalleEncoder, dalle.DalleEncoderBlock, dalle.DalleConv2d
+    renames = ((dalle.DalleEncoder, "dall_e.encoder", "Encoder"), (dalle.DalleEncoderBlock, "dall_e.encoder", "EncoderBlock"),
+               (dalle.DalleConv2d, "dall_e.utils", "Conv2d"))
+    original = [(cls, cls.__module__, cls.__qualname__) for cls, _, _ in renames]
+    with monkeypatch.context() as m:
+        for name, module in (("dall_e", package), ("dall_e.encoder", enc_mod), ("dall_e.utils", utils_mod)):
+            m.setitem(sys.modules, name, module)
+        try:
+            for cls, module, name in renames:
+                cls.__module__, cls.__qualname__ = module, name
+            torch.save(encoder, path)
+        finally:
+            for cls, module, name in original:
+                cls.__module__, cls.__qualname__ = module, name
+    assert "dall_e" not in sys.modules
+
+
+def test_dalle_encoder_loads_from_its_pickle_without_the_dall_e_package(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    encoder = dalle.DalleEncoder(n_hid=8, n_blk_per_group=1, vocab_size=64)
+    path = tmp_path / "encoder.pkl"
+    _save_as_dall_e_pickle(encoder, path, monkeypatch)
+    assert b"dall_e.encoder" in path.read_bytes()
+    tokenizer = dalle.DalleTokenizer(str(path), norm="imagenet")
+    images = torch.randn(2, 3, 32, 32)
+    ids = tokenizer.encode(images)
+    assert ids.shape == (2, 4, 4) and tokenizer.codebook_size == 64
+    pixels = 0.8 * dalle.unnormalize(images, "imagenet") + 0.1  # DALL-E's map_pixels
+    assert torch.equal(ids, encoder(pixels).argmax(dim=1))
+    state = tmp_path / "encoder_state.pt"  # a plain state dict loads too, sized from its shapes
+    torch.save(encoder.state_dict(), state)
+    assert torch.equal(dalle.DalleTokenizer(str(state)).encode(images), ids)
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        dalle.DalleTokenizer("/nonexistent/encoder.pkl")
