@@ -13,6 +13,10 @@ return_attention=False) -> dict``: ``tokens`` (all fused tokens), ``text_tokens`
 ``cls`` (B, D) (the fused first text token) and, when asked, ``attentions`` (B, L, N): the last block's
 text-to-video attention, averaged over heads (VIOLET's attended masking reads it). Masks are attention
 masks: 1/True = a real token to attend to.
+
+``causal=True`` makes the fusion a decoder over the text (SwinBERT-style captioning): text token i attends
+to text tokens 0..i and to every video token; video tokens never attend to text (in single-stream
+fusion they attend to video only), so no output depends on a later text token.
 """
 
 from __future__ import annotations
@@ -22,6 +26,24 @@ from torch import Tensor, nn
 
 from .layers import FusionBlock, drop_path_rates, init_weights
 from .registry import FUSIONS, build
+
+
+def causal_text_mask(text_mask: Tensor) -> Tensor:
+    """(B, L) keep -> (B, L, L) keep: query i may attend to the real text tokens 0..i."""
+    L = text_mask.shape[1]
+    lower = torch.ones(L, L, dtype=torch.bool, device=text_mask.device).tril()  # (L, L)
+    return lower[None] & text_mask.bool()[:, None, :]  # (B, L, L)
+
+
+def causal_single_stream_mask(text_mask: Tensor, video_mask: Tensor) -> Tensor:
+    """(B, L), (B, N) keep -> (B, L + N, L + N) keep for text-first single-stream decoding: text attends
+    causally to text and to all video; video attends to video only."""
+    B, L = text_mask.shape
+    N = video_mask.shape[1]
+    mask = torch.zeros(B, L + N, L + N, dtype=torch.bool, device=text_mask.device)
+    mask[:, :L, :L] = causal_text_mask(text_mask)
+    mask[:, :, L:] = video_mask.bool()[:, None, :]  # every query sees the real video tokens
+    return mask
 
 
 class Fusion(nn.Module):
@@ -76,14 +98,18 @@ class SingleStreamFusion(Fusion):
         self.apply(init_weights)
 
     def forward(self, video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor,
-                video_mask: Tensor | None = None, return_attention: bool = False) -> dict[str, Tensor]:
+                video_mask: Tensor | None = None, return_attention: bool = False,
+                causal: bool = False) -> dict[str, Tensor]:
         B, L = text_mask.shape
         N = video_tokens.shape[1]
         t = self.text_proj(text_tokens) + self.type_embed.weight[0]  # (B, L, D)
         v = self.video_proj(video_tokens) + self.type_embed.weight[1]  # (B, N, D)
         if video_mask is None:
             video_mask = text_mask.new_ones(B, N)
-        mask = torch.cat([text_mask.bool(), video_mask.bool()], dim=1)  # (B, L + N)
+        if causal:
+            mask = causal_single_stream_mask(text_mask, video_mask)  # (B, L + N, L + N)
+        else:
+            mask = torch.cat([text_mask.bool(), video_mask.bool()], dim=1)  # (B, L + N)
         x, weights = self.run(torch.cat([t, v], dim=1), mask, None, None, return_attention)  # (B, L + N, D)
         out = {"tokens": x, "text_tokens": x[:, :L], "video_tokens": x[:, L:], "cls": x[:, 0]}
         if weights is not None:
@@ -103,11 +129,13 @@ class CrossAttentionFusion(Fusion):
         self.apply(init_weights)
 
     def forward(self, video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor,
-                video_mask: Tensor | None = None, return_attention: bool = False) -> dict[str, Tensor]:
+                video_mask: Tensor | None = None, return_attention: bool = False,
+                causal: bool = False) -> dict[str, Tensor]:
         t = self.text_proj(text_tokens)  # (B, L, D)
         v = self.video_proj(video_tokens)  # (B, N, D)
         mask = None if video_mask is None else video_mask.bool()
-        x, weights = self.run(t, text_mask.bool(), v, mask, return_attention)  # (B, L, D)
+        self_mask = causal_text_mask(text_mask) if causal else text_mask.bool()  # (B, L, L) or (B, L)
+        x, weights = self.run(t, self_mask, v, mask, return_attention)  # (B, L, D)
         out = {"tokens": x, "text_tokens": x, "cls": x[:, 0]}
         if weights is not None:
             out["attentions"] = weights.mean(dim=1)  # (B, L, N)

@@ -43,9 +43,10 @@ class PatchEmbed3D(nn.Module):
 class MultiHeadAttention(nn.Module):
     """Self- or cross-attention through ``F.scaled_dot_product_attention``.
 
-    ``forward(x (B, Nq, D), context (B, Nk, Dk) | None, key_mask (B, Nk) bool | None, need_weights)``
-    returns ``(out (B, Nq, D), weights (B, heads, Nq, Nk) | None)``; ``key_mask`` is True where a key may
-    be attended. Weights are computed explicitly only when asked (SDPA does not return them).
+    ``forward(x (B, Nq, D), context (B, Nk, Dk) | None, key_mask (B, Nk) or (B, Nq, Nk) bool | None,
+    need_weights)`` returns ``(out (B, Nq, D), weights (B, heads, Nq, Nk) | None)``; ``key_mask`` is True
+    where a key may be attended (by every query, or per query: e.g. a causal mask). Weights are computed
+    explicitly only when asked (SDPA does not return them).
     """
 
     def __init__(self, dim: int, num_heads: int, context_dim: int | None = None, qkv_bias: bool = True,
@@ -70,7 +71,9 @@ class MultiHeadAttention(nn.Module):
         context = x if context is None else context
         q = self._heads(self.q(x))  # (B, h, Nq, hd)
         k, v = (self._heads(t) for t in self.kv(context).chunk(2, dim=-1))  # (B, h, Nk, hd) each
-        mask = None if key_mask is None else key_mask[:, None, None, :].bool()  # (B, 1, 1, Nk)
+        mask = None
+        if key_mask is not None:  # (B, 1, 1, Nk) for every query, (B, 1, Nq, Nk) per query
+            mask = (key_mask[:, None] if key_mask.dim() == 3 else key_mask[:, None, None, :]).bool()
         weights = None
         if need_weights:
             scores = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5  # (B, h, Nq, Nk)
@@ -107,7 +110,7 @@ class FusionBlock(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None, context: Tensor | None = None,
                 context_mask: Tensor | None = None, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """x (B, N, D), mask (B, N) keep -> (x (B, N, D), weights (B, h, N, N or Nc) | None).
+        """x (B, N, D), mask (B, N) or (B, N, N) keep -> (x (B, N, D), weights (B, h, N, N or Nc) | None).
 
         The weights are those of the cross-attention when there is one, else of the self-attention.
         """

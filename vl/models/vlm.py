@@ -109,10 +109,12 @@ class VideoLanguageModel(nn.Module):
         return self.logit_scale.clamp(max=math.log(100)).exp()
 
     def fuse(self, video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor,
-             video_mask: Tensor | None = None, return_attention: bool = False) -> dict[str, Tensor]:
+             video_mask: Tensor | None = None, return_attention: bool = False,
+             causal: bool = False) -> dict[str, Tensor]:
         """Fusion of (B, N, Dv) video and (B, L, Dt) text tokens -> dict(tokens, text_tokens (B, L, D), cls (B, D),
-        attentions (B, L, N) when asked). ``video_mask`` (B, N): 1 = attend (e.g. not a padded frame)."""
-        return self.fusion(video_tokens, text_tokens, text_mask, video_mask, return_attention)
+        attentions (B, L, N) when asked). ``video_mask`` (B, N): 1 = attend (e.g. not a padded frame).
+        ``causal``: text token i sees text 0..i only (a decoder over the text, for captioning)."""
+        return self.fusion(video_tokens, text_tokens, text_mask, video_mask, return_attention, causal)
 
     def forward(self, video: Tensor, text_ids: Tensor, text_mask: Tensor,
                 video_token_mask: Tensor | None = None) -> dict[str, Tensor]:

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# ActivityNet Captions: paragraph-to-video retrieval.
+# usage: scripts/finetune/activitynet.sh PRETRAINED.ckpt [vl options, e.g. --trainer configs/trainer/ddp.yaml]
+# Prepare the data first (see each config's header). Each task's metrics, predictions and checkpoints
+# go to runs/finetune/<config name>/.
+set -euo pipefail
+PRE=${1:?usage: $0 PRETRAINED.ckpt [vl options]}
+shift
+cd "$(dirname "$0")/../.."
+
+vl fit  -c configs/finetune/activitynet_retrieval.yaml --model.init_args.init_from "$PRE" "$@"
+vl test -c configs/finetune/activitynet_retrieval.yaml --model.init_args.init_from "$PRE" --ckpt_path runs/finetune/activitynet_retrieval/checkpoints/best.ckpt "$@"

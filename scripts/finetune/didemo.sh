@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# DiDeMo: paragraph-to-video retrieval.
+# usage: scripts/finetune/didemo.sh PRETRAINED.ckpt [vl options, e.g. --trainer configs/trainer/ddp.yaml]
+# Prepare the data first (see each config's header). Each task's metrics, predictions and checkpoints
+# go to runs/finetune/<config name>/.
+set -euo pipefail
+PRE=${1:?usage: $0 PRETRAINED.ckpt [vl options]}
+shift
+cd "$(dirname "$0")/../.."
+
+vl fit  -c configs/finetune/didemo_retrieval.yaml --model.init_args.init_from "$PRE" "$@"
+vl test -c configs/finetune/didemo_retrieval.yaml --model.init_args.init_from "$PRE" --ckpt_path runs/finetune/didemo_retrieval/checkpoints/best.ckpt "$@"

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# MSR-VTT: retrieval (1k-A) and captioning fine-tuned; multiple choice zero-shot from the pretrained
+# checkpoint and from the fine-tuned retrieval checkpoint (MSRVTT-MC has no training split); MSRVTT-QA
+# lives in its own shards (scripts/finetune/msrvtt_qa.sh).
+# usage: scripts/finetune/msrvtt.sh PRETRAINED.ckpt [vl options, e.g. --trainer configs/trainer/ddp.yaml]
+# Prepare the data first (see each config's header). Each task's metrics, predictions and checkpoints
+# go to runs/finetune/<config name>/.
+set -euo pipefail
+PRE=${1:?usage: $0 PRETRAINED.ckpt [vl options]}
+shift
+cd "$(dirname "$0")/../.."
+
+vl fit  -c configs/finetune/msrvtt_retrieval.yaml --model.init_args.init_from "$PRE" "$@"
+vl fit  -c configs/finetune/msrvtt_caption.yaml --model.init_args.init_from "$PRE" "$@"
+vl test -c configs/finetune/msrvtt_retrieval.yaml --model.init_args.init_from "$PRE" --ckpt_path runs/finetune/msrvtt_retrieval/checkpoints/best.ckpt "$@"
+vl test -c configs/finetune/msrvtt_caption.yaml --model.init_args.init_from "$PRE" --ckpt_path runs/finetune/msrvtt_caption/checkpoints/best.ckpt "$@"
+# msrvtt_mc: zero-shot from the pretrained checkpoint
+vl test -c configs/finetune/msrvtt_mc.yaml --model.init_args.init_from "$PRE" --trainer.logger.init_args.save_dir runs/finetune/msrvtt_mc/zero_shot "$@"
+# msrvtt_mc: with the fine-tuned retrieval model's VTM head
+vl test -c configs/finetune/msrvtt_mc.yaml --model.init_args.init_from runs/finetune/msrvtt_retrieval/checkpoints/best.ckpt --trainer.logger.init_args.save_dir runs/finetune/msrvtt_mc/from_retrieval "$@"

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# YouCook2: captioning and clip retrieval.
+# usage: scripts/finetune/youcook2.sh PRETRAINED.ckpt [vl options, e.g. --trainer configs/trainer/ddp.yaml]
+# Prepare the data first (see each config's header). Each task's metrics, predictions and checkpoints
+# go to runs/finetune/<config name>/.
+set -euo pipefail
+PRE=${1:?usage: $0 PRETRAINED.ckpt [vl options]}
+shift
+cd "$(dirname "$0")/../.."
+
+vl fit  -c configs/finetune/youcook2_caption.yaml --model.init_args.init_from "$PRE" "$@"
+vl fit  -c configs/finetune/youcook2_retrieval.yaml --model.init_args.init_from "$PRE" "$@"
+vl test -c configs/finetune/youcook2_caption.yaml --model.init_args.init_from "$PRE" --ckpt_path runs/finetune/youcook2_caption/checkpoints/best.ckpt "$@"
+vl test -c configs/finetune/youcook2_retrieval.yaml --model.init_args.init_from "$PRE" --ckpt_path runs/finetune/youcook2_retrieval/checkpoints/best.ckpt "$@"

@@ -1,0 +1,134 @@
+"""Multiple-choice video QA (TGIF-Action, TGIF-Transition, MSRVTT-MC, LSMDC-MC).
+
+Each (video, question + choice) pair is fused and scored by the VTM head (match log-odds); a softmax
+over a question's choices gives its answer distribution, trained with cross-entropy on the right
+choice. The VTM head is the pretraining one, so a pretrained checkpoint answers zero-shot:
+``vl test -c configs/finetune/<benchmark>_mc.yaml --model.init_args.init_from PRETRAINED.ckpt``
+without fitting (no ``--ckpt_path``); after ``vl fit`` the same command with ``--ckpt_path`` tests the
+fine-tuned model. Accuracy overall and per question type (``vl.tasks.metrics``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from datapipes.batch import Batch
+from vl.lit.evaluation import gather_objects
+from vl.lit.optim import OptimConfig
+from vl.models import VideoLanguageModel
+from vl.tasks.base import FinetuneModule
+from vl.tasks.metrics import multiple_choice_accuracy
+
+NO_ANSWER = -1  # Batch.answer_idx of a question without a known right choice (ignored by the loss)
+
+
+def choice_scores(model: VideoLanguageModel, video_tokens: Tensor, choice_ids: Tensor, choice_mask: Tensor) -> Tensor:
+    """VTM match log-odds of every (video, question + choice): video_tokens (B, N, Dv), choice_ids and
+    choice_mask (B, K, L) -> scores (B, K), ``-inf`` where a question has fewer than K choices."""
+    valid = choice_mask.bool().any(dim=-1)  # (B, K)
+    b, k = valid.nonzero(as_tuple=True)  # (M,) each: only real choices go through the model
+    text = model.encode_text(choice_ids[b, k], choice_mask[b, k])["tokens"]  # (M, L, Dt)
+    cls = model.fuse(video_tokens[b], text, choice_mask[b, k])["cls"]  # (M, D)
+    logits = model.vtm_head(cls).float()  # (M, 2)
+    scores = torch.full(valid.shape, float("-inf"), device=logits.device, dtype=logits.dtype)
+    scores[b, k] = logits[:, 1] - logits[:, 0]
+    return scores
+
+
+def choice_texts(meta: dict, question: str) -> Optional[list[str]]:
+    """The choices of the multiple-choice item of ``meta["qa"]`` asking ``question`` (None if not found)."""
+    for item in meta.get("qa") or []:
+        if isinstance(item, dict) and item.get("question") == question and "choices" in item:
+            return [str(c) for c in item["choices"]]
+    return None
+
+
+class MultipleChoiceModule(FinetuneModule):
+    """Multiple-choice QA by VTM scoring of each choice, softmax over the choices.
+
+    Args: ``FinetuneModule``'s (start from a pretrained checkpoint with ``init_from`` for zero-shot
+    testing or fine-tuning).
+    """
+
+    def __init__(
+        self,
+        model: str = "vl_tiny",
+        video: Optional[dict] = None,
+        text: Optional[dict] = None,
+        fusion: Optional[dict] = None,
+        embed_dim: Optional[int] = None,
+        init_from: Optional[str] = None,
+        optim: OptimConfig = OptimConfig(),
+        max_consecutive_nonfinite: int = 5,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__(model, video, text, fusion, embed_dim, init_from, optim, max_consecutive_nonfinite,
+                         grad_checkpointing, heads=("vtm",))
+        self.save_task_hyperparameters(inspect.currentframe())
+        self._outputs: list[dict] = []
+
+    def scores(self, batch: Batch) -> Tensor:
+        """(B, K) choice scores of the batch."""
+        if batch.choice_ids is None or batch.choice_mask is None:
+            raise ValueError("multiple-choice batches need choices: set data.init_args.text_field to mc")
+        video = self.model.encode_video(batch.video)["tokens"]  # (B, N, Dv)
+        return choice_scores(self.model, video, batch.choice_ids, batch.choice_mask)
+
+    def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
+        """Cross-entropy of the softmax over each question's choices against its right choice."""
+        scores = self.scores(batch)
+        target = batch.answer_idx
+        known = target != NO_ANSWER
+        if not bool(known.any()):
+            zero = scores[scores.isfinite()].sum() * 0.0
+            return {"mc_loss": zero, "mc_acc": zero.detach()}
+        loss = F.cross_entropy(scores[known], target[known])
+        acc = (scores.detach().argmax(dim=1) == target)[known].float().mean()
+        return {"mc_loss": loss, "mc_acc": acc}
+
+    # ---- evaluation -------------------------------------------------------------------------------
+
+    def _eval_step(self, batch: Batch) -> None:
+        probs = self.scores(batch).softmax(dim=1)  # (B, K)
+        questions = batch.captions or [""] * batch.batch_size
+        types = batch.question_type or [None] * batch.batch_size
+        metas = batch.meta or [{}] * batch.batch_size
+        for i in range(batch.batch_size):
+            real = batch.choice_mask[i].bool().any(dim=-1)  # (K,)
+            self._outputs.append({
+                "key": batch.keys[i], "question": questions[i], "choices": choice_texts(metas[i], questions[i]),
+                "answer_idx": int(batch.answer_idx[i]), "prediction": int(probs[i].argmax()),
+                "probs": [round(float(p), 4) for p in probs[i][real]], "question_type": types[i],
+            })
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish("test")
+
+    def _finish(self, split: str) -> None:
+        outputs, self._outputs = gather_objects(self._outputs), []
+        if not outputs:
+            return
+        types = [o["question_type"] for o in outputs]
+        metrics = multiple_choice_accuracy([o["prediction"] for o in outputs], [o["answer_idx"] for o in outputs],
+                                           types if any(t is not None for t in types) else None)
+        counts = [len(o["probs"]) for o in outputs]
+        metrics["chance_accuracy"] = 100.0 * sum(1.0 / c for c in counts) / len(counts)
+        rows = [{**o, "correct": o["prediction"] == o["answer_idx"]} for o in outputs]
+        lines = [f"{split}: multiple-choice QA over {len(outputs)} questions",
+                 f"  accuracy {metrics['accuracy']:6.2f}%   chance {metrics['chance_accuracy']:6.2f}%"]
+        lines += [f"  {k.split('/', 1)[1]:<12} {v:6.2f}%" for k, v in sorted(metrics.items()) if k.startswith("accuracy/")]
+        self.report(split, metrics, rows, "\n".join(lines))

@@ -1,0 +1,320 @@
+"""Text-video retrieval: fine-tuning with VTC (+ VTM) and evaluation in both directions.
+
+Evaluation embeds every test video and caption (several captions per video: any of them is a right
+match; ``paragraph=True`` joins a video's captions into one query, as DiDeMo and ActivityNet Captions
+paragraph retrieval do) and ranks by dual-encoder similarity. Then, each reported separately and never
+replacing the dual-encoder figures:
+
+- ``rerank/``: the top ``rerank_k`` candidates of every query re-ordered by the VTM head's match
+  log-odds on the fused pair, plus the dual-encoder cosine as ALBEF's evaluation adds it
+  (``rerank_add_similarity``; off: VTM alone); candidates past the top k keep their order below them.
+- ``dsl/``: dual-softmax (CAMoE): similarities multiplied by a softmax over the other direction's
+  queries. It uses the statistics of the whole test set, so it is off unless ``dual_softmax=True``.
+
+Metrics: text-to-video and video-to-text R@1/5/10, median and mean rank (``vl.metrics``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from datapipes.batch import Batch
+from datapipes.text import Tokenize
+from vl.lit.evaluation import RetrievalAccumulator, gather_objects, gather_rows, retrieval_summary
+from vl.lit.optim import OptimConfig
+from vl.metrics import gt_ranks, retrieval_metrics
+from vl.models import VideoLanguageModel
+from vl.models.hub import load_tokenizer
+from vl.objectives import VTCLoss, VTMLoss
+from vl.tasks.base import FinetuneModule
+
+# ---------------------------------------------------------------- scoring functions
+
+
+def dual_softmax(sim: Tensor, temperature: float = 0.01) -> Tensor:
+    """Dual-softmax re-weighting (CAMoE): sim (Nq, Nc) cosine -> sim * softmax(sim / temperature) taken over
+    the queries (dim 0), i.e. a candidate's prior over the queries that could retrieve it."""
+    return sim * torch.softmax(sim / temperature, dim=0)
+
+
+def rerank_candidates(sim_t2v: Tensor, k: int) -> Tensor:
+    """(Nt, Nv) bool: the pairs either direction re-ranks, each text's top-k videos and each video's top-k texts."""
+    pairs = torch.zeros_like(sim_t2v, dtype=torch.bool)
+    kt, kv = min(k, sim_t2v.shape[1]), min(k, sim_t2v.shape[0])
+    pairs.scatter_(1, sim_t2v.topk(kt, dim=1).indices, True)
+    pairs.T.scatter_(1, sim_t2v.T.topk(kv, dim=1).indices, True)  # writes through the transposed view
+    return pairs
+
+
+def rerank_topk(sim: Tensor, scores: Tensor, k: int) -> Tensor:
+    """Re-rank each row's top-k candidates: sim (Nq, Nc), scores (Nq, Nc) (read at the top-k only) -> (Nq, Nc).
+
+    The top k of each row by ``sim`` are ordered by ``scores`` and placed above every other candidate; the
+    others keep their ``sim`` and so their order. The set of top-k candidates of a row never changes.
+    """
+    top = sim.topk(min(k, sim.shape[1]), dim=1).indices  # (Nq, k)
+    new = scores.gather(1, top)  # (Nq, k)
+    offset = (sim.max() - new.min()).clamp(min=0) + 1  # lifts every re-scored candidate above the rest
+    return sim.clone().scatter_(1, top, new + offset)
+
+
+@torch.no_grad()
+def vtm_pair_scores(model: VideoLanguageModel, video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor,
+                    pairs: Tensor, batch_size: int) -> Tensor:
+    """VTM match log-odds of (text, video) ``pairs`` (P, 2): video_tokens (Nv, N, Dv), text_tokens (Nt, L, Dt),
+    text_mask (Nt, L) -> (P,). Under DDP each rank scores a contiguous slice and the slices are gathered."""
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    rank = dist.get_rank() if world > 1 else 0
+    per_rank = -(-pairs.shape[0] // world)  # ceil
+    mine = pairs[rank * per_rank: (rank + 1) * per_rank]
+    scores = []
+    for chunk in mine.split(batch_size):
+        t, v = chunk[:, 0], chunk[:, 1]
+        fused = model.fuse(video_tokens[v], text_tokens[t], text_mask[t])["cls"]  # (P_chunk, D)
+        logits = model.vtm_head(fused).float()  # (P_chunk, 2)
+        scores.append(logits[:, 1] - logits[:, 0])
+    local = torch.cat(scores) if scores else video_tokens.new_zeros(0, dtype=torch.float32)
+    return gather_rows(local)
+
+
+def prefixed(prefix: str, metrics: dict[str, float], direction: Optional[str] = None) -> dict[str, float]:
+    """``metrics`` renamed ``prefix + name``, keeping one direction (``t2v``/``v2t``) when given, never chance."""
+    keep = {k: v for k, v in metrics.items() if "chance" not in k and (direction is None or k.startswith(direction))}
+    return {f"{prefix}{k}": v for k, v in keep.items()}
+
+
+def two_way_metrics(prefix: str, sim_t2v: Tensor, sim_v2t: Tensor, index: Tensor) -> dict[str, float]:
+    """t2v metrics from ``sim_t2v`` (Nt, Nv) and v2t metrics from ``sim_v2t`` (Nv, Nt), each its own ranking."""
+    out = prefixed(prefix, retrieval_metrics(sim_t2v, index), "t2v")
+    out.update(prefixed(prefix, retrieval_metrics(sim_v2t.T, index), "v2t"))
+    return out
+
+
+def ranking_rows(sim_t2v: Tensor, sim_v2t: Tensor, index: Tensor, keys: list[str], texts: list[str], top: int,
+                 method: str) -> list[dict]:
+    """Readable rankings from sim_t2v (Nt, Nv) and sim_v2t (Nv, Nt): per text query its video's rank and top
+    videos; per video its best caption's rank and top captions. ``method`` names the ranking."""
+    rows = []
+    t2v_rank = gt_ranks(sim_t2v, index).tolist()
+    t2v_top = sim_t2v.topk(min(top, sim_t2v.shape[1]), dim=1).indices.tolist()  # (Nt, top)
+    for j, text in enumerate(texts):
+        rows.append({"direction": "t2v", "method": method, "query": text, "video": keys[int(index[j])],
+                     "rank": t2v_rank[j], "top": [keys[i] for i in t2v_top[j]]})
+    v2t_top = sim_v2t.topk(min(top, sim_v2t.shape[1]), dim=1).indices.tolist()  # (Nv, top)
+    for v, key in enumerate(keys):
+        mine = (index == v).nonzero().flatten()
+        if mine.numel() == 0:
+            continue
+        best = sim_v2t[v, mine].max()
+        negatives = sim_v2t[v].clone()
+        negatives[mine] = float("-inf")
+        rows.append({"direction": "v2t", "method": method, "query": key, "captions": [texts[i] for i in mine.tolist()],
+                     "rank": int((negatives >= best).sum()) + 1, "top": [texts[i] for i in v2t_top[v]]})
+    return rows
+
+
+# ---------------------------------------------------------------- evaluation state
+
+
+class RetrievalEvalState:
+    """What one evaluation pass collects: embeddings (``RetrievalAccumulator``), query texts and, when the
+    pass re-ranks, the encoders' tokens (kept on the device: Nv x N x Dv video tokens for the whole split)."""
+
+    def __init__(self) -> None:
+        self.embeddings = RetrievalAccumulator()
+        self.reset()
+
+    def reset(self) -> None:
+        self.embeddings.reset()
+        self.texts: list[str] = []
+        self.video_tokens: list[Tensor] = []
+        self.text_tokens: list[Tensor] = []
+        self.text_mask: list[Tensor] = []
+
+    def add(self, v_emb: Tensor, t_emb: Tensor, index: Tensor, keys: list[str], texts: list[str],
+            tokens: Optional[tuple[Tensor, Tensor, Tensor]] = None) -> None:
+        """v_emb (B, E), t_emb (Nt, E), index (Nt,), keys (B,), texts (Nt,), tokens: video (B, N, Dv),
+        text (Nt, L, Dt) and text mask (Nt, L) when re-ranking."""
+        self.embeddings.add(v_emb, t_emb, index, keys)
+        self.texts.extend(texts)
+        if tokens is not None:
+            for store, t in zip((self.video_tokens, self.text_tokens, self.text_mask), tokens):
+                store.append(t.detach())
+
+    def gathered(self) -> dict:
+        """Everything over all ranks: video (Nv, E), text (Nt, E), index (Nt,), keys, texts, and tokens if kept."""
+        video, text, index, keys = self.embeddings.gathered()
+        out = {"video": video, "text": text, "index": index, "keys": keys, "texts": gather_objects(self.texts)}
+        if self.video_tokens:
+            out["video_tokens"] = gather_rows(torch.cat(self.video_tokens))
+            out["text_tokens"] = gather_rows(torch.cat(self.text_tokens))
+            out["text_mask"] = gather_rows(torch.cat(self.text_mask))
+        return out
+
+
+# ---------------------------------------------------------------- LightningModule
+
+
+class RetrievalModule(FinetuneModule):
+    """Text-video retrieval fine-tuning (VTC + VTM) and evaluation (dual encoder, VTM re-ranking, dual-softmax).
+
+    Args (besides ``FinetuneModule``'s):
+        tokenizer: tokenizer of paragraph queries (the data's tokenizer: ``minilm`` or a local directory).
+        vtc_weight, vtm_weight: loss weights; VTM draws hard negatives from the VTC similarities.
+        paragraph: join each video's captions into one query (DiDeMo, ActivityNet Captions), in training too.
+        paragraph_max_text_len: tokens of a paragraph query.
+        rerank_k: re-rank each query's top k with the VTM head (0: off); reported under ``rerank/``.
+        rerank_on_val: also re-rank in validation (test always does when ``rerank_k > 0``).
+        rerank_batch_size: pairs per fusion pass when re-ranking.
+        rerank_add_similarity: re-ranking score = VTM log-odds + cosine similarity (ALBEF); False: VTM only.
+        dual_softmax: also report dual-softmax ranking under ``dsl/``.
+        dual_softmax_temperature: temperature of its softmax over cosine similarities.
+        predictions_top: candidates written per query to the predictions file.
+    """
+
+    uses_vtc = True
+
+    def __init__(
+        self,
+        model: str = "vl_tiny",
+        video: Optional[dict] = None,
+        text: Optional[dict] = None,
+        fusion: Optional[dict] = None,
+        embed_dim: Optional[int] = None,
+        init_from: Optional[str] = None,
+        tokenizer: str = "minilm",
+        vtc_weight: float = 1.0,
+        vtm_weight: float = 1.0,
+        paragraph: bool = False,
+        paragraph_max_text_len: int = 64,
+        rerank_k: int = 128,
+        rerank_on_val: bool = False,
+        rerank_batch_size: int = 256,
+        rerank_add_similarity: bool = True,
+        dual_softmax: bool = False,
+        dual_softmax_temperature: float = 0.01,
+        predictions_top: int = 10,
+        optim: OptimConfig = OptimConfig(),
+        max_consecutive_nonfinite: int = 5,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        if rerank_k < 0 or vtc_weight < 0 or vtm_weight < 0:
+            raise ValueError("rerank_k, vtc_weight and vtm_weight must be >= 0")
+        heads = ("vtm",) if vtm_weight > 0 or rerank_k > 0 else ()
+        frozen = ("fusion.", "vtm_head.") if vtm_weight == 0 else ()  # without VTM, training never fuses
+        super().__init__(model, video, text, fusion, embed_dim, init_from, optim, max_consecutive_nonfinite,
+                         grad_checkpointing, heads=heads, frozen=frozen)
+        self.save_task_hyperparameters(inspect.currentframe())
+        self.vtc = VTCLoss()
+        self.vtm = VTMLoss() if vtm_weight > 0 else None
+        self._paragraph_tokenize: Optional[Tokenize] = None
+        self.eval_state = RetrievalEvalState()
+
+    # ---- text rows --------------------------------------------------------------------------------
+
+    def texts(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, list[str]]:
+        """The batch's text rows: ids (Nt, L), mask (Nt, L), video index (Nt,) and the raw strings.
+
+        With ``paragraph``: one row per video, its captions joined with spaces."""
+        if not self.hparams.paragraph:
+            strings = batch.captions or [""] * batch.text_ids.shape[0]
+            return batch.text_ids, batch.text_mask, batch.video_index(), strings
+        if self._paragraph_tokenize is None:
+            self._paragraph_tokenize = Tokenize(load_tokenizer(self.hparams.tokenizer),
+                                                self.hparams.paragraph_max_text_len)
+        strings = [" ".join(refs) for refs in (batch.references or [])]
+        if len(strings) != batch.batch_size or not all(strings):
+            raise ValueError("paragraph retrieval needs the captions of every video (Batch.references)")
+        ids, mask = self._paragraph_tokenize(strings)  # (B, L)
+        index = torch.arange(batch.batch_size, device=self.device)
+        return ids.to(self.device), mask.to(self.device), index, strings
+
+    # ---- training ---------------------------------------------------------------------------------
+
+    def loss_weights(self) -> dict[str, float]:
+        return {"vtc": self.hparams.vtc_weight, "vtm": self.hparams.vtm_weight}
+
+    def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
+        """VTC over the batch's (video, caption) pairs and VTM on hard negatives: ``{"vtc_loss", "vtm_loss", ...}``."""
+        ids, mask, _, _ = self.texts(batch)
+        video = self.model.encode_video(batch.video)  # tokens (B, N, Dv), pooled (B, Dv)
+        text = self.model.encode_text(ids, mask)  # tokens (B, L, Dt), pooled (B, Dt)
+        v_emb, t_emb = self.model.embed_video(video["pooled"]), self.model.embed_text(text["pooled"])  # (B, E)
+        out = self.vtc(v_emb, t_emb, self.model.logit_scale)
+        if self.vtm is not None:
+            sim = VTCLoss.similarity(v_emb, t_emb, self.model.logit_scale).detach()  # (B, B)
+            same_text = (ids[:, None, :] == ids[None, :, :]).all(-1)  # (B, B) duplicate captions
+            out.update(self.vtm(self.model, video["tokens"], text["tokens"], mask, sim, same_text))
+        return out
+
+    # ---- evaluation -------------------------------------------------------------------------------
+
+    def _reranks(self, split: str) -> bool:
+        return self.hparams.rerank_k > 0 and (split == "test" or self.hparams.rerank_on_val)
+
+    def _eval_step(self, batch: Batch, split: str) -> None:
+        ids, mask, index, strings = self.texts(batch)
+        video = self.model.encode_video(batch.video)
+        text = self.model.encode_text(ids, mask)
+        v_emb, t_emb = self.model.embed_video(video["pooled"]), self.model.embed_text(text["pooled"])
+        tokens = (video["tokens"], text["tokens"], mask) if self._reranks(split) else None
+        self.eval_state.add(v_emb, t_emb, index, batch.keys, strings, tokens)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish("test")
+
+    def _finish(self, split: str) -> None:
+        if not self.eval_state.texts and not self.eval_state.embeddings.video:
+            return
+        data = self.eval_state.gathered()
+        self.eval_state.reset()
+        metrics, rows = self.evaluate(data)
+        lines = [retrieval_summary(split, metrics, data["video"].shape[0], data["text"].shape[0])]
+        for prefix, label in (("rerank/", f"VTM re-ranking of the top {self.hparams.rerank_k}"),
+                              ("dsl/", "dual-softmax")):
+            if f"{prefix}t2v_R@1" in metrics:
+                lines.append(f"  {label}: t2v R@1 {metrics[f'{prefix}t2v_R@1']:.2f}  R@5 {metrics[f'{prefix}t2v_R@5']:.2f}"
+                             f"  R@10 {metrics[f'{prefix}t2v_R@10']:.2f}  (dual encoder R@1 {metrics['t2v_R@1']:.2f})")
+        lines.append(f"  video-to-text R@1 {metrics['v2t_R@1']:.2f}  R@5 {metrics['v2t_R@5']:.2f}"
+                     f"  R@10 {metrics['v2t_R@10']:.2f}")
+        self.report(split, metrics, rows, "\n".join(lines))
+
+    @torch.no_grad()
+    def evaluate(self, data: dict) -> tuple[dict[str, float], list[dict]]:
+        """Metrics and predictions rows of every ranking over one gathered split (see ``RetrievalEvalState``)."""
+        sim = data["text"] @ data["video"].T  # (Nt, Nv) cosine
+        index, keys, texts, top = data["index"], data["keys"], data["texts"], self.hparams.predictions_top
+        metrics = retrieval_metrics(sim, index)
+        rows = ranking_rows(sim, sim.T, index, keys, texts, top, "dual")
+        if "video_tokens" in data:
+            k = self.hparams.rerank_k
+            pairs = rerank_candidates(sim, k).nonzero()  # (P, 2): (text, video)
+            scores = torch.full_like(sim, float("nan"))
+            scores[pairs[:, 0], pairs[:, 1]] = vtm_pair_scores(
+                self.model, data["video_tokens"], data["text_tokens"], data["text_mask"], pairs,
+                self.hparams.rerank_batch_size).to(sim.dtype)
+            if self.hparams.rerank_add_similarity:
+                scores = scores + sim
+            t2v, v2t = rerank_topk(sim, scores, k), rerank_topk(sim.T, scores.T, k)
+            metrics.update(two_way_metrics("rerank/", t2v, v2t, index))
+            rows += ranking_rows(t2v, v2t, index, keys, texts, top, "rerank")
+        if self.hparams.dual_softmax:
+            temp = self.hparams.dual_softmax_temperature
+            t2v, v2t = dual_softmax(sim, temp), dual_softmax(sim.T, temp)
+            metrics.update(two_way_metrics("dsl/", t2v, v2t, index))
+            rows += ranking_rows(t2v, v2t, index, keys, texts, top, "dsl")
+        return metrics, rows
