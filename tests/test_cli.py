@@ -1,5 +1,6 @@
 """The `vl` command end to end: help, config errors, a short `vl fit` on tiny shards, then resume."""
 
+import json
 import os
 import subprocess
 import sys
@@ -100,3 +101,8 @@ def test_fit_then_resume_continues_the_step(tmp_path, synth_dir):
     tested = run_vl("test", "-c", str(cfg), "--ckpt_path", str(last))
     assert tested.returncode == 0, tested.stderr[-3000:]
     assert "test: text-to-video retrieval over 12 clips" in tested.stdout + tested.stderr
+    metrics = json.loads(next(tmp_path.rglob("test_metrics.json")).read_text())
+    assert 0.0 <= metrics["t2v_R@1"] <= 100.0 and metrics["t2v_chance_R@1"] == pytest.approx(100 / 12)
+    rows = [json.loads(line) for line in next(tmp_path.rglob("test_predictions.jsonl")).read_text().splitlines()]
+    assert len(rows) >= 12 and {"caption", "video", "rank", "top"} <= set(rows[0])
+    assert all(1 <= r["rank"] <= 12 and r["caption"] for r in rows)

@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from vl.metrics import retrieval_metrics
+from vl.metrics import gt_ranks, retrieval_metrics
 
 
 def gather_rows(x: Tensor) -> Tensor:
@@ -44,14 +44,17 @@ class RetrievalAccumulator:
         self.text: list[Tensor] = []
         self.text_video: list[Tensor] = []
         self.keys: list[str] = []
+        self.captions: list[str] = []
         self._num_videos = 0
 
-    def add(self, video_emb: Tensor, text_emb: Tensor, text_video_index: Tensor, keys: list[str]) -> None:
+    def add(self, video_emb: Tensor, text_emb: Tensor, text_video_index: Tensor, keys: list[str],
+            captions: list[str] | None = None) -> None:
         """video_emb (B, E), text_emb (Nt, E), text_video_index (Nt,) into this batch's videos."""
         self.video.append(video_emb.detach().float())
         self.text.append(text_emb.detach().float())
         self.text_video.append(text_video_index.detach().long() + self._num_videos)
         self.keys.extend(keys)
+        self.captions.extend(captions if captions is not None else [""] * text_emb.shape[0])
         self._num_videos += video_emb.shape[0]
 
     def gathered(self) -> tuple[Tensor, Tensor, Tensor, list[str]]:
@@ -65,12 +68,22 @@ class RetrievalAccumulator:
         index = index + offsets[rank]
         return gather_rows(video), gather_rows(text), gather_rows(index), gather_objects(self.keys)
 
-    def compute(self) -> tuple[dict[str, float], int, int]:
-        """Retrieval metrics over everything added (all ranks), with the numbers of videos and texts."""
+    def compute(self, topk: int = 0) -> tuple[dict[str, float], int, int, list[dict]]:
+        """Retrieval metrics over everything added (all ranks), the numbers of videos and texts, and with
+        `topk` > 0 one readable ranking per text query (its caption, its video, that video's rank, the top
+        `topk` video keys)."""
         if not self.video:
-            return {}, 0, 0
-        video, text, index, _ = self.gathered()
-        return retrieval_metrics(text @ video.T, index), video.shape[0], text.shape[0]  # sim (Nt, Nv)
+            return {}, 0, 0, []
+        video, text, index, keys = self.gathered()
+        sim = text @ video.T  # (Nt, Nv)
+        rankings: list[dict] = []
+        if topk > 0:
+            captions = gather_objects(self.captions)
+            ranks = gt_ranks(sim, index)
+            top = sim.topk(min(topk, sim.shape[1]), dim=1).indices  # (Nt, k)
+            rankings = [{"caption": captions[i], "video": keys[int(index[i])], "rank": int(ranks[i]),
+                         "top": [keys[int(j)] for j in top[i]]} for i in range(sim.shape[0])]
+        return retrieval_metrics(sim, index), video.shape[0], text.shape[0], rankings
 
 
 def retrieval_summary(split: str, metrics: dict[str, float], num_videos: int, num_texts: int) -> str:

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from datapipes.batch import Batch
 from vl.lit.checkpoint import preprocess_from_datamodule
-from vl.lit.evaluation import RetrievalAccumulator, retrieval_summary
+from vl.lit.evaluation import RetrievalAccumulator, retrieval_summary, write_eval_outputs
 from vl.lit.optim import OptimConfig, build_optimizer
 from vl.lit.safety import NonFiniteGuard
 from vl.models import create_model
@@ -140,7 +140,7 @@ class PretrainModule(pl.LightningModule):
     def _eval_step(self, batch: Batch, acc: RetrievalAccumulator) -> None:
         v_emb = self.model.embed_video(self.model.encode_video(batch.video)["pooled"])  # (B, E)
         t_emb = self.model.embed_text(self.model.encode_text(batch.text_ids, batch.text_mask)["pooled"])
-        acc.add(v_emb, t_emb, batch.video_index(), batch.keys)
+        acc.add(v_emb, t_emb, batch.video_index(), batch.keys, batch.captions)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, self.val_retrieval)
@@ -155,13 +155,15 @@ class PretrainModule(pl.LightningModule):
         self._log_retrieval("test", self.test_retrieval)
 
     def _log_retrieval(self, split: str, acc: RetrievalAccumulator) -> None:
-        metrics, num_videos, num_texts = acc.compute()
+        metrics, num_videos, num_texts, rankings = acc.compute(topk=5 if split == "test" else 0)
         acc.reset()
         if not metrics:
             return
         self.log_dict({f"{split}/{k}": v for k, v in metrics.items()}, rank_zero_only=True)
         if not self.trainer.sanity_checking:
             rank_zero_info(retrieval_summary(split, metrics, num_videos, num_texts))
+        if split == "test":
+            write_eval_outputs(self.trainer, split, metrics, rankings)
 
     def configure_optimizers(self) -> dict:
         module, no_decay = self.model, set(self.model.no_weight_decay())
