@@ -198,11 +198,11 @@ class MVMLoss(nn.Module):
                 text_mask: Tensor, text_embeds: Tensor, generator: Optional[torch.Generator] = None,
                 keys: Optional[Sequence[str]] = None) -> dict[str, Tensor]:
         mask = self.mask_video(model, video, video_tokens, text_tokens, text_mask, text_embeds, generator)  # (B, N)
-        target = self.target.compute(video, keys)  # (B, N, ...)
         latent = self.forward_encoder(model, video, mask, text_tokens, text_mask)
-        if not bool(mask.any()):
+        if not bool(mask.any()):  # nothing to predict: a zero loss that still reaches every parameter
             zero = latent.sum() * 0.0 + sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
             return {"mvm_loss": zero, "mvm_ratio": zero.detach()}
+        target = self.target.compute(video, keys)  # (B, N, ...)
         pred = self.forward_decoder(latent, mask)  # (M, out_dim)
         out = self.forward_loss(pred, target[mask])
         out["mvm_ratio"] = mask.float().mean()
