@@ -54,8 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
                    help="processes drawing and encoding clips (default: CPU count, at most 8)")
-    p.add_argument("--task", choices=["all", "direction", "size", "order"], default="all",
-                   help="events shown: all, or only motion direction / size change / event order")
+    p.add_argument("--task", choices=["all", "direction", "motion", "size", "order"], default="all",
+                   help="events shown: all; direction (captions name colour, shape and direction); motion (captions name only the direction); size; order")
     p.add_argument("--maxcount", type=int, default=1000, help="clips per shard (default: 1000)")
     p.add_argument("--skip-existing", action="store_true",
                    help="do nothing when OUT/splits.json already records these counts and settings")

@@ -11,7 +11,9 @@ only the order of the frames reveals:
 The two clips of each pair (left->right and right->left, grow and shrink, A-then-B and B-then-A) are
 time reversals of one another, so a model that averages its frames cannot tell them apart. With
 ``task="direction"``, every clip is a ``move`` and captions of a given colour and shape differ only in
-the direction words. Samples are deterministic functions of (seed, split, index), whatever the number
+the direction words; with ``task="motion"``, captions name only the direction ("an object moves from
+left to right"): colour and shape vary but go unsaid, so the captions of all clips differ only in
+the direction of motion. Samples are deterministic functions of (seed, split, index), whatever the number
 of worker processes.
 """
 
@@ -26,7 +28,7 @@ from typing import Literal
 
 import numpy as np
 
-SynthTask = Literal["all", "direction", "size", "order"]
+SynthTask = Literal["all", "direction", "motion", "size", "order"]
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40), "green": (40, 190, 70), "blue": (50, 90, 230), "yellow": (235, 215, 40),
 }
@@ -44,6 +46,7 @@ TASK_LABELS: dict[str, tuple[str, ...]] = {
     "order": ("first_then_second", "second_then_first"),
 }
 TASK_LABELS["all"] = TASK_LABELS["direction"] + TASK_LABELS["size"] + TASK_LABELS["order"]
+TASK_LABELS["motion"] = TASK_LABELS["direction"]
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 
 
@@ -119,9 +122,14 @@ def _draw(label: str, objects: list[tuple[str, str]], cfg: SynthConfig, rng: np.
     return video.clip(0, 255).astype(np.uint8)
 
 
-def captions_for(label: str, objects: list[tuple[str, str]]) -> list[str]:
-    """Paraphrases describing the event; the first is the canonical caption written to ``KEY.txt``."""
+def captions_for(label: str, objects: list[tuple[str, str]], name_objects: bool = True) -> list[str]:
+    """Paraphrases describing the event; the first is the canonical caption written to ``KEY.txt``.
+    ``name_objects=False`` (``motion`` clips): the captions say only which way something moves."""
     (c, s) = objects[0]
+    if label in DIRECTIONS and not name_objects:
+        a, b, phrase, _ = DIRECTIONS[label]
+        return [f"an object moves from {a} to {b}", f"something moving {phrase}",
+                f"the shape travels from the {a} to the {b}", f"an object slides {phrase}"]
     if label in DIRECTIONS:
         a, b, phrase, _ = DIRECTIONS[label]
         return [f"a {c} {s} moves from {a} to {b}", f"a {c} {s} moving {phrase}",
@@ -137,11 +145,12 @@ def captions_for(label: str, objects: list[tuple[str, str]]) -> list[str]:
             f"a {c1} {s1} is followed by a {c2} {s2}", f"the {c1} {s1} comes before the {c2} {s2}"]
 
 
-def _qa_for(label: str, objects: list[tuple[str, str]], rng: np.random.Generator) -> list[dict]:
+def _qa_for(label: str, objects: list[tuple[str, str]], rng: np.random.Generator,
+            name_objects: bool = True) -> list[dict]:
     """One open-ended and one multiple-choice question about the event (DESIGN §2 ``qa`` items)."""
-    (c, s) = objects[0]
+    (c, s) = objects[0] if name_objects else ("", "object")
     if label in DIRECTIONS:
-        open_q = {"question": f"which way does the {c} {s} move?", "answer": DIRECTIONS[label][3]}
+        open_q = {"question": " ".join(f"which way does the {c} {s} move?".split()), "answer": DIRECTIONS[label][3]}
         options = list(DIRECTIONS)
     elif label in ("grows", "shrinks"):
         open_q = {"question": f"does the {c} {s} grow or shrink?", "answer": "grow" if label == "grows" else "shrink"}
@@ -151,7 +160,7 @@ def _qa_for(label: str, objects: list[tuple[str, str]], rng: np.random.Generator
         open_q = {"question": "which shape appears first?", "answer": f"{first[0]} {first[1]}"}
         options = ["first_then_second", "second_then_first", "grows", "shrinks"]
     order = rng.permutation(len(options))
-    choices = [captions_for(options[i], objects)[0] for i in order]
+    choices = [captions_for(options[i], objects, name_objects)[0] for i in order]
     answer_idx = int(np.flatnonzero(np.asarray(options)[order] == label)[0])
     mc = {"question": "what happens in the video?", "choices": choices, "answer_idx": answer_idx}
     return [open_q, mc]
@@ -185,10 +194,11 @@ def make_sample(split: str, index: int, cfg: SynthConfig) -> dict:
     while second[0] == first[0] or second[1] == first[1]:
         second = (colors[rng.integers(len(colors))], shapes[rng.integers(len(shapes))])
     objects = [first, second] if label in TASK_LABELS["order"] else [first]
-    captions = captions_for(label, objects)
+    named = cfg.task != "motion"
+    captions = captions_for(label, objects, named)
     meta = {
         "key": f"{split}{index:07d}", "status": "success", "caption": captions[0], "captions": captions,
-        "qa": _qa_for(label, objects, rng), "task": "order" if label in TASK_LABELS["order"] else
+        "qa": _qa_for(label, objects, rng, named), "task": "order" if label in TASK_LABELS["order"] else
         ("size" if label in ("grows", "shrinks") else "move"), "label": label,
         "objects": [list(o) for o in objects], "width": cfg.size, "height": cfg.size, "fps": cfg.fps,
         "num_frames": cfg.frames, "duration": cfg.frames / cfg.fps,

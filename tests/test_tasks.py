@@ -104,15 +104,15 @@ def test_retrieval_module_losses_heads_and_evaluation() -> None:
     b = batch(1)
     b.text_video_index = torch.tensor([0, 1, 2])
     for split in ("val", "test"):
-        module._eval_step(b, split)
+        module.eval_step(b, split)
     data = module.eval_state.gathered()
     assert data["video"].shape[0] == 2 * B and data["video_tokens"].shape[0] == B  # val keeps no tokens (no re-ranking)
     module.eval_state.reset()
-    module._eval_step(b, "test")
+    module.eval_step(b, "test")
     metrics, rows = module.evaluate(module.eval_state.gathered())
     plain = RetrievalModule(video=VIDEO, rerank_k=0)
     plain.load_state_dict(module.state_dict(), strict=False)
-    plain.eval()._eval_step(b, "test")
+    plain.eval().eval_step(b, "test")
     plain_metrics, _ = plain.evaluate(plain.eval_state.gathered())
     assert {k: metrics[k] for k in plain_metrics} == plain_metrics  # dual-encoder figures never replaced
     assert {"rerank/t2v_R@1", "rerank/v2t_R@1", "dsl/t2v_R@1", "dsl/v2t_MnR"} <= set(metrics)
@@ -297,3 +297,31 @@ def test_qa_vocab_built_at_fit_and_restored_from_the_checkpoint(tmp_path: Path, 
     assert fresh.vocab.answers == module.vocab.answers
     assert torch.equal(fresh.head.net[-1].weight, module.head.net[-1].weight)
     assert (tmp_path / "test" / "test_predictions.jsonl").is_file()
+
+
+def test_multiple_choice_zero_shot_test_writes_choices(tmp_path: Path, synth_dir: dict) -> None:
+    ckpt = pretrained_checkpoint(tmp_path / "pretrained.ckpt")
+    module = MultipleChoiceModule(init_from=str(ckpt))  # zero-shot: the pretrained VTM head, no fit
+    data = VideoTextDataModule(root=synth_dir["dir"], text_field="mc", num_frames=T, frame_size=S, max_text_len=24,
+                               eval_batch_size=8, num_workers=0, persistent_workers=False)
+    quiet_trainer(tmp_path).test(module, datamodule=data, verbose=False)
+    metrics = json.loads((tmp_path / "test_metrics.json").read_text())
+    rows = [json.loads(line) for line in (tmp_path / "test_predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and metrics["num_questions"] == 12 and metrics["chance_accuracy"] == pytest.approx(25.0)
+    assert all(len(r["choices"]) == 4 == len(r["probs"]) and abs(sum(r["probs"]) - 1) < 1e-3 for r in rows)
+    assert metrics["accuracy"] == pytest.approx(100 * sum(r["correct"] for r in rows) / 12)
+
+
+def test_captioning_test_without_java_reports_meteor_unavailable(tmp_path: Path, synth_dir: dict, monkeypatch) -> None:
+    import vl.tasks.metrics as task_metrics
+
+    monkeypatch.setattr(task_metrics, "java_available", lambda: False)
+    module = CaptioningModule(video=VIDEO, max_len=5, beam_size=2)
+    data = VideoTextDataModule(root=synth_dir["dir"], text_field="caption", num_frames=T, frame_size=S,
+                               eval_batch_size=8, num_workers=0, persistent_workers=False)
+    with pytest.warns(RuntimeWarning, match="java not found"):
+        quiet_trainer(tmp_path).test(module, datamodule=data, verbose=False)
+    metrics = json.loads((tmp_path / "test_metrics.json").read_text())
+    assert metrics["METEOR"] is None and {"BLEU-4", "ROUGE-L", "CIDEr"} <= set(metrics)
+    rows = [json.loads(line) for line in (tmp_path / "test_predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and all(len(r["references"]) == 4 and isinstance(r["prediction"], str) for r in rows)

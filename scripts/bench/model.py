@@ -9,8 +9,19 @@ Sections:
   against ratio 0 in the same process. Ratio 0 runs the dense encoder alone (no masked token, so no decoder): a
   conservative baseline. Writes ``bench_results/model_mask.json``.
 
+- ``memory``: training memory of the base models (``violet_base``, ``allinone_base``, ``clip_base``) at
+  ``--memory-frames`` (8) frames of 224 px, ``--memory-batch`` (32) clips per GPU, 32 text tokens, bf16
+  autocast, activation checkpointing, VTC + VTM + MLM, AdamW. COMPUTED, not measured on a GPU: the
+  bytes autograd saves in one forward are measured on CPU (bf16 autocast) at batch 2 and 4, with and
+  without checkpointing, and scaled linearly to the batch; to them are added fp32 weights, fp32
+  gradients and AdamW's two fp32 moments (16 bytes per parameter) and, for the backward pass, the
+  recomputed activations of the largest checkpointed block (without checkpointing, saved bytes / blocks).
+  Not counted: the CUDA context and allocator fragmentation (typically a few GB). Writes
+  ``bench_results/model_memory.json``.
+
     python scripts/bench/model.py --section mask_ratio
     python scripts/bench/model.py --section mask_ratio --encoder vit_st_base --frames 16 --size 224 --batch 8  # GPU
+    python scripts/bench/model.py --section memory
 """
 
 from __future__ import annotations
@@ -134,6 +145,57 @@ def bench_mask_ratio(args: argparse.Namespace) -> dict:
     return {"section": "mask_ratio", "setup": setup, "rows": rows}
 
 
+def pretrain_forward_saved_bytes(model: str, frames: int, batch: int, checkpointing: bool) -> tuple[int, int, int]:
+    """(saved bytes, parameters, checkpointed blocks) of one VTC + VTM + MLM forward of ``model``."""
+    from datapipes.batch import Batch
+    from vl.lit.pretrain import Objectives, PretrainModule
+
+    torch.manual_seed(0)
+    module = PretrainModule(model=model, video={"num_frames": frames}, tokenizer="minilm",
+                            objectives=Objectives(vtc=1.0, vtm=1.0, mlm=1.0), grad_checkpointing=checkpointing)
+    module.train()
+    size = module.model.video_encoder.img_size
+    ids = torch.randint(1000, 20000, (batch, 32))
+    data = Batch(video=torch.randn(batch, frames, 3, size, size), text_ids=ids, text_mask=torch.ones_like(ids))
+    params = list(module.parameters())
+    blocks = sum(1 for m in module.modules() if isinstance(m, torch.nn.ModuleList) for _ in m)
+    with torch.autocast("cpu", dtype=torch.bfloat16), saved_activation_bytes(params) as saved:
+        module.compute_losses(data)
+    return sum(saved.values()), sum(p.numel() for p in params), blocks
+
+
+def bench_memory(args: argparse.Namespace) -> dict:
+    """Computed peak training memory per GPU of the base models (see the module docstring)."""
+    rows = []
+    for model in args.memory_models:
+        per = {}
+        for ckpt in (True, False):
+            small, n_params, blocks = pretrain_forward_saved_bytes(model, args.memory_frames, 2, ckpt)
+            large, _, _ = pretrain_forward_saved_bytes(model, args.memory_frames, 4, ckpt)
+            slope = (large - small) / 2  # bytes per clip
+            per[ckpt] = (small - 2 * slope) + slope * args.memory_batch  # at the target batch
+        states = 16 * n_params  # fp32 weights + grads + AdamW exp_avg, exp_avg_sq
+        recompute = per[False] / max(blocks, 1)  # one block's activations, rebuilt during backward
+        total = states + per[True] + recompute
+        gib = 1024 ** 3
+        rows.append({"model": model, "params_M": round(n_params / 1e6, 1), "blocks": blocks,
+                     "weights_grads_adam_GiB": round(states / gib, 2),
+                     "activations_checkpointed_GiB": round(per[True] / gib, 2),
+                     "activations_no_checkpointing_GiB": round(per[False] / gib, 2),
+                     "recompute_one_block_GiB": round(recompute / gib, 2),
+                     "total_GiB": round(total / gib, 2), "fits_80GB": total < 80e9})
+        print(f"{model}: {rows[-1]}", flush=True)
+    setup = {"frames": args.memory_frames, "size": 224, "batch": args.memory_batch, "text_tokens": 32,
+             "precision": "bf16 autocast", "checkpointing": True, "objectives": "VTC + VTM + MLM",
+             "optimizer": "AdamW (fp32 states)", "method": "computed from saved-tensor bytes measured on CPU",
+             "torch": torch.__version__}
+    print(f"{'model':<15}{'params':>9}{'states GiB':>12}{'act ckpt GiB':>14}{'act full GiB':>14}{'total GiB':>11}")
+    for r in rows:
+        print(f"{r['model']:<15}{r['params_M']:>8}M{r['weights_grads_adam_GiB']:>12}"
+              f"{r['activations_checkpointed_GiB']:>14}{r['activations_no_checkpointing_GiB']:>14}{r['total_GiB']:>11}")
+    return {"section": "memory", "setup": setup, "rows": rows}
+
+
 def print_table(rows: list[dict], setup: dict) -> None:
     print(f"\nMVM train step, {setup['encoder']} joint, {setup['frames']}x{setup['size']}px "
           f"({setup['tokens']} tokens), batch {setup['batch']}, tube masking, {setup['device']}")
@@ -143,8 +205,8 @@ def print_table(rows: list[dict], setup: dict) -> None:
               f"{r['activation_bytes'] / 2**20:>18.1f} {r['activation_ratio']:>10.2f}")
 
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], dict]] = {"mask_ratio": bench_mask_ratio}
-OUTPUTS = {"mask_ratio": "model_mask.json"}
+SECTIONS: dict[str, Callable[[argparse.Namespace], dict]] = {"mask_ratio": bench_mask_ratio, "memory": bench_memory}
+OUTPUTS = {"mask_ratio": "model_mask.json", "memory": "model_memory.json", "peers": "model_peers.json"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -162,6 +224,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default: 1, so that CPU time measures the step's compute)")
+    p.add_argument("--memory-models", nargs="+", default=["violet_base", "allinone_base", "clip_base"])
+    p.add_argument("--memory-frames", type=int, default=8)
+    p.add_argument("--memory-batch", type=int, default=32)
     p.add_argument("--out", type=Path, default=RESULTS)
     return p.parse_args(argv)
 

@@ -135,6 +135,16 @@ def run_blocks(blocks: Sequence[nn.Module], x: Tensor, checkpointing: bool, *arg
     return x
 
 
+def sincos_1d(length: int, dim: int, temperature: float = 10000.0) -> Tensor:
+    """1D sin-cos position table (length, dim): sines in the first half of the channels, cosines in the
+    second, at geometric frequencies (the 1D counterpart of timm's ``build_sincos2d_pos_embed``)."""
+    if dim % 2:
+        raise ValueError(f"sincos_1d needs an even dim, got {dim}")
+    omega = temperature ** -(torch.arange(dim // 2, dtype=torch.float32) / (dim // 2))  # (dim/2,)
+    angle = torch.arange(length, dtype=torch.float32)[:, None] * omega[None]  # (length, dim/2)
+    return torch.cat([angle.sin(), angle.cos()], dim=1)
+
+
 def drop_path_rates(rate: float, depth: int) -> list[float]:
     """Stochastic depth rising linearly from 0 to ``rate`` over ``depth`` blocks (as timm)."""
     return [rate * i / max(depth - 1, 1) for i in range(depth)]

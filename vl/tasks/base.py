@@ -22,7 +22,7 @@ from torch import Tensor
 
 from datapipes.batch import Batch
 from vl.lit.checkpoint import load_checkpoint, preprocess_from_datamodule
-from vl.lit.evaluation import write_eval_outputs
+from vl.lit.evaluation import gather_objects, write_eval_outputs
 from vl.lit.optim import OptimConfig, build_optimizer
 from vl.lit.safety import NonFiniteGuard
 from vl.models import VideoLanguageModel, create_model
@@ -106,11 +106,15 @@ class FinetuneModule(pl.LightningModule):
         self.optim = optim if isinstance(optim, OptimConfig) else OptimConfig(**optim)  # a dict from a checkpoint
         self.guard = NonFiniteGuard(max_consecutive_nonfinite)
 
-    def save_task_hyperparameters(self, frame: Any) -> None:
-        """``save_hyperparameters`` of the subclass ``__init__`` running in ``frame``, with ``optim`` as a plain
-        dict: checkpoints then hold only primitive types and load under torch's ``weights_only=True``
-        (the default of ``vl test --ckpt_path``)."""
-        self.save_hyperparameters(ignore=["optim"], frame=frame)
+    def save_task_hyperparameters(self, frame: Any, evaluation: tuple[str, ...] = ()) -> None:
+        """``save_hyperparameters`` of the subclass ``__init__`` running in ``frame``.
+
+        ``optim`` is kept as a plain dict, so checkpoints hold only primitive types and load under torch's
+        ``weights_only=True``. ``init_from`` and the ``evaluation`` options (those that change only how a
+        model is evaluated, e.g. the beam size) are left out: ``vl test --ckpt_path`` restores a checkpoint's
+        hyper-parameters over its command line (LightningCLI does), and these must come from the command
+        line; the checkpoint itself holds the model."""
+        self.save_hyperparameters(ignore=["optim", "init_from", *evaluation], frame=frame)
         self.hparams["optim"] = dataclasses.asdict(self.optim)
 
     # ---- backbone ---------------------------------------------------------------------------------
@@ -154,6 +158,27 @@ class FinetuneModule(pl.LightningModule):
         )
 
     # ---- evaluation -------------------------------------------------------------------------------
+    # Each task defines ``eval_step(batch, split)``, which collects what it needs per batch, and
+    # ``finish_eval(split)``, which turns the whole (gathered) split into metrics, predictions and a
+    # summary (``report``); validation and test share both.
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self.eval_step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self.eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self.finish_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.finish_eval("test")
+
+    def take_outputs(self) -> list[dict]:
+        """The per-item outputs ``eval_step`` appended to ``self._outputs``, gathered from every rank (in
+        rank order), and cleared for the next epoch."""
+        outputs, self._outputs = gather_objects(self._outputs), []
+        return outputs
 
     def report(self, split: str, metrics: dict[str, Any], predictions: list[dict], summary: str) -> None:
         """Log ``metrics`` as ``<split>/<name>``, print ``summary`` and, on test, write the metrics JSON

@@ -20,7 +20,6 @@ from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from datapipes.batch import Batch
-from vl.lit.evaluation import gather_objects
 from vl.lit.optim import OptimConfig
 from vl.models import VideoLanguageModel
 from vl.models.hub import load_tokenizer
@@ -170,7 +169,8 @@ class CaptioningModule(FinetuneModule):
             raise ValueError(f"max_len and beam_size must be >= 1, got {max_len} and {beam_size}")
         super().__init__(model, video, text, fusion, embed_dim, init_from, optim, max_consecutive_nonfinite,
                          grad_checkpointing, heads=("mlm",))
-        self.save_task_hyperparameters(inspect.currentframe())
+        self.save_task_hyperparameters(inspect.currentframe(), evaluation=("beam_size", "length_penalty"))
+        self.beam_size, self.length_penalty = beam_size, length_penalty
         self.tokenizer = load_tokenizer(tokenizer)
         self.bos, self.eos, self.never = special_ids(self.tokenizer)
         if len(self.tokenizer) > self.model.mlm_head.decoder.out_features:
@@ -219,7 +219,7 @@ class CaptioningModule(FinetuneModule):
     @torch.no_grad()
     def generate_ids(self, video: Tensor, beam_size: Optional[int] = None) -> list[list[int]]:
         """Token ids (no begin/end token) of the captions of clips (B, T, C, H, W), at most ``max_len`` each."""
-        beam = beam_size or self.hparams.beam_size
+        beam = beam_size or self.beam_size
         tokens = self.model.encode_video(video)["tokens"]  # (B, N, Dv)
         rows = tokens.repeat_interleave(beam, dim=0) if beam > 1 else tokens  # (B*K, N, Dv)
 
@@ -231,30 +231,18 @@ class CaptioningModule(FinetuneModule):
         B, h = video.shape[0], self.hparams
         if beam == 1:
             return greedy_decode(step, B, self.bos, self.eos, h.max_len, self.device)
-        return beam_search(step, B, beam, self.bos, self.eos, h.max_len, h.length_penalty, self.device)
+        return beam_search(step, B, beam, self.bos, self.eos, h.max_len, self.length_penalty, self.device)
 
     # ---- evaluation -------------------------------------------------------------------------------
 
-    def _eval_step(self, batch: Batch) -> None:
+    def eval_step(self, batch: Batch, split: str) -> None:
         captions = self.generate(batch.video)
         references = batch.references or [[] for _ in captions]
         for key, caption, refs in zip(batch.keys, captions, references):
             self._outputs.append({"key": key, "prediction": caption, "references": list(refs)})
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch)
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._finish("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._finish("test")
-
-    def _finish(self, split: str) -> None:
-        outputs, self._outputs = gather_objects(self._outputs), []
+    def finish_eval(self, split: str) -> None:
+        outputs = self.take_outputs()
         if not outputs:
             return
         if not all(o["references"] for o in outputs):
@@ -264,7 +252,7 @@ class CaptioningModule(FinetuneModule):
         metrics: dict[str, Any] = caption_metrics(predictions, references)
         metrics["num_videos"] = float(len(outputs))
         h = self.hparams
-        decoding = "greedy" if h.beam_size == 1 else f"beam {h.beam_size}"
+        decoding = "greedy" if self.beam_size == 1 else f"beam {self.beam_size}"
         meteor = "unavailable (no Java)" if metrics["METEOR"] is None else f"{metrics['METEOR']:.2f}"
         summary = (f"{split}: captioning of {len(outputs)} clips ({decoding}, at most {h.max_len} tokens)\n"
                    f"  BLEU-4 {metrics['BLEU-4']:.2f}  METEOR {meteor}  ROUGE-L {metrics['ROUGE-L']:.2f}"

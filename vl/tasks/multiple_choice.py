@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from datapipes.batch import Batch
-from vl.lit.evaluation import gather_objects
 from vl.lit.optim import OptimConfig
 from vl.models import VideoLanguageModel
 from vl.tasks.base import FinetuneModule
@@ -93,7 +92,7 @@ class MultipleChoiceModule(FinetuneModule):
 
     # ---- evaluation -------------------------------------------------------------------------------
 
-    def _eval_step(self, batch: Batch) -> None:
+    def eval_step(self, batch: Batch, split: str) -> None:
         probs = self.scores(batch).softmax(dim=1)  # (B, K)
         questions = batch.captions or [""] * batch.batch_size
         types = batch.question_type or [None] * batch.batch_size
@@ -106,20 +105,8 @@ class MultipleChoiceModule(FinetuneModule):
                 "probs": [round(float(p), 4) for p in probs[i][real]], "question_type": types[i],
             })
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch)
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._finish("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._finish("test")
-
-    def _finish(self, split: str) -> None:
-        outputs, self._outputs = gather_objects(self._outputs), []
+    def finish_eval(self, split: str) -> None:
+        outputs = self.take_outputs()
         if not outputs:
             return
         types = [o["question_type"] for o in outputs]

@@ -25,7 +25,6 @@ from datapipes.batch import Batch
 from datapipes.decode import SkipSample
 from datapipes.shards import expand_shards
 from datapipes.text import qa_items
-from vl.lit.evaluation import gather_objects
 from vl.lit.optim import OptimConfig
 from vl.tasks.base import FinetuneModule
 from vl.tasks.metrics import OOV, AnswerVocab, qa_accuracy
@@ -122,7 +121,8 @@ class QAModule(FinetuneModule):
     ) -> None:
         super().__init__(model, video, text, fusion, embed_dim, init_from, optim, max_consecutive_nonfinite,
                          grad_checkpointing, heads=())
-        self.save_task_hyperparameters(inspect.currentframe())
+        self.save_task_hyperparameters(inspect.currentframe(), evaluation=("predictions_top",))
+        self.predictions_top = predictions_top
         self.vocab: Optional[AnswerVocab] = None
         self.head: Optional[AnswerHead] = None
         if answer_vocab is not None:
@@ -188,11 +188,11 @@ class QAModule(FinetuneModule):
 
     # ---- evaluation -------------------------------------------------------------------------------
 
-    def _eval_step(self, batch: Batch) -> None:
+    def eval_step(self, batch: Batch, split: str) -> None:
         if batch.answer is None:
             raise ValueError("QA batches need answers: set data.init_args.text_field to qa")
         probs = self.answer_logits(batch).float().softmax(dim=1)  # (B, K)
-        top_p, top_i = probs.topk(min(self.hparams.predictions_top, probs.shape[1]), dim=1)
+        top_p, top_i = probs.topk(min(self.predictions_top, probs.shape[1]), dim=1)
         types = batch.question_type or [None] * batch.batch_size
         for i in range(batch.batch_size):
             self._outputs.append({
@@ -201,20 +201,8 @@ class QAModule(FinetuneModule):
                 "top": [[self.vocab.decode(int(j)), round(float(p), 4)] for p, j in zip(top_p[i], top_i[i])],
             })
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch)
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._finish("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._finish("test")
-
-    def _finish(self, split: str) -> None:
-        outputs, self._outputs = gather_objects(self._outputs), []
+    def finish_eval(self, split: str) -> None:
+        outputs = self.take_outputs()
         if not outputs:
             return
         vocab = self._require_vocab()

@@ -21,6 +21,7 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from datapipes.batch import Batch
@@ -80,6 +81,11 @@ def vtm_pair_scores(model: VideoLanguageModel, video_tokens: Tensor, text_tokens
         scores.append(logits[:, 1] - logits[:, 0])
     local = torch.cat(scores) if scores else video_tokens.new_zeros(0, dtype=torch.float32)
     return gather_rows(local)
+
+
+def describes(references: list[list[str]], texts: list[str]) -> Tensor:
+    """(B, Nt) bool: whether text j is one of video i's captions (a caption may describe several videos)."""
+    return torch.tensor([[t in set(refs) for t in texts] for refs in references], dtype=torch.bool)
 
 
 def prefixed(prefix: str, metrics: dict[str, float], direction: Optional[str] = None) -> dict[str, float]:
@@ -160,6 +166,10 @@ class RetrievalEvalState:
 # ---------------------------------------------------------------- LightningModule
 
 
+EVALUATION_OPTIONS = ("rerank_k", "rerank_on_val", "rerank_batch_size", "rerank_add_similarity", "dual_softmax",
+                      "dual_softmax_temperature", "predictions_top")
+
+
 class RetrievalModule(FinetuneModule):
     """Text-video retrieval fine-tuning (VTC + VTM) and evaluation (dual encoder, VTM re-ranking, dual-softmax).
 
@@ -209,7 +219,10 @@ class RetrievalModule(FinetuneModule):
         frozen = ("fusion.", "vtm_head.") if vtm_weight == 0 else ()  # without VTM, training never fuses
         super().__init__(model, video, text, fusion, embed_dim, init_from, optim, max_consecutive_nonfinite,
                          grad_checkpointing, heads=heads, frozen=frozen)
-        self.save_task_hyperparameters(inspect.currentframe())
+        self.save_task_hyperparameters(inspect.currentframe(), evaluation=EVALUATION_OPTIONS)
+        self.rerank_k, self.rerank_on_val, self.rerank_batch_size = rerank_k, rerank_on_val, rerank_batch_size
+        self.rerank_add_similarity, self.predictions_top = rerank_add_similarity, predictions_top
+        self.dual_softmax, self.dual_softmax_temperature = dual_softmax, dual_softmax_temperature
         self.vtc = VTCLoss()
         self.vtm = VTMLoss() if vtm_weight > 0 else None
         self._paragraph_tokenize: Optional[Tokenize] = None
@@ -248,16 +261,23 @@ class RetrievalModule(FinetuneModule):
         out = self.vtc(v_emb, t_emb, self.model.logit_scale)
         if self.vtm is not None:
             sim = VTCLoss.similarity(v_emb, t_emb, self.model.logit_scale).detach()  # (B, B)
-            same_text = (ids[:, None, :] == ids[None, :, :]).all(-1)  # (B, B) duplicate captions
-            out.update(self.vtm(self.model, video["tokens"], text["tokens"], mask, sim, same_text))
+            out.update(self.vtm(self.model, video["tokens"], text["tokens"], mask, sim, self.positives(batch, ids)))
         return out
+
+    def positives(self, batch: Batch, ids: Tensor) -> Tensor:
+        """(B, B) bool, video i and text j match: the same text, or text j is one of video i's captions.
+        VTM never draws these as negatives (the hardest "negatives" are often such true matches)."""
+        same = (ids[:, None, :] == ids[None, :, :]).all(-1)  # (B, B) identical token rows
+        if self.hparams.paragraph or not batch.references or not batch.captions:
+            return same
+        return same | describes(batch.references, batch.captions).to(same.device)
 
     # ---- evaluation -------------------------------------------------------------------------------
 
     def _reranks(self, split: str) -> bool:
-        return self.hparams.rerank_k > 0 and (split == "test" or self.hparams.rerank_on_val)
+        return self.rerank_k > 0 and (split == "test" or self.rerank_on_val)
 
-    def _eval_step(self, batch: Batch, split: str) -> None:
+    def eval_step(self, batch: Batch, split: str) -> None:
         ids, mask, index, strings = self.texts(batch)
         video = self.model.encode_video(batch.video)
         text = self.model.encode_text(ids, mask)
@@ -265,26 +285,14 @@ class RetrievalModule(FinetuneModule):
         tokens = (video["tokens"], text["tokens"], mask) if self._reranks(split) else None
         self.eval_state.add(v_emb, t_emb, index, batch.keys, strings, tokens)
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_validation_epoch_end(self) -> None:
-        self._finish("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._finish("test")
-
-    def _finish(self, split: str) -> None:
+    def finish_eval(self, split: str) -> None:
         if not self.eval_state.texts and not self.eval_state.embeddings.video:
             return
         data = self.eval_state.gathered()
         self.eval_state.reset()
         metrics, rows = self.evaluate(data)
         lines = [retrieval_summary(split, metrics, data["video"].shape[0], data["text"].shape[0])]
-        for prefix, label in (("rerank/", f"VTM re-ranking of the top {self.hparams.rerank_k}"),
+        for prefix, label in (("rerank/", f"VTM re-ranking of the top {self.rerank_k}"),
                               ("dsl/", "dual-softmax")):
             if f"{prefix}t2v_R@1" in metrics:
                 lines.append(f"  {label}: t2v R@1 {metrics[f'{prefix}t2v_R@1']:.2f}  R@5 {metrics[f'{prefix}t2v_R@5']:.2f}"
@@ -297,23 +305,25 @@ class RetrievalModule(FinetuneModule):
     def evaluate(self, data: dict) -> tuple[dict[str, float], list[dict]]:
         """Metrics and predictions rows of every ranking over one gathered split (see ``RetrievalEvalState``)."""
         sim = data["text"] @ data["video"].T  # (Nt, Nv) cosine
-        index, keys, texts, top = data["index"], data["keys"], data["texts"], self.hparams.predictions_top
+        index, keys, texts, top = data["index"], data["keys"], data["texts"], self.predictions_top
         metrics = retrieval_metrics(sim, index)
         rows = ranking_rows(sim, sim.T, index, keys, texts, top, "dual")
-        if "video_tokens" in data:
-            k = self.hparams.rerank_k
+        if "video_tokens" in data and self.model.vtm_head is None:
+            rank_zero_warn("VTM re-ranking skipped: this model has no VTM head (trained with vtm_weight 0)")
+        elif "video_tokens" in data:
+            k = self.rerank_k
             pairs = rerank_candidates(sim, k).nonzero()  # (P, 2): (text, video)
             scores = torch.full_like(sim, float("nan"))
             scores[pairs[:, 0], pairs[:, 1]] = vtm_pair_scores(
                 self.model, data["video_tokens"], data["text_tokens"], data["text_mask"], pairs,
-                self.hparams.rerank_batch_size).to(sim.dtype)
-            if self.hparams.rerank_add_similarity:
+                self.rerank_batch_size).to(sim.dtype)
+            if self.rerank_add_similarity:
                 scores = scores + sim
             t2v, v2t = rerank_topk(sim, scores, k), rerank_topk(sim.T, scores.T, k)
             metrics.update(two_way_metrics("rerank/", t2v, v2t, index))
             rows += ranking_rows(t2v, v2t, index, keys, texts, top, "rerank")
-        if self.hparams.dual_softmax:
-            temp = self.hparams.dual_softmax_temperature
+        if self.dual_softmax:
+            temp = self.dual_softmax_temperature
             t2v, v2t = dual_softmax(sim, temp), dual_softmax(sim.T, temp)
             metrics.update(two_way_metrics("dsl/", t2v, v2t, index))
             rows += ranking_rows(t2v, v2t, index, keys, texts, top, "dsl")
