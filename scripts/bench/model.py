@@ -9,19 +9,24 @@ Sections:
   against ratio 0 in the same process. Ratio 0 runs the dense encoder alone (no masked token, so no decoder): a
   conservative baseline. Writes ``bench_results/model_mask.json``.
 
+- ``peers``: ``scripts/bench/peers.py`` (vit_st vs Hugging Face VideoMAE and TimeSformer, clip_st vs
+  open_clip's ViT per frame, equal dimensions; ratio ours/peer of train-step samples/s). Writes
+  ``bench_results/model_peers.json``.
 - ``memory``: training memory of the base models (``violet_base``, ``allinone_base``, ``clip_base``) at
   ``--memory-frames`` (8) frames of 224 px, ``--memory-batch`` (32) clips per GPU, 32 text tokens, bf16
-  autocast, activation checkpointing, VTC + VTM + MLM, AdamW. COMPUTED, not measured on a GPU: the
-  bytes autograd saves in one forward are measured on CPU (bf16 autocast) at batch 2 and 4, with and
-  without checkpointing, and scaled linearly to the batch; to them are added fp32 weights, fp32
-  gradients and AdamW's two fp32 moments (16 bytes per parameter) and, for the backward pass, the
-  recomputed activations of the largest checkpointed block (without checkpointing, saved bytes / blocks).
+  autocast, activation checkpointing, VTC + VTM + MLM, AdamW. COMPUTED, not measured on a GPU: one
+  training forward runs on fake tensors (``torch._subclasses.FakeTensorMode``: shapes and dtypes only,
+  no arithmetic, so it takes seconds on a CPU) and the bytes autograd saves for backward are summed,
+  with and without checkpointing; to them are added fp32 weights, fp32 gradients and AdamW's two fp32
+  moments (16 bytes per parameter) and, for the backward pass, one block's activations rebuilt by the
+  recomputation (saved bytes without checkpointing / number of blocks).
   Not counted: the CUDA context and allocator fragmentation (typically a few GB). Writes
   ``bench_results/model_memory.json``.
 
     python scripts/bench/model.py --section mask_ratio
     python scripts/bench/model.py --section mask_ratio --encoder vit_st_base --frames 16 --size 224 --batch 8  # GPU
     python scripts/bench/model.py --section memory
+    python scripts/bench/model.py --section peers
 """
 
 from __future__ import annotations
@@ -53,13 +58,13 @@ RESULTS = Path("bench_results")
 def saved_activation_bytes(params: list[torch.Tensor]) -> Iterator[dict[int, int]]:
     """Bytes of the storages autograd saves for backward inside the block, each storage once, parameters
     (weights saved by reference) left out: ``{storage pointer: bytes}``."""
-    skip = {p.untyped_storage().data_ptr() for p in params}
+    skip = {p.untyped_storage()._cdata for p in params}  # the storage object, also for fake tensors
     storages: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
-        if storage.data_ptr() not in skip:
-            storages[storage.data_ptr()] = storage.nbytes()
+        if storage._cdata not in skip:
+            storages[storage._cdata] = storage.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -146,8 +151,12 @@ def bench_mask_ratio(args: argparse.Namespace) -> dict:
 
 
 def pretrain_forward_saved_bytes(model: str, frames: int, batch: int, checkpointing: bool) -> tuple[int, int, int]:
-    """(saved bytes, parameters, checkpointed blocks) of one VTC + VTM + MLM forward of ``model``."""
-    from datapipes.batch import Batch
+    """(saved bytes, parameters, blocks) of the forward passes of one VTC + VTM + MLM training step of
+    ``model`` (as ``PretrainModule.compute_losses`` runs them) under bf16 autocast. The inputs are fake
+    tensors (``FakeTensorMode``): every op runs for its output shapes and dtypes only, so the bytes
+    autograd would save are exact without computing anything."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
     from vl.lit.pretrain import Objectives, PretrainModule
 
     torch.manual_seed(0)
@@ -155,45 +164,64 @@ def pretrain_forward_saved_bytes(model: str, frames: int, batch: int, checkpoint
                             objectives=Objectives(vtc=1.0, vtm=1.0, mlm=1.0), grad_checkpointing=checkpointing)
     module.train()
     size = module.model.video_encoder.img_size
-    ids = torch.randint(1000, 20000, (batch, 32))
-    data = Batch(video=torch.randn(batch, frames, 3, size, size), text_ids=ids, text_mask=torch.ones_like(ids))
     params = list(module.parameters())
-    blocks = sum(1 for m in module.modules() if isinstance(m, torch.nn.ModuleList) for _ in m)
-    with torch.autocast("cpu", dtype=torch.bfloat16), saved_activation_bytes(params) as saved:
-        module.compute_losses(data)
+    blocks = sum(len(m) for m in module.modules() if isinstance(m, torch.nn.ModuleList))
+    ids = torch.randint(1000, 20000, (batch, 32))
+    model = module.model
+    # Index choices the losses make from data (VTM's sampled negatives, MLM's masked positions) are drawn
+    # here as real tensors: fake tensors have no values to draw them from.
+    neg_text, neg_video = torch.randint(0, batch, (batch,)), torch.randint(0, batch, (batch,))
+    rows, cols = (torch.rand(batch, 32) < 0.15).nonzero(as_tuple=True)  # MLM's masked (sample, position)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        video = mode.from_tensor(torch.empty(batch, frames, 3, size, size))
+        text_ids, text_mask = mode.from_tensor(ids), mode.from_tensor(torch.ones_like(ids))
+        with torch.autocast("cpu", dtype=torch.bfloat16), saved_activation_bytes(params) as saved:
+            v, t = model.encode_video(video), model.encode_text(text_ids, text_mask)
+            module.vtc(model.embed_video(v["pooled"]), model.embed_text(t["pooled"]), model.logit_scale)
+            videos = torch.cat([v["tokens"], v["tokens"], v["tokens"][neg_video]])  # VTM: B positive, 2B negative
+            texts = torch.cat([t["tokens"], t["tokens"][neg_text], t["tokens"]])
+            model.vtm_head(model.fuse(videos, texts, text_mask.repeat(3, 1))["cls"])
+            masked_text = model.encode_text(text_ids, text_mask)  # MLM: the text re-encoded with masks
+            fused = model.fuse(v["tokens"], masked_text["tokens"], text_mask)["text_tokens"]
+            model.mlm_head(fused[rows, cols])
     return sum(saved.values()), sum(p.numel() for p in params), blocks
 
 
 def bench_memory(args: argparse.Namespace) -> dict:
     """Computed peak training memory per GPU of the base models (see the module docstring)."""
     rows = []
+    gib = 1024 ** 3
     for model in args.memory_models:
-        per = {}
-        for ckpt in (True, False):
-            small, n_params, blocks = pretrain_forward_saved_bytes(model, args.memory_frames, 2, ckpt)
-            large, _, _ = pretrain_forward_saved_bytes(model, args.memory_frames, 4, ckpt)
-            slope = (large - small) / 2  # bytes per clip
-            per[ckpt] = (small - 2 * slope) + slope * args.memory_batch  # at the target batch
+        ckpt, n_params, blocks = pretrain_forward_saved_bytes(model, args.memory_frames, args.memory_batch, True)
+        full, _, _ = pretrain_forward_saved_bytes(model, args.memory_frames, args.memory_batch, False)
         states = 16 * n_params  # fp32 weights + grads + AdamW exp_avg, exp_avg_sq
-        recompute = per[False] / max(blocks, 1)  # one block's activations, rebuilt during backward
-        total = states + per[True] + recompute
-        gib = 1024 ** 3
+        recompute = full / max(blocks, 1)  # about one block's activations, rebuilt during backward
+        total = states + ckpt + recompute
         rows.append({"model": model, "params_M": round(n_params / 1e6, 1), "blocks": blocks,
                      "weights_grads_adam_GiB": round(states / gib, 2),
-                     "activations_checkpointed_GiB": round(per[True] / gib, 2),
-                     "activations_no_checkpointing_GiB": round(per[False] / gib, 2),
+                     "activations_checkpointed_GiB": round(ckpt / gib, 2),
+                     "activations_no_checkpointing_GiB": round(full / gib, 2),
                      "recompute_one_block_GiB": round(recompute / gib, 2),
                      "total_GiB": round(total / gib, 2), "fits_80GB": total < 80e9})
         print(f"{model}: {rows[-1]}", flush=True)
     setup = {"frames": args.memory_frames, "size": 224, "batch": args.memory_batch, "text_tokens": 32,
              "precision": "bf16 autocast", "checkpointing": True, "objectives": "VTC + VTM + MLM",
-             "optimizer": "AdamW (fp32 states)", "method": "computed from saved-tensor bytes measured on CPU",
+             "optimizer": "AdamW (fp32 states)", "method": "computed: saved-tensor bytes of a fake-tensor forward",
              "torch": torch.__version__}
     print(f"{'model':<15}{'params':>9}{'states GiB':>12}{'act ckpt GiB':>14}{'act full GiB':>14}{'total GiB':>11}")
     for r in rows:
         print(f"{r['model']:<15}{r['params_M']:>8}M{r['weights_grads_adam_GiB']:>12}"
               f"{r['activations_checkpointed_GiB']:>14}{r['activations_no_checkpointing_GiB']:>14}{r['total_GiB']:>11}")
     return {"section": "memory", "setup": setup, "rows": rows}
+
+
+def bench_peers(args: argparse.Namespace) -> dict:
+    """Train-step samples/s of vl's encoders against HF VideoMAE / TimeSformer and open_clip's ViT at equal
+    dimensions (``scripts/bench/peers.py`` with its defaults; run that script for other sizes or a GPU)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import peers
+
+    return peers.run(["--threads", str(args.threads or 0)])
 
 
 def print_table(rows: list[dict], setup: dict) -> None:
@@ -205,7 +233,8 @@ def print_table(rows: list[dict], setup: dict) -> None:
               f"{r['activation_bytes'] / 2**20:>18.1f} {r['activation_ratio']:>10.2f}")
 
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], dict]] = {"mask_ratio": bench_mask_ratio, "memory": bench_memory}
+SECTIONS: dict[str, Callable[[argparse.Namespace], dict]] = {"mask_ratio": bench_mask_ratio, "memory": bench_memory,
+                                                              "peers": bench_peers}
 OUTPUTS = {"mask_ratio": "model_mask.json", "memory": "model_memory.json", "peers": "model_peers.json"}
 
 

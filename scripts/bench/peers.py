@@ -151,7 +151,8 @@ def compare(pair: str, d: Dims, args: argparse.Namespace) -> dict:
 PAIRS = ("vit_st joint vs HF VideoMAE", "vit_st divided vs HF TimeSformer", "clip_st vs open_clip ViT per frame")
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> dict:
+    """Parse ``argv``, compare every pair at every size, print the table; returns the results (JSON-ready)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=sorted(SIZES))
     p.add_argument("--frames", type=int, default=8)
@@ -171,10 +172,16 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['pair']:38s} {r['size']:6s} {r['params_ours_M']:10.1f} /{r['params_peer_M']:9.1f} "
               f"{r['samples_per_s_ours']:8.2f} {r['samples_per_s_peer']:8.2f} {r['ratio_ours_over_peer']:6.2f}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows, "torch": torch.__version__,
-                                          "dims": {k: asdict(v) for k, v in SIZES.items()}}, indent=2))
-    print(f"wrote {args.out}")
+    return {"section": "peers", "args": vars(args), "rows": rows, "torch": torch.__version__,
+            "dims": {k: asdict(v) for k, v in SIZES.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    result = run(argv)
+    out = Path(result["args"]["out"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
     return 0
 
 

@@ -6,7 +6,7 @@ part of BENCHMARKS.md between the `<!-- bench:start -->` and `<!-- bench:end -->
 machine, the exact commands and one table per JSON file. The prose sections around it are kept.
 
     python scripts/bench/run_all.py                 # every benchmark
-    python scripts/bench/run_all.py --only data     # one of: data, model_mask, model_peers, search
+    python scripts/bench/run_all.py --only data     # one of: data, model_mask, model_peers, model_memory, search
     python scripts/bench/run_all.py --report-only   # re-render the tables from the last JSON files
 """
 
@@ -30,7 +30,8 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 BENCHES: dict[str, tuple[list[str], str, str]] = {
     "data": (["scripts/bench/data.py"], "data.json", "results"),
     "model_mask": (["scripts/bench/model.py", "--section", "mask_ratio"], "model_mask.json", "rows"),
-    "model_peers": (["scripts/bench/peers.py"], "model_peers.json", "rows"),
+    "model_peers": (["scripts/bench/model.py", "--section", "peers"], "model_peers.json", "rows"),
+    "model_memory": (["scripts/bench/model.py", "--section", "memory"], "model_memory.json", "rows"),
     "search": (["scripts/bench/search.py"], "search.json", "faiss"),
 }
 
