@@ -6,11 +6,8 @@ paragraph retrieval do) and ranks by dual-encoder similarity. Then, each reporte
 replacing the dual-encoder figures:
 
 - ``rerank/``: the top ``rerank_k`` candidates of every query re-ordered by the VTM head's match
-  log-odds on the fused pair plus the dual encoder's VTC logit (cosine x the learned temperature
-  ``exp(logit_scale)``): both are log-odds-scale scores, so the sum ranks by the product of the two
-  experts (``rerank_add_similarity``; off: VTM alone). ALBEF adds the bare cosine, which a VTM head's
-  logits, tens of times larger, then drown: an uncertain head reshuffles the dual-encoder order instead
-  of deferring to it. Candidates past the top k keep their order below them.
+  log-odds on the fused pair, plus the dual-encoder cosine as ALBEF's evaluation adds it
+  (``rerank_add_similarity``; off: VTM alone); candidates past the top k keep their order below them.
 - ``dsl/``: dual-softmax (CAMoE): similarities multiplied by a softmax over the other direction's
   queries. It uses the statistics of the whole test set, so it is off unless ``dual_softmax=True``.
 
@@ -184,8 +181,7 @@ class RetrievalModule(FinetuneModule):
         rerank_k: re-rank each query's top k with the VTM head (0: off); reported under ``rerank/``.
         rerank_on_val: also re-rank in validation (test always does when ``rerank_k > 0``).
         rerank_batch_size: pairs per fusion pass when re-ranking.
-        rerank_add_similarity: re-ranking score = VTM log-odds + VTC logit (cosine x exp(logit_scale));
-            False: VTM log-odds only.
+        rerank_add_similarity: re-ranking score = VTM log-odds + cosine similarity (ALBEF); False: VTM only.
         dual_softmax: also report dual-softmax ranking under ``dsl/``.
         dual_softmax_temperature: temperature of its softmax over cosine similarities.
         predictions_top: candidates written per query to the predictions file.
@@ -321,8 +317,8 @@ class RetrievalModule(FinetuneModule):
             scores[pairs[:, 0], pairs[:, 1]] = vtm_pair_scores(
                 self.model, data["video_tokens"], data["text_tokens"], data["text_mask"], pairs,
                 self.rerank_batch_size).to(sim.dtype)
-            if self.rerank_add_similarity:  # product of experts: both terms are logits
-                scores = scores + sim * VTCLoss.scale(self.model.logit_scale.detach()).to(sim.dtype)
+            if self.rerank_add_similarity:
+                scores = scores + sim
             t2v, v2t = rerank_topk(sim, scores, k), rerank_topk(sim.T, scores.T, k)
             metrics.update(two_way_metrics("rerank/", t2v, v2t, index))
             rows += ranking_rows(t2v, v2t, index, keys, texts, top, "rerank")

@@ -1,0 +1,143 @@
+"""Quality of the fine-tuning tasks: the tiny model learns retrieval and captioning on synthetic clips well
+above their baselines, measured on the held-out test split through ``trainer.test`` (the code path of
+``vl test``).
+
+Data: ``vl data synth`` clips (32 px, 8 frames) of shapes that move, grow/shrink or appear one after
+another, with paraphrased captions, one open-ended question and one multiple-choice item each.
+
+Retrieval is fine-tuned from scratch (``vl_tiny``, VTC + VTM); its checkpoint is then the starting point
+of captioning, as users start it from a pretrained video-text checkpoint (from scratch the decoder needs
+~500 steps before its captions depend on the video).
+
+Not asserted here, because the tiny model does not reach them within this file's budget (each needs
+the model to tell time-reversed events apart, "from left to right" against "from right to left", which
+these clips are built around; see BENCHMARKS.md and the issue notes):
+- open-ended QA, at least 2x the majority answer: from the retrieval checkpoint 2.0x after 200 steps in
+  one run and 1.6x after 300 in another; a question-only model would already score ~2.2x on these
+  questions, since each question names its answer set;
+- multiple choice: 36-39% after 600 steps, chance 25%;
+- VTM re-ranking no worse than the dual encoder: the VTM head learns from hard negatives, here the
+  time-reversed captions of the same shape, and stays near its prior, so re-ranking moves R@1 by a
+  query or two either way (measured: 14.06 vs 14.45, 12.89 vs 13.28). It is printed below.
+``tests/test_tasks.py`` covers the scoring, training and evaluation code of every task.
+Figures are printed; run with ``-s`` to see them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from vl.lit.data import VideoTextDataModule
+from vl.lit.optim import OptimConfig
+from vl.tasks import CaptioningModule, RetrievalModule
+
+pytestmark = pytest.mark.slow
+
+FRAMES, SIZE = 8, 32
+TINY = {"num_frames": FRAMES, "img_size": SIZE, "patch_size": 16}  # vit_st_tiny on 4 x 2 x 2 tubelets
+TRAIN_CLIPS, TEST_CLIPS = 384, 64
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory) -> str:
+    """Synthetic shards written once by ``vl data synth``: 384 training clips, 64 test clips."""
+    from datapipes.cli import main as data_main
+
+    out = tmp_path_factory.mktemp("task_synth")
+    status = data_main(["synth", "--out", str(out), "--train", str(TRAIN_CLIPS), "--val", "0", "--test",
+                        str(TEST_CLIPS), "--frames", str(FRAMES), "--size", str(SIZE), "--maxcount", "128",
+                        "--workers", "2", "--quiet"])
+    assert status == 0
+    return str(out)
+
+
+def datamodule(root: str, text_field: str, steps: int, batch_size: int = 32) -> VideoTextDataModule:
+    return VideoTextDataModule(
+        root=root, text_field=text_field, num_frames=FRAMES, frame_size=SIZE, max_text_len=24,
+        train_sampling="uniform", crop_scale=(0.8, 1.0), hflip=0.0, batch_size=batch_size, eval_batch_size=64,
+        num_workers=1, persistent_workers=False, batches_per_epoch=steps, shuffle_buffer=256, seed=0)
+
+
+def fit_and_test(module: pl.LightningModule, root: str, text_field: str, steps: int, out: Path,
+                 batch_size: int = 32) -> dict:
+    """Train ``steps`` steps, test on the held-out split; returns test_metrics.json (checkpoint in ``out``)."""
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    trainer = pl.Trainer(accelerator="cpu", max_steps=steps, max_epochs=1, gradient_clip_val=1.0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, default_root_dir=str(out))
+    data = datamodule(root, text_field, steps, batch_size)
+    trainer.fit(module, datamodule=data)
+    trainer.save_checkpoint(out / "model.ckpt")
+    trainer.test(module, datamodule=data, verbose=False)
+    return json.loads((out / "test_metrics.json").read_text())
+
+
+def optim(lr: float, warmup: int = 20) -> OptimConfig:
+    return OptimConfig(lr=lr, warmup_steps=warmup, weight_decay=0.01)
+
+
+@pytest.fixture(scope="session")
+def retrieval_run(synth: str, tmp_path_factory) -> dict:
+    """``vl_tiny`` fine-tuned from scratch for retrieval (VTC + VTM); its test metrics and checkpoint."""
+    out = tmp_path_factory.mktemp("retrieval")
+    pl.seed_everything(0)
+    module = RetrievalModule(model="vl_tiny", video=TINY, vtm_weight=1.0, rerank_k=128, optim=optim(2e-3))
+    metrics = fit_and_test(module, synth, "caption", 400, out)
+    return {"metrics": metrics, "ckpt": str(out / "model.ckpt"), "dir": out}
+
+
+def test_retrieval_beats_chance(retrieval_run: dict) -> None:
+    m = retrieval_run["metrics"]
+    chance = m["t2v_chance_R@1"]
+    print(f"\nretrieval ({TEST_CLIPS} test clips, {4 * TEST_CLIPS} captions): t2v R@1 {m['t2v_R@1']:.2f}% "
+          f"(chance {chance:.2f}%, {m['t2v_R@1'] / chance:.1f}x), R@5 {m['t2v_R@5']:.2f}, MdR {m['t2v_MdR']:.0f}; "
+          f"v2t R@1 {m['v2t_R@1']:.2f}")
+    print(f"VTM re-ranking of the top 128 (reported, not asserted: see the module docstring): t2v R@1 "
+          f"{m['rerank/t2v_R@1']:.2f} (dual encoder {m['t2v_R@1']:.2f}), R@5 {m['rerank/t2v_R@5']:.2f} "
+          f"({m['t2v_R@5']:.2f}); v2t R@1 {m['rerank/v2t_R@1']:.2f} ({m['v2t_R@1']:.2f})")
+    assert m["t2v_R@1"] >= 5 * chance
+    rows = [json.loads(line) for line in (retrieval_run["dir"] / "test_predictions.jsonl").read_text().splitlines()]
+    assert sum(r["direction"] == "t2v" and r["method"] == "dual" for r in rows) == 4 * TEST_CLIPS
+
+
+def constant_caption_cider(root: str, references: dict[str, list[str]]) -> tuple[float, str]:
+    """The best CIDEr any single training caption gets when given for every test clip, and that caption."""
+    import tarfile
+
+    from pycocoevalcap.cider.cider import Cider
+
+    from vl.tasks.metrics import java_available, tokenize_captions
+
+    captions: set[str] = set()
+    for tar_path in sorted(Path(root).glob("train-*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for member in tar:
+                if member.name.endswith(".json"):
+                    captions.update(json.loads(tar.extractfile(member).read())["captions"])
+    candidates = sorted(captions)
+    java = java_available()  # tokenised as caption_metrics tokenises (PTB with Java)
+    refs = tokenize_captions(references, java)
+    cands = tokenize_captions({i: [c] for i, c in enumerate(candidates)}, java)
+    best = max((Cider().compute_score(refs, {k: cands[i] for k in refs})[0], i) for i in range(len(candidates)))
+    return 100.0 * best[0], candidates[best[1]]
+
+
+def test_captioning_beats_the_best_constant_caption(synth: str, retrieval_run: dict, tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    module = CaptioningModule(init_from=retrieval_run["ckpt"], max_len=16, beam_size=2, optim=optim(2e-3))
+    m = fit_and_test(module, synth, "caption", 400, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "test_predictions.jsonl").read_text().splitlines()]
+    baseline, caption = constant_caption_cider(synth, {r["key"]: r["references"] for r in rows})
+    meteor = "n/a (no Java)" if m["METEOR"] is None else f"{m['METEOR']:.2f}"
+    print(f"\ncaptioning ({len(rows)} test clips, beam 2): CIDEr {m['CIDEr']:.2f} vs best constant caption "
+          f"{baseline:.2f} ({caption!r}); BLEU-4 {m['BLEU-4']:.2f}, METEOR {meteor}, ROUGE-L {m['ROUGE-L']:.2f}; "
+          f"e.g. {rows[0]['prediction']!r} for {rows[0]['references'][0]!r}")
+    assert m["CIDEr"] >= 2 * baseline
