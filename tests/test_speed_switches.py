@@ -80,6 +80,28 @@ def test_bf16_mixed_precision(baseline):
     check_close("bf16-mixed", final_loss(fixed_batches(), precision="bf16-mixed"), baseline, 0.10)
 
 
+def test_math_attention_kernel(baseline):
+    # The reference kernel in place of the fused one PyTorch picks by default: the same loss up to rounding.
+    check_close("attention=math", final_loss(fixed_batches(), attention="math"), baseline, 0.02)
+
+
+def test_unknown_attention_kernel_is_a_clear_error():
+    with pytest.raises(ValueError, match="attention must be one of auto, flash"):
+        PretrainModule(model="vl_tiny", attention="flashy")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the memory-efficient kernel is a GPU kernel")
+def test_memory_efficient_attention_kernel_cuda(baseline):
+    # Memory-efficient rather than flash: the fusion and text attention carry padding masks, which the
+    # flash kernel does not take.
+    batches = fixed_batches()
+    module = PretrainModule(model="vl_tiny", attention="efficient")
+    trainer = pl.Trainer(accelerator="gpu", devices=1, max_steps=2, precision="bf16-mixed", logger=False,
+                         enable_checkpointing=False, limit_val_batches=0)
+    trainer.fit(module, train_dataloaders=DataLoader(batches * 2, batch_size=None))
+    assert trainer.global_step == 2
+
+
 def test_gradient_accumulation(baseline):
     # Two half batches per step: VTC sees half as many in-batch negatives, so only close, not equal.
     check_close("accumulate_grad_batches=2", final_loss(split(fixed_batches()), accumulate=2), baseline, 0.25)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -9,6 +10,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from datapipes.batch import Batch
 from vl.lit.checkpoint import preprocess_from_datamodule
@@ -34,6 +36,19 @@ class Objectives:
     mvm_config: MVMConfig = field(default_factory=MVMConfig)
 
 
+SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
+                 "math": "MATH"}
+
+
+def sdpa_backends(attention: str) -> Optional[list[SDPBackend]]:
+    """``attention`` (auto | flash | efficient | cudnn | math) -> the SDPA kernels to allow (None: all)."""
+    if attention == "auto":
+        return None
+    if attention not in SDPA_BACKENDS:
+        raise ValueError(f"attention must be one of auto, {', '.join(SDPA_BACKENDS)}; got {attention!r}")
+    return [getattr(SDPBackend, SDPA_BACKENDS[attention])]
+
+
 class PretrainModule(pl.LightningModule):
     """Video-language pretraining with VTC, VTM and MLM.
 
@@ -43,8 +58,11 @@ class PretrainModule(pl.LightningModule):
 
     Speed switches (each a config field): `grad_checkpointing` (activation checkpointing per block),
     `compile` (torch.compile of the encoders), `optim.fused` (fused AdamW); with the trainer's
-    `precision: bf16-mixed` and `accumulate_grad_batches`. Attention always runs through
-    `F.scaled_dot_product_attention`, which picks the flash / memory-efficient kernels where they apply.
+    `precision: bf16-mixed` and `accumulate_grad_batches`. Every attention (video encoders, fusion, the
+    Hugging Face text encoders, which load with `attn_implementation="sdpa"`) runs through
+    `F.scaled_dot_product_attention`; `attention` picks its kernels: `auto` lets PyTorch choose (flash,
+    then memory-efficient, then math, as each applies), `flash` / `efficient` / `cudnn` / `math` force one
+    (an error names the op when the forced kernel cannot run it, e.g. flash with a padding mask).
     """
 
     def __init__(
@@ -60,9 +78,11 @@ class PretrainModule(pl.LightningModule):
         max_consecutive_nonfinite: int = 5,
         grad_checkpointing: bool = False,
         compile: bool = False,
+        attention: str = "auto",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.sdpa_backends = sdpa_backends(attention)
         overrides = {k: v for k, v in dict(video=video, text=text, fusion=fusion).items() if v}
         if embed_dim is not None:
             overrides["embed_dim"] = embed_dim
@@ -124,8 +144,13 @@ class PretrainModule(pl.LightningModule):
 
     # ---- Lightning hooks ------------------------------------------------------------------------
 
+    def attention_kernels(self) -> contextlib.AbstractContextManager:
+        """The context that restricts scaled-dot-product attention to the configured kernels."""
+        return contextlib.nullcontext() if self.sdpa_backends is None else sdpa_kernel(self.sdpa_backends)
+
     def training_step(self, batch: Batch, batch_idx: int) -> Optional[Tensor]:
-        out = self.compute_losses(batch)
+        with self.attention_kernels():
+            out = self.compute_losses(batch)
         loss = self.total_loss(out)
         if not self.guard.check(loss, out, self.trainer):
             self.log("train/nonfinite_steps", float(self.guard.total), batch_size=batch.batch_size)
@@ -138,8 +163,9 @@ class PretrainModule(pl.LightningModule):
         return loss
 
     def _eval_step(self, batch: Batch, acc: RetrievalAccumulator) -> None:
-        v_emb = self.model.embed_video(self.model.encode_video(batch.video)["pooled"])  # (B, E)
-        t_emb = self.model.embed_text(self.model.encode_text(batch.text_ids, batch.text_mask)["pooled"])
+        with self.attention_kernels():
+            v_emb = self.model.embed_video(self.model.encode_video(batch.video)["pooled"])  # (B, E)
+            t_emb = self.model.embed_text(self.model.encode_text(batch.text_ids, batch.text_mask)["pooled"])
         acc.add(v_emb, t_emb, batch.video_index(), batch.keys, batch.captions)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
