@@ -504,3 +504,17 @@ def test_vit_st_base_forward_backward_at_small_input():
     assert tokens.shape == (1, 4, 768)
     enc.pool(tokens).sum().backward()
     assert_all_grads_except_mask(enc)
+
+
+def test_vit_st_sincos_position_init():
+    from vl.models import create_video_encoder
+
+    enc = create_video_encoder("vit_st_tiny", num_frames=4, img_size=32, patch_size=8, temporal="divided",
+                               tubelet_size=1, pos_init="sincos")
+    space, time = enc.pos_embed_space[0], enc.pos_embed_time[0]  # (16, D), (4, D)
+    assert torch.allclose(time[0, : enc.embed_dim // 2], torch.zeros(enc.embed_dim // 2))  # sin(0)
+    assert torch.allclose(time[0, enc.embed_dim // 2:], torch.ones(enc.embed_dim // 2))  # cos(0)
+    assert len({tuple(row.round(decimals=4).tolist()) for row in space}) == 16  # every patch distinct
+    assert enc.pos_embed_space.requires_grad  # learned from there
+    with pytest.raises(ValueError, match="pos_init"):
+        create_video_encoder("vit_st_tiny", pos_init="learned")

@@ -18,7 +18,8 @@ these clips are built around; see BENCHMARKS.md and the issue notes):
 - multiple choice: 36-39% after 600 steps, chance 25%;
 - VTM re-ranking no worse than the dual encoder: the VTM head learns from hard negatives, here the
   time-reversed captions of the same shape, and stays near its prior, so re-ranking moves R@1 by a
-  query or two either way (measured: 14.06 vs 14.45, 12.89 vs 13.28). It is printed below.
+  query or two either way, or worse (measured: 14.06 vs 14.45, 12.89 vs 13.28, 10.16 vs 13.28). It is
+  printed below.
 ``tests/test_tasks.py`` covers the scoring, training and evaluation code of every task.
 Figures are printed; run with ``-s`` to see them.
 """
