@@ -11,7 +11,7 @@ of captioning, as users start it from a pretrained video-text checkpoint (from s
 
 Not asserted here, because the tiny model does not reach them within this file's budget (each needs
 the model to tell time-reversed events apart, "from left to right" against "from right to left", which
-these clips are built around; see BENCHMARKS.md and the issue notes):
+these clips are built around):
 - open-ended QA, at least 2x the majority answer: from the retrieval checkpoint 2.0x after 200 steps in
   one run and 1.6x after 300 in another; a question-only model would already score ~2.2x on these
   questions, since each question names its answer set;
