@@ -32,6 +32,7 @@ Sections:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -150,17 +151,20 @@ def bench_mask_ratio(args: argparse.Namespace) -> dict:
     return {"section": "mask_ratio", "setup": setup, "rows": rows}
 
 
-def pretrain_forward_saved_bytes(model: str, frames: int, batch: int, checkpointing: bool) -> tuple[int, int, int]:
+def pretrain_forward_saved_bytes(model: str, frames: int, batch: int, checkpointing: bool, fake: bool = True,
+                                 **overrides) -> tuple[int, int, int]:
     """(saved bytes, parameters, blocks) of the forward passes of one VTC + VTM + MLM training step of
     ``model`` (as ``PretrainModule.compute_losses`` runs them) under bf16 autocast. The inputs are fake
     tensors (``FakeTensorMode``): every op runs for its output shapes and dtypes only, so the bytes
-    autograd would save are exact without computing anything."""
+    autograd would save are exact without computing anything. ``fake=False`` runs the same passes on real
+    tensors (to check the fake count); ``overrides`` go to ``PretrainModule`` (e.g. ``video``)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from vl.lit.pretrain import Objectives, PretrainModule
 
     torch.manual_seed(0)
-    module = PretrainModule(model=model, video={"num_frames": frames}, tokenizer="minilm",
+    overrides.setdefault("video", {"num_frames": frames})
+    module = PretrainModule(model=model, tokenizer="minilm", **overrides,
                             objectives=Objectives(vtc=1.0, vtm=1.0, mlm=1.0), grad_checkpointing=checkpointing)
     module.train()
     size = module.model.video_encoder.img_size
@@ -172,9 +176,11 @@ def pretrain_forward_saved_bytes(model: str, frames: int, batch: int, checkpoint
     # here as real tensors: fake tensors have no values to draw them from.
     neg_text, neg_video = torch.randint(0, batch, (batch,)), torch.randint(0, batch, (batch,))
     rows, cols = (torch.rand(batch, 32) < 0.15).nonzero(as_tuple=True)  # MLM's masked (sample, position)
-    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-        video = mode.from_tensor(torch.empty(batch, frames, 3, size, size))
-        text_ids, text_mask = mode.from_tensor(ids), mode.from_tensor(torch.ones_like(ids))
+    with FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext() as mode:
+        video, mask = torch.randn(batch, frames, 3, size, size), torch.ones_like(ids)
+        if fake:
+            video, ids, mask = mode.from_tensor(video), mode.from_tensor(ids), mode.from_tensor(mask)
+        text_ids, text_mask = ids, mask
         with torch.autocast("cpu", dtype=torch.bfloat16), saved_activation_bytes(params) as saved:
             v, t = model.encode_video(video), model.encode_text(text_ids, text_mask)
             module.vtc(model.embed_video(v["pooled"]), model.embed_text(t["pooled"]), model.logit_scale)
