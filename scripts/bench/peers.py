@@ -5,12 +5,14 @@ Pairs (ours vs peer, identical width/depth/heads/patch/tubelet/frames/resolution
 - ``vit_st`` temporal=divided vs Hugging Face transformers' ``TimesformerModel`` (divided attention)
 - ``clip_st`` frame tower     vs open_clip's ``VisionTransformer`` run on every frame
 
-A step is forward, mean of the output tokens as the loss, backward and an AdamW step. Ours and the peer
+A step is forward, mean of the output tokens as the loss, backward and an AdamW step. Memory: on CPU
+the MiB autograd saves for backward in one forward (activations; weights left out), on CUDA the peak
+allocated memory of a step; ``memory_ratio_ours_over_peer`` below 1.0: ours uses less. Ours and the peer
 alternate, several rounds, and each side's median step time counts; the result is the ratio
 ours/peer of samples per second (above 1.0: ours is faster). Peers are built from configs with random
 weights: nothing is downloaded.
 
-    python scripts/bench/peers.py                      # CPU: tiny and small dims
+    python scripts/bench/peers.py                      # CPU: tiny, small and base dims (8 x 112 px, batch 2)
     python scripts/bench/peers.py --sizes base --frames 8 --image 224 --batch 8 --device cuda
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +29,8 @@ from typing import Callable
 
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # model.py's helpers, run from a checkout
 
 RESULTS = Path("bench_results")
 
@@ -118,6 +123,23 @@ def time_steps(model: nn.Module, fwd: Callable, video: torch.Tensor, steps: int)
     return times
 
 
+def activation_mib(model: nn.Module, fwd: Callable, video: torch.Tensor) -> float:
+    """MiB autograd saves for backward in one forward (each storage once, parameters left out)."""
+    from model import saved_activation_bytes  # scripts/bench/model.py
+
+    with saved_activation_bytes(list(model.parameters())) as saved:
+        loss = fwd(model, video)
+    del loss
+    return sum(saved.values()) / 2 ** 20
+
+
+def peak_cuda_mib(model: nn.Module, fwd: Callable, video: torch.Tensor) -> float:
+    """Peak CUDA memory (MiB) of one training step, weights and optimiser included."""
+    torch.cuda.reset_peak_memory_stats()
+    time_steps(model, fwd, video, 1)
+    return torch.cuda.max_memory_allocated() / 2 ** 20
+
+
 def compare(pair: str, d: Dims, args: argparse.Namespace) -> dict:
     """Alternate ours and the peer for `args.rounds` rounds; median samples/s of each and their ratio."""
     builders = {
@@ -139,12 +161,16 @@ def compare(pair: str, d: Dims, args: argparse.Namespace) -> dict:
         for _ in range(args.rounds):
             t_ours += time_steps(ours, forward_fn(kind_ours), video, args.steps)
             t_peer += time_steps(peer, forward_fn(kind_peer), video, args.steps)
+        mem = peak_cuda_mib if device.type == "cuda" else activation_mib
+        mem_ours, mem_peer = mem(ours, forward_fn(kind_ours), video), mem(peer, forward_fn(kind_peer), video)
     sps_ours = args.batch / statistics.median(t_ours)
     sps_peer = args.batch / statistics.median(t_peer)
+    memory = "peak_cuda_MiB" if device.type == "cuda" else "activations_MiB"
     return {
         "pair": pair, "size": d.name, "params_ours_M": sum(p.numel() for p in ours.parameters()) / 1e6,
         "params_peer_M": sum(p.numel() for p in peer.parameters()) / 1e6, "samples_per_s_ours": sps_ours,
         "samples_per_s_peer": sps_peer, "ratio_ours_over_peer": sps_ours / sps_peer,
+        f"{memory}_ours": mem_ours, f"{memory}_peer": mem_peer, "memory_ratio_ours_over_peer": mem_ours / mem_peer,
     }
 
 
@@ -154,7 +180,7 @@ PAIRS = ("vit_st joint vs HF VideoMAE", "vit_st divided vs HF TimeSformer", "cli
 def run(argv: list[str] | None = None) -> dict:
     """Parse ``argv``, compare every pair at every size, print the table; returns the results (JSON-ready)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=sorted(SIZES))
+    p.add_argument("--sizes", nargs="+", default=["tiny", "small", "base"], choices=sorted(SIZES))
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--image", type=int, default=112)
     p.add_argument("--batch", type=int, default=2)
@@ -168,10 +194,12 @@ def run(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = [compare(pair, SIZES[s], args) for s in args.sizes for pair in PAIRS]
-    print(f"{'pair':38s} {'size':6s} {'params ours/peer (M)':>22s} {'ours/s':>8s} {'peer/s':>8s} {'ratio':>6s}")
+    print(f"{'pair':38s} {'size':6s} {'params ours/peer (M)':>22s} {'ours/s':>8s} {'peer/s':>8s} {'ratio':>6s}"
+          f" {'mem ratio':>9s}")
     for r in rows:
         print(f"{r['pair']:38s} {r['size']:6s} {r['params_ours_M']:10.1f} /{r['params_peer_M']:9.1f} "
-              f"{r['samples_per_s_ours']:8.2f} {r['samples_per_s_peer']:8.2f} {r['ratio_ours_over_peer']:6.2f}")
+              f"{r['samples_per_s_ours']:8.2f} {r['samples_per_s_peer']:8.2f} {r['ratio_ours_over_peer']:6.2f}"
+              f" {r['memory_ratio_ours_over_peer']:9.2f}")
     return {"section": "peers", "args": vars(args), "rows": rows, "torch": torch.__version__,
             "dims": {k: asdict(v) for k, v in SIZES.items()}}
 
