@@ -126,14 +126,11 @@ def captions_for(label: str, objects: list[tuple[str, str]], name_objects: bool 
     """Paraphrases describing the event; the first is the canonical caption written to ``KEY.txt``.
     ``name_objects=False`` (``motion`` clips): the captions say only which way something moves."""
     (c, s) = objects[0]
-    if label in DIRECTIONS and not name_objects:
-        a, b, phrase, _ = DIRECTIONS[label]
-        return [f"an object moves from {a} to {b}", f"something moving {phrase}",
-                f"the shape travels from the {a} to the {b}", f"an object slides {phrase}"]
     if label in DIRECTIONS:
         a, b, phrase, _ = DIRECTIONS[label]
-        return [f"a {c} {s} moves from {a} to {b}", f"a {c} {s} moving {phrase}",
-                f"the {c} {s} travels from the {a} to the {b}", f"a {c} {s} slides {phrase}"]
+        an, the = (f"a {c} {s}", f"the {c} {s}") if name_objects else ("an object", "the object")
+        return [f"{an} moves from {a} to {b}", f"{an} moving {phrase}", f"{the} travels from the {a} to the {b}",
+                f"{an} slides {phrase}"]
     if label in ("grows", "shrinks"):
         grow = label == "grows"
         return [f"a {c} {s} grows bigger" if grow else f"a {c} {s} shrinks",
@@ -148,9 +145,10 @@ def captions_for(label: str, objects: list[tuple[str, str]], name_objects: bool 
 def _qa_for(label: str, objects: list[tuple[str, str]], rng: np.random.Generator,
             name_objects: bool = True) -> list[dict]:
     """One open-ended and one multiple-choice question about the event (DESIGN §2 ``qa`` items)."""
-    (c, s) = objects[0] if name_objects else ("", "object")
+    (c, s) = objects[0]
     if label in DIRECTIONS:
-        open_q = {"question": " ".join(f"which way does the {c} {s} move?".split()), "answer": DIRECTIONS[label][3]}
+        the = f"the {c} {s}" if name_objects else "the object"
+        open_q = {"question": f"which way does {the} move?", "answer": DIRECTIONS[label][3]}
         options = list(DIRECTIONS)
     elif label in ("grows", "shrinks"):
         open_q = {"question": f"does the {c} {s} grow or shrink?", "answer": "grow" if label == "grows" else "shrink"}

@@ -236,3 +236,15 @@ def test_mlm_rejects_a_model_without_head_or_with_a_smaller_vocab():
         MLMLoss(MASK_ID, VOCAB, SPECIAL)(no_head, torch.randn(2, 32, 128), ids[:2], mask[:2])
     with pytest.raises(ValueError, match="larger than the model"):
         MLMLoss(MASK_ID, VOCAB + 10, SPECIAL)(create_model("vl_tiny"), torch.randn(2, 32, 128), ids[:2], mask[:2])
+
+
+def test_vtm_positives_cover_duplicate_texts_and_each_clips_captions():
+    from vl.objectives import vtm_positives
+
+    ids = torch.tensor([[1, 2, 3], [1, 2, 3], [4, 5, 6]])  # texts 0 and 1 are the same tokens
+    same_only = vtm_positives(ids)
+    assert same_only.tolist() == [[True, True, False], [True, True, False], [False, False, True]]
+    # clip 2's references include text 0's caption: (2, 0) is a match too, not a negative
+    refs = [["a cat"], ["a cat"], ["a dog", "a cat"]]
+    full = vtm_positives(ids, refs, ["a cat", "a cat", "a dog"])
+    assert full[2, 0] and full[2, 1] and not full[0, 2] and full.diagonal().all()

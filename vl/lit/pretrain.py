@@ -19,7 +19,7 @@ from vl.lit.optim import OptimConfig, build_optimizer
 from vl.lit.safety import NonFiniteGuard
 from vl.models import create_model
 from vl.models.hub import load_tokenizer
-from vl.objectives import MLMLoss, VTCLoss, VTMLoss
+from vl.objectives import MLMLoss, VTCLoss, VTMLoss, vtm_positives
 from vl.objectives.mvm import MVMConfig, MVMLoss, build_mvm
 
 
@@ -36,8 +36,8 @@ class Objectives:
     mvm_config: MVMConfig = field(default_factory=MVMConfig)
 
 
-SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
-                 "math": "MATH"}
+SDPA_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                 "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
 
 
 def sdpa_backends(attention: str) -> Optional[list[SDPBackend]]:
@@ -46,7 +46,7 @@ def sdpa_backends(attention: str) -> Optional[list[SDPBackend]]:
         return None
     if attention not in SDPA_BACKENDS:
         raise ValueError(f"attention must be one of auto, {', '.join(SDPA_BACKENDS)}; got {attention!r}")
-    return [getattr(SDPBackend, SDPA_BACKENDS[attention])]
+    return [SDPA_BACKENDS[attention]]
 
 
 class PretrainModule(pl.LightningModule):
@@ -129,8 +129,8 @@ class PretrainModule(pl.LightningModule):
             out.update(self.vtc(v_emb, t_emb, self.model.logit_scale))
         if self.vtm is not None:
             sim = VTCLoss.similarity(v_emb, t_emb, self.model.logit_scale).detach()  # (B, B) for hard negatives
-            same_text = (batch.text_ids[:, None, :] == batch.text_ids[None, :, :]).all(-1)  # (B, B) duplicates
-            out.update(self.vtm(self.model, video["tokens"], text["tokens"], batch.text_mask, sim, same_text))
+            positives = vtm_positives(batch.text_ids, batch.references, batch.captions)  # (B, B)
+            out.update(self.vtm(self.model, video["tokens"], text["tokens"], batch.text_mask, sim, positives))
         if self.mlm is not None:
             out.update(self.mlm(self.model, video["tokens"], batch.text_ids, batch.text_mask))
         if self.mvm is not None:  # masks (scored by the unmasked pass), re-encodes the masked clip, predicts targets

@@ -2,6 +2,6 @@
 
 from .mlm import IGNORE_INDEX, MLMLoss, mask_tokens, word_starts
 from .vtc import VTCLoss
-from .vtm import VTMLoss, sample_negatives
+from .vtm import VTMLoss, sample_negatives, vtm_positives
 
-__all__ = ["IGNORE_INDEX", "MLMLoss", "VTCLoss", "VTMLoss", "mask_tokens", "sample_negatives", "word_starts"]
+__all__ = ["IGNORE_INDEX", "MLMLoss", "VTCLoss", "VTMLoss", "mask_tokens", "sample_negatives", "vtm_positives", "word_starts"]

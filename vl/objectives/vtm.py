@@ -42,6 +42,18 @@ def sample_negatives(sim_v2t: Tensor, positive_mask: Tensor | None = None,
     return neg_text, neg_video
 
 
+def vtm_positives(text_ids: Tensor, references: list[list[str]] | None = None,
+                  captions: list[str] | None = None) -> Tensor:
+    """(B, B) bool, video i and text j match, so VTM never draws the pair as a negative: text j is token for
+    token text i, or (given each clip's ``references`` and the batch's ``captions``) one of clip i's captions.
+    The hardest "negatives" are often such true matches."""
+    same = (text_ids[:, None, :] == text_ids[None, :, :]).all(-1)  # (B, B) identical token rows
+    if not references or not captions:
+        return same
+    describes = [[text in refs for text in captions] for refs in map(set, references)]
+    return same | torch.tensor(describes, dtype=torch.bool, device=same.device)
+
+
 class VTMLoss(nn.Module):
     """``forward(model, video_tokens (B, N, Dv), text_tokens (B, L, Dt), text_mask (B, L), sim_v2t (B, B))
     -> {"vtm_loss", "vtm_acc"}``: cross-entropy of ``model.vtm_head`` over B positive and 2B hard

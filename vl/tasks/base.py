@@ -113,8 +113,10 @@ class FinetuneModule(pl.LightningModule):
         ``weights_only=True``. ``init_from`` and the ``evaluation`` options (those that change only how a
         model is evaluated, e.g. the beam size) are left out: ``vl test --ckpt_path`` restores a checkpoint's
         hyper-parameters over its command line (LightningCLI does), and these must come from the command
-        line; the checkpoint itself holds the model."""
+        line; the checkpoint itself holds the model. They become plain attributes (``self.beam_size``)."""
         self.save_hyperparameters(ignore=["optim", "init_from", *evaluation], frame=frame)
+        for name in evaluation:
+            setattr(self, name, frame.f_locals[name])
         self.hparams["optim"] = dataclasses.asdict(self.optim)
 
     # ---- backbone ---------------------------------------------------------------------------------

@@ -170,7 +170,6 @@ class CaptioningModule(FinetuneModule):
         super().__init__(model, video, text, fusion, embed_dim, init_from, optim, max_consecutive_nonfinite,
                          grad_checkpointing, heads=("mlm",))
         self.save_task_hyperparameters(inspect.currentframe(), evaluation=("beam_size", "length_penalty"))
-        self.beam_size, self.length_penalty = beam_size, length_penalty
         self.tokenizer = load_tokenizer(tokenizer)
         self.bos, self.eos, self.never = special_ids(self.tokenizer)
         if len(self.tokenizer) > self.model.mlm_head.decoder.out_features:

@@ -122,7 +122,6 @@ class QAModule(FinetuneModule):
         super().__init__(model, video, text, fusion, embed_dim, init_from, optim, max_consecutive_nonfinite,
                          grad_checkpointing, heads=())
         self.save_task_hyperparameters(inspect.currentframe(), evaluation=("predictions_top",))
-        self.predictions_top = predictions_top
         self.vocab: Optional[AnswerVocab] = None
         self.head: Optional[AnswerHead] = None
         if answer_vocab is not None:

@@ -31,7 +31,7 @@ from vl.lit.optim import OptimConfig
 from vl.metrics import gt_ranks, retrieval_metrics
 from vl.models import VideoLanguageModel
 from vl.models.hub import load_tokenizer
-from vl.objectives import VTCLoss, VTMLoss
+from vl.objectives import VTCLoss, VTMLoss, vtm_positives
 from vl.tasks.base import FinetuneModule
 
 # ---------------------------------------------------------------- scoring functions
@@ -81,11 +81,6 @@ def vtm_pair_scores(model: VideoLanguageModel, video_tokens: Tensor, text_tokens
         scores.append(logits[:, 1] - logits[:, 0])
     local = torch.cat(scores) if scores else video_tokens.new_zeros(0, dtype=torch.float32)
     return gather_rows(local)
-
-
-def describes(references: list[list[str]], texts: list[str]) -> Tensor:
-    """(B, Nt) bool: whether text j is one of video i's captions (a caption may describe several videos)."""
-    return torch.tensor([[t in set(refs) for t in texts] for refs in references], dtype=torch.bool)
 
 
 def prefixed(prefix: str, metrics: dict[str, float], direction: Optional[str] = None) -> dict[str, float]:
@@ -220,9 +215,6 @@ class RetrievalModule(FinetuneModule):
         super().__init__(model, video, text, fusion, embed_dim, init_from, optim, max_consecutive_nonfinite,
                          grad_checkpointing, heads=heads, frozen=frozen)
         self.save_task_hyperparameters(inspect.currentframe(), evaluation=EVALUATION_OPTIONS)
-        self.rerank_k, self.rerank_on_val, self.rerank_batch_size = rerank_k, rerank_on_val, rerank_batch_size
-        self.rerank_add_similarity, self.predictions_top = rerank_add_similarity, predictions_top
-        self.dual_softmax, self.dual_softmax_temperature = dual_softmax, dual_softmax_temperature
         self.vtc = VTCLoss()
         self.vtm = VTMLoss() if vtm_weight > 0 else None
         self._paragraph_tokenize: Optional[Tokenize] = None
@@ -261,16 +253,10 @@ class RetrievalModule(FinetuneModule):
         out = self.vtc(v_emb, t_emb, self.model.logit_scale)
         if self.vtm is not None:
             sim = VTCLoss.similarity(v_emb, t_emb, self.model.logit_scale).detach()  # (B, B)
-            out.update(self.vtm(self.model, video["tokens"], text["tokens"], mask, sim, self.positives(batch, ids)))
+            captions = None if self.hparams.paragraph else batch.captions  # a paragraph is no single caption
+            positives = vtm_positives(ids, batch.references, captions)  # (B, B)
+            out.update(self.vtm(self.model, video["tokens"], text["tokens"], mask, sim, positives))
         return out
-
-    def positives(self, batch: Batch, ids: Tensor) -> Tensor:
-        """(B, B) bool, video i and text j match: the same text, or text j is one of video i's captions.
-        VTM never draws these as negatives (the hardest "negatives" are often such true matches)."""
-        same = (ids[:, None, :] == ids[None, :, :]).all(-1)  # (B, B) identical token rows
-        if self.hparams.paragraph or not batch.references or not batch.captions:
-            return same
-        return same | describes(batch.references, batch.captions).to(same.device)
 
     # ---- evaluation -------------------------------------------------------------------------------
 
