@@ -11,9 +11,10 @@ only the order of the frames reveals:
 The two clips of each pair (left->right and right->left, grow and shrink, A-then-B and B-then-A) are
 time reversals of one another, so a model that averages its frames cannot tell them apart. With
 ``task="direction"``, every clip is a ``move`` and captions of a given colour and shape differ only in
-the direction words; with ``task="motion"``, captions name only the direction ("an object moves from
-left to right"): colour and shape vary but go unsaid, so the captions of all clips differ only in
-the direction of motion. Samples are deterministic functions of (seed, split, index), whatever the number
+the direction words; with ``task="motion"``, captions name only the direction, each in its own words
+("an object moves to the right", "... upwards"): colour and shape vary but go unsaid, so the captions
+of all clips differ only in the direction of motion, and telling them apart takes the order of the
+frames but no word order (unlike "from left to right" against "from right to left"). Samples are deterministic functions of (seed, split, index), whatever the number
 of worker processes.
 """
 
@@ -128,9 +129,11 @@ def captions_for(label: str, objects: list[tuple[str, str]], name_objects: bool 
     (c, s) = objects[0]
     if label in DIRECTIONS:
         a, b, phrase, _ = DIRECTIONS[label]
-        an, the = (f"a {c} {s}", f"the {c} {s}") if name_objects else ("an object", "the object")
-        return [f"{an} moves from {a} to {b}", f"{an} moving {phrase}", f"{the} travels from the {a} to the {b}",
-                f"{an} slides {phrase}"]
+        if not name_objects:  # the direction in its own words ("to the right", "upwards"): not word order
+            return [f"an object moves {phrase}", f"an object moving {phrase}", f"the object travels {phrase}",
+                    f"something slides {phrase}"]
+        return [f"a {c} {s} moves from {a} to {b}", f"a {c} {s} moving {phrase}",
+                f"the {c} {s} travels from the {a} to the {b}", f"a {c} {s} slides {phrase}"]
     if label in ("grows", "shrinks"):
         grow = label == "grows"
         return [f"a {c} {s} grows bigger" if grow else f"a {c} {s} shrinks",
@@ -144,24 +147,46 @@ def captions_for(label: str, objects: list[tuple[str, str]], name_objects: bool 
 
 def _qa_for(label: str, objects: list[tuple[str, str]], rng: np.random.Generator,
             name_objects: bool = True) -> list[dict]:
-    """One open-ended and one multiple-choice question about the event (DESIGN §2 ``qa`` items)."""
+    """The clip's questions (DESIGN §2 ``qa`` items), each with a ``type``:
+
+    - open-ended, about time (``direction``: which way, ``size``: grow or shrink, ``order``: which shape
+      first), as TGIF-QA's temporal questions;
+    - open-ended, about appearance (``color``: "what colour is the square?"), as most MSRVTT-QA questions;
+    - multiple choice ``transition``: "what happens in the video?" among the event's caption and captions
+      of other events with the same objects (time reversals among them), as TGIF-Transition;
+    - multiple choice ``caption`` (clips whose captions name their objects): the caption among captions
+      of the same event with other objects, as MSRVTT-MC's captions of other videos.
+    """
     (c, s) = objects[0]
+    the = f"the {c} {s}" if name_objects else "the object"
     if label in DIRECTIONS:
-        the = f"the {c} {s}" if name_objects else "the object"
-        open_q = {"question": f"which way does {the} move?", "answer": DIRECTIONS[label][3]}
+        open_q = {"question": f"which way does {the} move?", "answer": DIRECTIONS[label][3], "type": "direction"}
         options = list(DIRECTIONS)
     elif label in ("grows", "shrinks"):
-        open_q = {"question": f"does the {c} {s} grow or shrink?", "answer": "grow" if label == "grows" else "shrink"}
+        open_q = {"question": f"does {the} grow or shrink?", "answer": "grow" if label == "grows" else "shrink",
+                  "type": "size"}
         options = ["grows", "shrinks", "left_to_right", "top_to_bottom"]
     else:
         first = objects[0] if label == "first_then_second" else objects[1]
-        open_q = {"question": "which shape appears first?", "answer": f"{first[0]} {first[1]}"}
+        open_q = {"question": "which shape appears first?", "answer": f"{first[0]} {first[1]}", "type": "order"}
         options = ["first_then_second", "second_then_first", "grows", "shrinks"]
+    colour_q = {"question": f"what colour is the {s if name_objects else 'object'}?", "answer": c, "type": "color"}
     order = rng.permutation(len(options))
     choices = [captions_for(options[i], objects, name_objects)[0] for i in order]
     answer_idx = int(np.flatnonzero(np.asarray(options)[order] == label)[0])
-    mc = {"question": "what happens in the video?", "choices": choices, "answer_idx": answer_idx}
-    return [open_q, mc]
+    items = [open_q, colour_q, {"question": "what happens in the video?", "choices": choices, "answer_idx": answer_idx,
+                                "type": "transition"}]
+    if name_objects:
+        others: list[list[tuple[str, str]]] = []
+        while len(others) < 3:  # the same event with other objects, all different
+            pick = [(list(COLORS)[rng.integers(len(COLORS))], SHAPES[rng.integers(len(SHAPES))]) for _ in objects]
+            if pick[0] not in [o[0] for o in others] + [objects[0]] and (len(pick) == 1 or pick[1] != pick[0]):
+                others.append(pick)
+        captions = [captions_for(label, objects)[0]] + [captions_for(label, o)[0] for o in others]
+        order = rng.permutation(4)
+        items.append({"question": "which caption describes the video?", "choices": [captions[i] for i in order],
+                      "answer_idx": int(np.flatnonzero(order == 0)[0]), "type": "caption"})
+    return items
 
 
 def encode_mp4(frames: np.ndarray, fps: int, codec: str = "libx264") -> bytes:

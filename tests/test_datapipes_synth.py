@@ -94,8 +94,26 @@ def test_synth_shards_load_through_the_pipeline(synth_dir, tokenizer):
     assert len(expand_shards(synth_dir["train"])) == 3
     cfg = ClipConfig(num_frames=8, size=32, max_text_len=16, text_field="mc")
     batches = list(build_eval_loader(synth_dir["val"], tokenizer, cfg, batch_size=6))
-    assert sum(b.batch_size for b in batches) == 12 and all(b.skipped == {} for b in batches)
+    # two multiple-choice items per clip: what happens (transition) and which caption (other objects)
+    assert sum(b.batch_size for b in batches) == 24 and all(b.skipped == {} for b in batches)
     b = batches[0]
     assert b.choice_ids.shape == (6, 4, 16) and b.answer_idx.min() >= 0 and b.answer_idx.max() < 4
-    for i, meta in enumerate(b.meta):  # the right choice is the caption
-        assert meta["qa"][1]["choices"][int(b.answer_idx[i])] == meta["caption"]
+    for i, (meta, qtype) in enumerate(zip(b.meta, b.question_type)):  # the right choice is the caption
+        item = next(q for q in meta["qa"] if q["type"] == qtype)
+        assert item["choices"][int(b.answer_idx[i])] == meta["caption"]
+    assert set(b.question_type) == {"transition", "caption"}
+
+
+def test_synth_questions_about_time_and_appearance():
+    from collections import Counter
+
+    metas = [json.loads(make_sample("train", i, SynthConfig(frames=8, size=32))["json"]) for i in range(24)]
+    types = Counter(q["type"] for m in metas for q in m["qa"])
+    assert types == {"direction": 12, "size": 6, "order": 6, "color": 24, "transition": 24, "caption": 24}
+    for m in metas:
+        colour = next(q for q in m["qa"] if q["type"] == "color")
+        assert colour["answer"] == m["objects"][0][0] and colour["answer"] not in colour["question"]
+        caption = next(q for q in m["qa"] if q["type"] == "caption")
+        assert len(set(caption["choices"])) == 4 and caption["choices"][caption["answer_idx"]] == m["caption"]
+    motion = json.loads(make_sample("train", 0, SynthConfig(frames=8, size=32, task="motion"))["json"])
+    assert [q["type"] for q in motion["qa"]] == ["direction", "color", "transition"]  # captions name no objects

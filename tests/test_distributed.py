@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from vl.objectives import VTCLoss
+from vl.objectives import VTCLoss, caption_keys
 
 WORLD = 2
 GLOBAL_BATCH = 8
@@ -26,22 +26,28 @@ def _inputs():
     return video, text, w_v, w_t
 
 
-def _loss_and_grads(video, text, w_v, w_t):
+# Multi-positive VTC: clips 0 and 5 (on different ranks) share a caption; clip 6 lists clip 2's among its own.
+TEXTS = ["a cat", "a dog", "a bird", "a fish", "a cow", "a cat", "a fox", "an owl"]
+REFERENCES = [[t] for t in TEXTS[:6]] + [["a fox", "a bird", "a big bird"], ["an owl"]]
+
+
+def _loss_and_grads(video, text, w_v, w_t, part=slice(None), multi_positive=False):
     w_v = w_v.clone().requires_grad_(True)
     w_t = w_t.clone().requires_grad_(True)
     scale = torch.tensor(2.0, requires_grad=True)
-    out = VTCLoss()(F.normalize(video @ w_v, dim=-1), F.normalize(text @ w_t, dim=-1), scale)
+    keys = caption_keys(TEXTS[part], REFERENCES[part]) if multi_positive else None
+    out = VTCLoss()(F.normalize(video[part] @ w_v, dim=-1), F.normalize(text[part] @ w_t, dim=-1), scale, keys)
     out["vtc_loss"].backward()
     return out["vtc_loss"].detach(), w_v.grad, w_t.grad
 
 
-def _worker(rank: int, port: int, results) -> None:
+def _worker(rank: int, port: int, results, multi_positive: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         video, text, w_v, w_t = _inputs()
         part = slice(rank * GLOBAL_BATCH // WORLD, (rank + 1) * GLOBAL_BATCH // WORLD)
-        loss, g_v, g_t = _loss_and_grads(video[part], text[part], w_v, w_t)
+        loss, g_v, g_t = _loss_and_grads(video, text, w_v, w_t, part, multi_positive)
         for g in (g_v, g_t):  # what DDP does to parameter gradients
             dist.all_reduce(g)
             g /= WORLD
@@ -57,11 +63,14 @@ def _free_port() -> int:
 
 
 @pytest.mark.timeout(120)
-def test_vtc_gathered_across_ranks_equals_single_process():
-    ref_loss, ref_gv, ref_gt = _loss_and_grads(*_inputs())
+@pytest.mark.parametrize("multi_positive", [False, True], ids=["clip_loss", "multi_positive"])
+def test_vtc_gathered_across_ranks_equals_single_process(multi_positive):
+    ref_loss, ref_gv, ref_gt = _loss_and_grads(*_inputs(), multi_positive=multi_positive)
+    if multi_positive:  # the cross-rank duplicate matters: without keys the loss differs
+        assert not torch.allclose(ref_loss, _loss_and_grads(*_inputs())[0])
     manager = mp.Manager()
     results = manager.dict()
-    mp.spawn(_worker, args=(_free_port(), results), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(_free_port(), results, multi_positive), nprocs=WORLD, join=True)
     assert sorted(results.keys()) == list(range(WORLD))
     for rank in range(WORLD):
         loss, g_v, g_t = results[rank]

@@ -518,3 +518,24 @@ def test_vit_st_sincos_position_init():
     assert enc.pos_embed_space.requires_grad  # learned from there
     with pytest.raises(ValueError, match="pos_init"):
         create_video_encoder("vit_st_tiny", pos_init="learned")
+
+
+def test_vit_st_none_sees_frames_as_an_unordered_set():
+    """`none` (per-frame, no time positions): a clip reversed in time pools to the same embedding; the
+    modes that model time tell the two apart."""
+    video = clip()
+    for temporal in TEMPORAL_MODES:
+        enc = create_video_encoder("vit_st_tiny", temporal=temporal, tubelet_size=1).eval()
+        with torch.no_grad():
+            forward, backward = enc.pool(enc.forward_features(video)), enc.pool(enc.forward_features(video.flip(1)))
+        assert torch.allclose(forward, backward, atol=1e-5) == (temporal == "none"), temporal
+    assert create_video_encoder("vit_st_tiny", temporal="none").pos_embed_time is None
+
+
+def test_text_mean_pooling_averages_the_real_tokens_only():
+    enc = create_text_encoder("bert_tiny", pool_type="mean")
+    tokens = torch.arange(2 * 3 * 2, dtype=torch.float).view(2, 3, 2)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    torch.testing.assert_close(enc.pool(tokens, mask), torch.stack([tokens[0, :2].mean(0), tokens[1].mean(0)]))
+    with pytest.raises(ValueError, match="pool_type"):
+        create_text_encoder("bert_tiny", pool_type="max")

@@ -248,3 +248,28 @@ def test_vtm_positives_cover_duplicate_texts_and_each_clips_captions():
     refs = [["a cat"], ["a cat"], ["a dog", "a cat"]]
     full = vtm_positives(ids, refs, ["a cat", "a cat", "a dog"])
     assert full[2, 0] and full[2, 1] and not full[0, 2] and full.diagonal().all()
+
+
+def test_multi_positive_vtc_is_clip_loss_without_duplicates_and_soft_with_them():
+    from vl.objectives import caption_keys
+
+    g = torch.Generator().manual_seed(0)
+    v = F.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    t = F.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    scale = torch.tensor(math.log(10.0))
+    loss = VTCLoss()
+    texts = ["a cat", "a dog", "a bird", "a fish"]
+    distinct = caption_keys(texts, [[x] for x in texts])
+    torch.testing.assert_close(loss(v, t, scale, distinct)["vtc_loss"], loss(v, t, scale)["vtc_loss"])
+    # clip 1's caption is clip 0's too, and clip 3 lists clip 2's text among its references
+    text_keys, clip_keys = caption_keys(["a cat", "a cat", "a bird", "a fish"],
+                                        [["a cat"], ["a cat"], ["a bird"], ["a fish", "a bird"]])
+    logits = 10.0 * v @ t.t()
+    pos = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1]], dtype=torch.float)
+    v2t = -(pos / pos.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+    t2v = -(pos.t() / pos.t().sum(1, keepdim=True) * logits.t().log_softmax(1)).sum(1).mean()
+    got = loss(v, t, scale, (text_keys, clip_keys))["vtc_loss"]
+    torch.testing.assert_close(got, (v2t + t2v) / 2)
+    assert not torch.allclose(got, loss(v, t, scale)["vtc_loss"])  # duplicates are no longer negatives
+    with pytest.raises(ValueError, match="one text per clip"):
+        caption_keys(["a cat"], [["a cat"], ["a dog"]])

@@ -276,11 +276,12 @@ def test_qa_test_counts_oov_wrong_and_writes_outputs(tmp_path: Path, synth_dir: 
     trainer.test(module, datamodule=qa_data(synth_dir), verbose=False)
     metrics = json.loads((tmp_path / "test_metrics.json").read_text())
     rows = [json.loads(line) for line in (tmp_path / "test_predictions.jsonl").read_text().splitlines()]
-    assert len(rows) == 12 and metrics["num_questions"] == 12  # every test question, OOV ones included
+    n = 24  # 12 test clips, two open-ended questions each (one about time, one about colour)
+    assert len(rows) == n and metrics["num_questions"] == n  # every test question, OOV ones included
     oov = [r for r in rows if not r["in_vocab"]]
     assert oov and not any(r["correct"] for r in oov)
-    assert metrics["oov_rate"] == pytest.approx(100 * len(oov) / 12)
-    assert metrics["accuracy"] == pytest.approx(100 * sum(r["correct"] for r in rows) / 12)
+    assert metrics["oov_rate"] == pytest.approx(100 * len(oov) / n)
+    assert metrics["accuracy"] == pytest.approx(100 * sum(r["correct"] for r in rows) / n)
     assert {"key", "question", "answer", "prediction", "top"} <= set(rows[0])
 
 
@@ -307,9 +308,10 @@ def test_multiple_choice_zero_shot_test_writes_choices(tmp_path: Path, synth_dir
     quiet_trainer(tmp_path).test(module, datamodule=data, verbose=False)
     metrics = json.loads((tmp_path / "test_metrics.json").read_text())
     rows = [json.loads(line) for line in (tmp_path / "test_predictions.jsonl").read_text().splitlines()]
-    assert len(rows) == 12 and metrics["num_questions"] == 12 and metrics["chance_accuracy"] == pytest.approx(25.0)
+    n = 24  # 12 test clips, two multiple-choice items each
+    assert len(rows) == n and metrics["num_questions"] == n and metrics["chance_accuracy"] == pytest.approx(25.0)
     assert all(len(r["choices"]) == 4 == len(r["probs"]) and abs(sum(r["probs"]) - 1) < 1e-3 for r in rows)
-    assert metrics["accuracy"] == pytest.approx(100 * sum(r["correct"] for r in rows) / 12)
+    assert metrics["accuracy"] == pytest.approx(100 * sum(r["correct"] for r in rows) / n)
 
 
 def test_captioning_test_without_java_reports_meteor_unavailable(tmp_path: Path, synth_dir: dict, monkeypatch) -> None:

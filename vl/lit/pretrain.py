@@ -19,7 +19,7 @@ from vl.lit.optim import OptimConfig, build_optimizer
 from vl.lit.safety import NonFiniteGuard
 from vl.models import create_model
 from vl.models.hub import load_tokenizer
-from vl.objectives import MLMLoss, VTCLoss, VTMLoss, vtm_positives
+from vl.objectives import MLMLoss, VTCLoss, VTMLoss, caption_keys, vtm_positives
 from vl.objectives.mvm import MVMConfig, MVMLoss, build_mvm
 
 
@@ -28,6 +28,9 @@ class Objectives:
     """Weights of the pretraining objectives; one with weight 0 is not computed at all."""
 
     vtc: float = 1.0  # video-text contrastive (open_clip's ClipLoss)
+    # Multi-positive VTC: texts in the batch that are one of a clip's captions (duplicates, paraphrases) count
+    # as its positives instead of negatives (for data with few distinct captions); false: open_clip's ClipLoss.
+    vtc_multi_positive: bool = False
     vtm: float = 0.0  # video-text matching with hard negatives from VTC similarities
     mlm: float = 0.0  # masked language modelling on the fused text tokens
     mlm_prob: float = 0.15  # share of text tokens masked for MLM (80% [MASK], 10% random, 10% kept)
@@ -126,7 +129,8 @@ class PretrainModule(pl.LightningModule):
         t_emb = self.model.embed_text(text["pooled"])  # (B, E)
         out: dict[str, Tensor] = {}
         if self.objectives.vtc > 0:
-            out.update(self.vtc(v_emb, t_emb, self.model.logit_scale))
+            keys = self.match_keys(batch) if self.objectives.vtc_multi_positive else None
+            out.update(self.vtc(v_emb, t_emb, self.model.logit_scale, keys))
         if self.vtm is not None:
             sim = VTCLoss.similarity(v_emb, t_emb, self.model.logit_scale).detach()  # (B, B) for hard negatives
             positives = vtm_positives(batch.text_ids, batch.references, batch.captions)  # (B, B)
@@ -137,6 +141,13 @@ class PretrainModule(pl.LightningModule):
             out.update(self.mvm(self.model, batch.video, video["tokens"], text["tokens"], batch.text_mask, t_emb,
                                 keys=batch.keys))
         return out
+
+    def match_keys(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Caption keys for multi-positive VTC: each text row's and each clip's reference captions'."""
+        if batch.captions is None or len(batch.captions) != batch.batch_size:
+            raise ValueError("objectives.vtc_multi_positive needs one caption per clip in each batch (the "
+                             "pretraining data's text_field: caption)")
+        return caption_keys(batch.captions, batch.references or [[c] for c in batch.captions], self.device)
 
     def total_loss(self, out: dict[str, Tensor]) -> Tensor:
         weights = self.weights()

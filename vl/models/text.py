@@ -19,7 +19,14 @@ from torch import Tensor, nn
 from .hub import load_open_clip_weights, resolve_pretrained
 from .registry import TEXT_ENCODERS, build
 
-PoolType = Literal["cls", "eot"]
+PoolType = Literal["cls", "eot", "mean"]
+POOL_TYPES: tuple[str, ...] = ("cls", "eot", "mean")
+
+
+def check_pool_type(pool_type: str) -> str:
+    if pool_type not in POOL_TYPES:
+        raise ValueError(f"text pool_type must be one of {POOL_TYPES}, got {pool_type!r}")
+    return pool_type
 
 
 class TextEncoder(nn.Module):
@@ -36,9 +43,13 @@ class TextEncoder(nn.Module):
         return None
 
     def pool(self, tokens: Tensor, mask: Tensor) -> Tensor:
-        """tokens (B, L, D), mask (B, L) -> (B, D): the first token (``cls``) or the last real one (``eot``)."""
+        """tokens (B, L, D), mask (B, L) -> (B, D): the first token (``cls``), the last real one (``eot``) or
+        the mean of the real tokens (``mean``, as sentence-transformers pool MiniLM)."""
         if self.pool_type == "cls":
             return tokens[:, 0]
+        if self.pool_type == "mean":
+            weights = mask.to(tokens.dtype).unsqueeze(-1)  # (B, L, 1)
+            return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         last = mask.long().sum(dim=1).clamp(min=1) - 1  # (B,)
         return tokens[torch.arange(tokens.shape[0], device=tokens.device), last]
 
@@ -93,7 +104,7 @@ class HFTextEncoder(TextEncoder):
         super().__init__()
         sizes = dict(hidden_size=hidden_size, num_heads=num_heads, intermediate_size=intermediate_size,
                      vocab_size=vocab_size, max_position_embeddings=max_position_embeddings)
-        self.pool_type = pool_type
+        self.pool_type = check_pool_type(pool_type)
         self.is_pretrained = pretrained is not None
         if pretrained is not None:
             given = [k for k, v in sizes.items() if v is not None]
@@ -185,7 +196,7 @@ class ClipTextEncoder(TextEncoder):
             context_length=context_length, vocab_size=vocab_size, width=width, heads=heads, layers=layers,
             mlp_ratio=mlp_ratio, output_dim=output_dim, act_layer=QuickGELU if quick_gelu else nn.GELU,
         )
-        self.embed_dim, self.vocab_size, self.pool_type = output_dim, vocab_size, pool_type
+        self.embed_dim, self.vocab_size, self.pool_type = output_dim, vocab_size, check_pool_type(pool_type)
         self.context_length = context_length
         self.is_pretrained = pretrained is not None
         if pretrained is not None:

@@ -3,7 +3,9 @@
 ``temporal`` picks how attention crosses frames:
 
 - ``none``: attention within each frame only (the per-frame "imagify" baseline); frames are
-  mean-pooled at pooling.
+  mean-pooled at pooling. There is no time position table either (as TimeSformer's space-only model),
+  so the encoder sees the frames as an unordered set: reversing a clip in time leaves its pooled
+  embedding unchanged, and whatever depends on the order of events is out of its reach.
 - ``joint``: attention over all space-time tokens (ViViT/VideoMAE). With a mask, masked tokens are
   dropped before the blocks and only the visible ones are returned, in their original (t, h, w) order.
 - ``divided``: time attention then space attention in every block (TimeSformer).
@@ -150,7 +152,8 @@ class VideoViT(VideoEncoder):
         self.token_size = (tubelet_size, patch_size, patch_size)
         self.patch_embed = PatchEmbed3D(patch_size, tubelet_size, in_chans, embed_dim)
         self.pos_embed_space = nn.Parameter(torch.zeros(1, self.grid[1] * self.grid[2], embed_dim))
-        self.pos_embed_time = nn.Parameter(torch.zeros(1, self.grid[0], embed_dim))
+        # `none` has no time positions: its frames are an unordered set (TimeSformer's space-only model).
+        self.pos_embed_time = None if temporal == "none" else nn.Parameter(torch.zeros(1, self.grid[0], embed_dim))
         # Joint attention drops masked tokens, so only the other modes need a mask token.
         self.mask_token = None if temporal == "joint" else nn.Parameter(torch.zeros(embed_dim))
         self.blocks = nn.ModuleList([self._block(temporal, dpr, embed_dim, num_heads, mlp_ratio, roll_ratio,
@@ -171,21 +174,26 @@ class VideoViT(VideoEncoder):
             # Learned tables that start as sin-cos (2D over the patch grid, 1D over time), as in MAE/VideoMAE.
             with torch.no_grad():
                 self.pos_embed_space.copy_(build_sincos2d_pos_embed(list(self.grid[1:]), self.embed_dim)[None])
-                self.pos_embed_time.copy_(sincos_1d(self.grid[0], self.embed_dim)[None])
+                if self.pos_embed_time is not None:
+                    self.pos_embed_time.copy_(sincos_1d(self.grid[0], self.embed_dim)[None])
         else:
             trunc_normal_(self.pos_embed_space, std=0.02)
-            trunc_normal_(self.pos_embed_time, std=0.02)
+            if self.pos_embed_time is not None:
+                trunc_normal_(self.pos_embed_time, std=0.02)
         if self.mask_token is not None:
             trunc_normal_(self.mask_token, std=0.02)
         self.apply(init_weights)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names (relative to this module) to exclude from weight decay."""
-        return {"pos_embed_space", "pos_embed_time", "mask_token"}
+        return {n for n in ("pos_embed_space", "pos_embed_time", "mask_token") if getattr(self, n) is not None}
 
     def pos_embed(self) -> Tensor:
-        """Space-time position embeddings (1, T'*H'*W', D): a time and a space table, summed."""
-        pos = self.pos_embed_time[:, :, None, :] + self.pos_embed_space[:, None, :, :]  # (1, T', S, D)
+        """Space-time position embeddings (1, T'*H'*W', D): a time and a space table, summed (``none``: the
+        space table in every frame)."""
+        pos = self.pos_embed_space[:, None, :, :].expand(-1, self.grid[0], -1, -1)  # (1, T', S, D)
+        if self.pos_embed_time is not None:
+            pos = pos + self.pos_embed_time[:, :, None, :]
         return pos.flatten(1, 2)  # (1, N, D)
 
     def embed(self, video: Tensor, mask: Tensor | None) -> Tensor:
