@@ -20,10 +20,10 @@ timm's ViT) or ``sincos`` (2D sin-cos over the patch grid, 1D over time, as MAE/
 random start, positions are drowned by the patch embeddings and a model trained from scratch takes
 hundreds of steps before it can tell where or when anything is: a divided-attention ``vit_st_tiny``
 (8 frames of 32 px, 4x4 patches) trained to classify the direction of motion of synthetic clips reached
-28% after 400 steps from ``random`` (chance 25%) and 97.5% from ``sincos`` (``none``: 34.5%). In
-contrastive pretraining on the same clips neither start made direction emerge within 400 steps, and
-``sincos`` slowed the early learning of appearance (the input-independent position signal makes all
-clips' embeddings alike at first), so ``random`` stays the default.
+28% after 400 steps from ``random`` (chance 25%) and 97.5% from ``sincos``. ``sincos`` also slows the
+early learning of appearance (the input-independent position signal makes all clips' embeddings alike at
+first), so ``random`` stays the default; ``tests/test_temporal.py`` pretrains with ``sincos`` to learn
+the direction of motion contrastively.
 """
 
 from __future__ import annotations
