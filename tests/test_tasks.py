@@ -168,6 +168,26 @@ def test_multiple_choice_scores_every_real_choice() -> None:
     assert_trained_params_get_grads(module, out["mc_loss"])
 
 
+def test_multiple_choice_vtm_plus_vtc_adds_the_dual_encoder_logit() -> None:
+    from vl.tasks.multiple_choice import choice_similarity
+
+    module = MultipleChoiceModule(video=VIDEO, score="vtm+vtc").eval()
+    b = batch(choices=4)
+    with torch.no_grad():
+        video = module.model.encode_video(b.video)
+        vtm = choice_scores(module.model, video["tokens"], b.choice_ids, b.choice_mask)
+        got = module.scores(b)
+        t = module.model.embed_text(module.model.encode_text(b.choice_ids[1, 2:3], b.choice_mask[1, 2:3])["pooled"])
+        v = module.model.embed_video(video["pooled"][1:2])
+    assert torch.allclose(got[1, 2], vtm[1, 2] + module.model.get_logit_scale() * (v * t).sum(), atol=1e-5)
+    assert got[0, -1] == -math.inf  # a missing choice stays impossible
+    assert torch.isfinite(choice_similarity(module.model, video["pooled"], b.choice_ids, b.choice_mask)).all()
+    out = module.train().compute_losses(b)
+    assert_trained_params_get_grads(module, out["mc_loss"])
+    with pytest.raises(ValueError, match="score must be one of"):
+        MultipleChoiceModule(video=VIDEO, score="itc")
+
+
 # ---------------------------------------------------------------- captioning
 
 

@@ -23,6 +23,7 @@ from vl.models import VideoLanguageModel
 from vl.tasks.base import FinetuneModule
 from vl.tasks.metrics import multiple_choice_accuracy
 
+SCORES = ("vtm", "vtm+vtc")  # VTM log-odds alone, or plus the dual encoder's logit (ALBEF's ITM + ITC)
 NO_ANSWER = -1  # Batch.answer_idx of a question without a known right choice (ignored by the loss)
 
 
@@ -39,6 +40,19 @@ def choice_scores(model: VideoLanguageModel, video_tokens: Tensor, choice_ids: T
     return scores
 
 
+def choice_similarity(model: VideoLanguageModel, video_pooled: Tensor, choice_ids: Tensor, choice_mask: Tensor) -> Tensor:
+    """The dual encoder's logit (learned scale x cosine) of every (video, question + choice): video_pooled
+    (B, Dv), choice_ids and choice_mask (B, K, L) -> (B, K), 0 where a question has fewer than K choices
+    (their VTM score is already -inf)."""
+    valid = choice_mask.bool().any(dim=-1)  # (B, K)
+    b, k = valid.nonzero(as_tuple=True)
+    text = model.embed_text(model.encode_text(choice_ids[b, k], choice_mask[b, k])["pooled"])  # (M, E)
+    video = model.embed_video(video_pooled)[b]  # (M, E)
+    out = torch.zeros(valid.shape, device=text.device, dtype=torch.float32)
+    out[b, k] = (model.get_logit_scale() * (video * text).sum(dim=-1)).float()
+    return out
+
+
 def choice_texts(meta: dict, question: str) -> Optional[list[str]]:
     """The choices of the multiple-choice item of ``meta["qa"]`` asking ``question`` (None if not found)."""
     for item in meta.get("qa") or []:
@@ -51,7 +65,12 @@ class MultipleChoiceModule(FinetuneModule):
     """Multiple-choice QA by VTM scoring of each choice, softmax over the choices.
 
     Args: ``FinetuneModule``'s (start from a pretrained checkpoint with ``init_from`` for zero-shot
-    testing or fine-tuning).
+    testing or fine-tuning), and ``score``: ``vtm`` (the VTM head's match log-odds) or ``vtm+vtc`` (plus
+    the dual encoder's logit, scale x cosine, of the video and the question + choice, as ALBEF adds its
+    contrastive similarity to the matching score). The VTM head binds words to what the video shows
+    through the fusion layers and learns slowly from a tiny checkpoint whose VTM saw only hard negatives
+    it could not tell apart; the dual encoder already ranks captions (MSRVTT-MC is often scored by it
+    alone).
     """
 
     def __init__(
@@ -65,9 +84,12 @@ class MultipleChoiceModule(FinetuneModule):
         optim: OptimConfig = OptimConfig(),
         max_consecutive_nonfinite: int = 5,
         grad_checkpointing: bool = False,
+        score: str = "vtm",
     ) -> None:
         super().__init__(model, video, text, fusion, embed_dim, init_from, optim, max_consecutive_nonfinite,
                          grad_checkpointing, heads=("vtm",))
+        if score not in SCORES:
+            raise ValueError(f"multiple choice: score must be one of {SCORES}, got {score!r}")
         self.save_task_hyperparameters(inspect.currentframe())
         self._outputs: list[dict] = []
 
@@ -75,8 +97,11 @@ class MultipleChoiceModule(FinetuneModule):
         """(B, K) choice scores of the batch."""
         if batch.choice_ids is None or batch.choice_mask is None:
             raise ValueError("multiple-choice batches need choices: set data.init_args.text_field to mc")
-        video = self.model.encode_video(batch.video)["tokens"]  # (B, N, Dv)
-        return choice_scores(self.model, video, batch.choice_ids, batch.choice_mask)
+        video = self.model.encode_video(batch.video)  # tokens (B, N, Dv), pooled (B, Dv)
+        scores = choice_scores(self.model, video["tokens"], batch.choice_ids, batch.choice_mask)  # (B, K)
+        if self.hparams.score == "vtm+vtc":
+            scores = scores + choice_similarity(self.model, video["pooled"], batch.choice_ids, batch.choice_mask)
+        return scores
 
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
         """Cross-entropy of the softmax over each question's choices against its right choice."""
