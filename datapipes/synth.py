@@ -146,7 +146,7 @@ def captions_for(label: str, objects: list[tuple[str, str]], name_objects: bool 
 
 
 def _qa_for(label: str, objects: list[tuple[str, str]], rng: np.random.Generator,
-            name_objects: bool = True) -> list[dict]:
+            name_objects: bool = True, extra_rng: np.random.Generator | None = None) -> list[dict]:
     """The clip's questions (DESIGN §2 ``qa`` items), each with a ``type``:
 
     - open-ended, about time (``direction``: which way, ``size``: grow or shrink, ``order``: which shape
@@ -177,6 +177,7 @@ def _qa_for(label: str, objects: list[tuple[str, str]], rng: np.random.Generator
     items = [open_q, colour_q, {"question": "what happens in the video?", "choices": choices, "answer_idx": answer_idx,
                                 "type": "transition"}]
     if name_objects:
+        rng = extra_rng or rng  # draws after the clip's own: a separate stream keeps the clips' pixels unchanged
         others: list[list[tuple[str, str]]] = []
         while len(others) < 3:  # the same event with other objects, all different
             pick = [(list(COLORS)[rng.integers(len(COLORS))], SHAPES[rng.integers(len(SHAPES))]) for _ in objects]
@@ -221,7 +222,8 @@ def make_sample(split: str, index: int, cfg: SynthConfig) -> dict:
     captions = captions_for(label, objects, named)
     meta = {
         "key": f"{split}{index:07d}", "status": "success", "caption": captions[0], "captions": captions,
-        "qa": _qa_for(label, objects, rng, named), "task": "order" if label in TASK_LABELS["order"] else
+        "qa": _qa_for(label, objects, rng, named, np.random.default_rng([cfg.seed, SPLIT_IDS.get(split, 3), index, 1])),
+        "task": "order" if label in TASK_LABELS["order"] else
         ("size" if label in ("grows", "shrinks") else "move"), "label": label,
         "objects": [list(o) for o in objects], "width": cfg.size, "height": cfg.size, "fps": cfg.fps,
         "num_frames": cfg.frames, "duration": cfg.frames / cfg.fps,
