@@ -169,8 +169,6 @@ def test_multiple_choice_scores_every_real_choice() -> None:
 
 
 def test_multiple_choice_vtm_plus_vtc_adds_the_dual_encoder_logit() -> None:
-    from vl.tasks.multiple_choice import choice_similarity
-
     module = MultipleChoiceModule(video=VIDEO, score="vtm+vtc").eval()
     b = batch(choices=4)
     with torch.no_grad():
@@ -181,7 +179,8 @@ def test_multiple_choice_vtm_plus_vtc_adds_the_dual_encoder_logit() -> None:
         v = module.model.embed_video(video["pooled"][1:2])
     assert torch.allclose(got[1, 2], vtm[1, 2] + module.model.get_logit_scale() * (v * t).sum(), atol=1e-5)
     assert got[0, -1] == -math.inf  # a missing choice stays impossible
-    assert torch.isfinite(choice_similarity(module.model, video["pooled"], b.choice_ids, b.choice_mask)).all()
+    real = b.choice_mask.bool().any(dim=-1)
+    assert torch.isfinite((got - vtm)[real]).all()
     out = module.train().compute_losses(b)
     assert_trained_params_get_grads(module, out["mc_loss"])
     with pytest.raises(ValueError, match="score must be one of"):

@@ -27,30 +27,24 @@ SCORES = ("vtm", "vtm+vtc")  # VTM log-odds alone, or plus the dual encoder's lo
 NO_ANSWER = -1  # Batch.answer_idx of a question without a known right choice (ignored by the loss)
 
 
-def choice_scores(model: VideoLanguageModel, video_tokens: Tensor, choice_ids: Tensor, choice_mask: Tensor) -> Tensor:
+def choice_scores(model: VideoLanguageModel, video_tokens: Tensor, choice_ids: Tensor, choice_mask: Tensor,
+                  video_pooled: Optional[Tensor] = None) -> Tensor:
     """VTM match log-odds of every (video, question + choice): video_tokens (B, N, Dv), choice_ids and
-    choice_mask (B, K, L) -> scores (B, K), ``-inf`` where a question has fewer than K choices."""
+    choice_mask (B, K, L) -> scores (B, K), ``-inf`` where a question has fewer than K choices. With
+    ``video_pooled`` (B, Dv), each score also gets the dual encoder's logit (learned scale x cosine) of the
+    video and the question + choice, from the same text encoding."""
     valid = choice_mask.bool().any(dim=-1)  # (B, K)
     b, k = valid.nonzero(as_tuple=True)  # (M,) each: only real choices go through the model
-    text = model.encode_text(choice_ids[b, k], choice_mask[b, k])["tokens"]  # (M, L, Dt)
-    cls = model.fuse(video_tokens[b], text, choice_mask[b, k])["cls"]  # (M, D)
+    text = model.encode_text(choice_ids[b, k], choice_mask[b, k])  # tokens (M, L, Dt), pooled (M, Dt)
+    cls = model.fuse(video_tokens[b], text["tokens"], choice_mask[b, k])["cls"]  # (M, D)
     logits = model.vtm_head(cls).float()  # (M, 2)
+    match = logits[:, 1] - logits[:, 0]  # (M,)
+    if video_pooled is not None:
+        cosine = (model.embed_video(video_pooled)[b] * model.embed_text(text["pooled"])).sum(dim=-1)  # (M,)
+        match = match + (model.get_logit_scale() * cosine).float()
     scores = torch.full(valid.shape, float("-inf"), device=logits.device, dtype=logits.dtype)
-    scores[b, k] = logits[:, 1] - logits[:, 0]
+    scores[b, k] = match
     return scores
-
-
-def choice_similarity(model: VideoLanguageModel, video_pooled: Tensor, choice_ids: Tensor, choice_mask: Tensor) -> Tensor:
-    """The dual encoder's logit (learned scale x cosine) of every (video, question + choice): video_pooled
-    (B, Dv), choice_ids and choice_mask (B, K, L) -> (B, K), 0 where a question has fewer than K choices
-    (their VTM score is already -inf)."""
-    valid = choice_mask.bool().any(dim=-1)  # (B, K)
-    b, k = valid.nonzero(as_tuple=True)
-    text = model.embed_text(model.encode_text(choice_ids[b, k], choice_mask[b, k])["pooled"])  # (M, E)
-    video = model.embed_video(video_pooled)[b]  # (M, E)
-    out = torch.zeros(valid.shape, device=text.device, dtype=torch.float32)
-    out[b, k] = (model.get_logit_scale() * (video * text).sum(dim=-1)).float()
-    return out
 
 
 def choice_texts(meta: dict, question: str) -> Optional[list[str]]:
@@ -98,10 +92,8 @@ class MultipleChoiceModule(FinetuneModule):
         if batch.choice_ids is None or batch.choice_mask is None:
             raise ValueError("multiple-choice batches need choices: set data.init_args.text_field to mc")
         video = self.model.encode_video(batch.video)  # tokens (B, N, Dv), pooled (B, Dv)
-        scores = choice_scores(self.model, video["tokens"], batch.choice_ids, batch.choice_mask)  # (B, K)
-        if self.hparams.score == "vtm+vtc":
-            scores = scores + choice_similarity(self.model, video["pooled"], batch.choice_ids, batch.choice_mask)
-        return scores
+        pooled = video["pooled"] if self.hparams.score == "vtm+vtc" else None
+        return choice_scores(self.model, video["tokens"], batch.choice_ids, batch.choice_mask, pooled)  # (B, K)
 
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
         """Cross-entropy of the softmax over each question's choices against its right choice."""
