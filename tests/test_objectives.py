@@ -91,6 +91,25 @@ def test_vtm_negatives_follow_the_similarities():
     assert sum(int(v[1] == 3) for _, v in draws) >= 99
 
 
+def test_vtm_hard_fraction_mixes_in_uniform_negatives():
+    """hard_fraction f: the hardest negative comes up with probability f + (1 - f) / 3 (4 candidates, 3 of
+    them negatives), every other negative with (1 - f) / 3; the positive never."""
+    sim = torch.zeros(4, 4)
+    sim[0, 2] = 20.0  # text 2 is by far the hardest negative of video 0
+    sim[0, 0] = 50.0
+    for f, hardest in ((0.0, 1 / 3), (0.5, 0.5 + 0.5 / 3), (1.0, 1.0)):
+        g = torch.Generator().manual_seed(0)
+        draws = torch.stack([sample_negatives(sim, generator=g, hard_fraction=f)[0][0] for _ in range(3000)])
+        assert not bool((draws == 0).any())
+        assert abs(float((draws == 2).float().mean()) - hardest) < 0.03, (f, float((draws == 2).float().mean()))
+        if f < 1.0:  # the other two negatives share the rest evenly
+            assert abs(float((draws == 1).float().mean()) - float((draws == 3).float().mean())) < 0.04
+    with pytest.raises(ValueError, match="hard_fraction"):
+        sample_negatives(sim, hard_fraction=1.5)
+    with pytest.raises(ValueError, match="hard_fraction"):
+        VTMLoss(hard_fraction=-0.1)
+
+
 def test_vtm_positive_mask_and_errors():
     sim = torch.randn(4, 4)
     same_video = torch.zeros(4, 4, dtype=torch.bool)

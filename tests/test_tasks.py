@@ -22,7 +22,8 @@ from vl.tasks.base import with_heads
 from vl.tasks.captioning import beam_search, greedy_decode
 from vl.tasks.metrics import AnswerVocab
 from vl.tasks.multiple_choice import choice_scores
-from vl.tasks.retrieval import dual_softmax, rerank_candidates, rerank_topk
+from vl.tasks import retrieval
+from vl.tasks.retrieval import RERANK_SCORES, dual_softmax, rerank_candidates, rerank_topk, two_way_metrics
 
 B, T, S, L = 3, 8, 32, 12
 VIDEO = {"num_frames": T, "img_size": S, "patch_size": 16}  # 4 x 2 x 2 = 16 video tokens: fast
@@ -92,6 +93,31 @@ def test_dual_softmax_reweights_by_the_other_direction() -> None:
     assert out.shape == sim.shape
     assert sim[0].argmax() == 0 and out[0].argmax() == 1  # text 0 now retrieves its own video 1
     assert out[1].argmax() == 2 and out[2].argmax() == 0
+
+
+@pytest.mark.parametrize("score", RERANK_SCORES)
+def test_rerank_score_adds_what_it_names(score: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``rerank_score`` re-orders the top k by VTM log-odds plus the dual encoder's logit (scale x cosine),
+    plus the bare cosine, or alone; the figures and the written rankings both follow it."""
+    module = RetrievalModule(video=VIDEO, rerank_k=2, rerank_score=score).eval()
+    with torch.no_grad():
+        module.model.logit_scale.fill_(math.log(30.0))
+    b = batch(1)
+    b.text_video_index = torch.tensor([0, 1, 2])
+    module.eval_step(b, "test")
+    data = module.eval_state.gathered()
+    sim = data["text"] @ data["video"].T  # (3, 3)
+    vtm = torch.tensor([[0.0, 2.0, 0.5], [1.0, -1.0, 0.0], [0.3, 0.2, 0.1]])
+    monkeypatch.setattr(retrieval, "vtm_pair_scores", lambda model, vt, tt, tm, pairs, bs: vtm[pairs[:, 0], pairs[:, 1]])
+    metrics, rows = module.evaluate(data)
+    added = {"vtm+vtc": 30.0 * sim, "vtm+cos": sim, "vtm": torch.zeros_like(sim)}[score]
+    t2v, v2t = rerank_topk(sim, vtm + added, 2), rerank_topk(sim.T, (vtm + added).T, 2)
+    expected = two_way_metrics("rerank/", t2v, v2t, data["index"])
+    assert {k: metrics[k] for k in expected} == pytest.approx(expected)
+    tops = [r["top"] for r in rows if r["method"] == "rerank" and r["direction"] == "t2v"]
+    assert tops == [[b.keys[i] for i in row] for row in t2v.argsort(dim=1, descending=True).tolist()]
+    with pytest.raises(ValueError, match="rerank_score"):
+        RetrievalModule(video=VIDEO, rerank_score="itm")
 
 
 def test_retrieval_module_losses_heads_and_evaluation() -> None:

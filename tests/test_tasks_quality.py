@@ -10,23 +10,23 @@ same event with other objects (MSRVTT-MC-like).
 
 Retrieval is fine-tuned from scratch (``vl_tiny``, VTC + VTM); its checkpoint is then the starting point
 of captioning, QA and multiple choice, as users start them from a pretrained video-text checkpoint (from
-scratch the decoder needs ~500 steps before its captions depend on the video).
+scratch the decoder needs ~500 steps before its captions depend on the video). The video encoder sees
+16x16 patches of single frames with sin-cos position tables and the text encoder is pooled by the mean of
+its tokens, the recipe of ``tests/test_temporal.py`` (with 2-frame tubelets, learned positions and CLS
+pooling, until session 4: t2v R@1 9.8% instead of ~27%, and VTM never learned).
 
-Multiple choice scores each choice by the VTM head plus the dual encoder's logit (``score: vtm+vtc``):
-with the VTM head alone the tiny model stayed at chance (28.1% after 500 steps). The 2x bar is asserted on
-the "which caption" items (79.7% measured); overall, with the time-reversal items near chance, it is
-53.1% against 2 x 28.9% (not met, reported).
+VTM draws half its negatives by VTC similarity and half uniformly (``vtm_hard_fraction: 0.5``): with
+hard negatives only, the dual encoder's hardest negatives here are the same objects doing the reverse,
+which a fusion trained from scratch cannot tell apart at first, and VTM stayed at its prior (every pair
+scored ~log(1/2), so re-ranking changed nothing and multiple choice by VTM stayed at chance).
 
-QA is held to 2x the majority answer and, since a question's type already narrows its answers, to 10
-points above a blind model that knows each question's type. Per-type accuracies are printed: this
-model, whose video encoder sees 2-frame tubelets of 16 px, answers the appearance questions and the
-"which caption" items, and stays near chance on the questions that need the order of frames (the
-temporal test, ``tests/test_temporal.py``, shows what it takes to learn those).
-
-Not asserted: VTM re-ranking no worse than the dual encoder. The VTM head learns from hard negatives,
-here the time-reversed captions of the same shape, which this model cannot tell apart, so it stays near
-its prior and re-ranking moves R@1 by a query or two either way, or worse (measured: 14.06 vs 14.45,
-12.89 vs 13.28, 10.16 vs 13.28). It is printed below.
+Asserted: retrieval t2v R@1 >= 5x chance, and VTM re-ranking of the top 128 (VTM log-odds + the dual
+encoder's logit, ``rerank_score: vtm+vtc``) no worse at t2v R@1 than the dual encoder; video-to-text (64
+queries, one is 1.6 points) is printed. Captioning CIDEr >= 2x the best constant caption. QA >= 2x the
+majority answer and 10 points above a blind model that knows each question's type (the type already
+narrows the answers). Multiple choice, each choice scored by the VTM head (``score: vtm``), >= 2x the most
+common right position. Per-type accuracies are printed: the questions about the order of frames stay the
+hardest (the "what happens" items ~45%, open-ended direction and order near chance).
 ``tests/test_tasks.py`` covers the scoring, training and evaluation code of every task.
 Figures are printed; run with ``-s`` to see them.
 """
@@ -48,7 +48,10 @@ from vl.tasks import CaptioningModule, RetrievalModule
 pytestmark = pytest.mark.slow
 
 FRAMES, SIZE = 8, 32
-TINY = {"num_frames": FRAMES, "img_size": SIZE, "patch_size": 16}  # vit_st_tiny on 4 x 2 x 2 tubelets
+# vit_st_tiny on 8 x 2 x 2 patches of single frames with sin-cos position tables, and a from-scratch text
+# encoder pooled by the mean of its tokens: the recipe of tests/test_temporal.py, which lets it learn time
+TINY = {"num_frames": FRAMES, "img_size": SIZE, "patch_size": 16, "tubelet_size": 1, "pos_init": "sincos"}
+TEXT = {"pool_type": "mean"}
 TRAIN_CLIPS, TEST_CLIPS = 384, 64
 
 
@@ -96,7 +99,8 @@ def retrieval_run(synth: str, tmp_path_factory) -> dict:
     """``vl_tiny`` fine-tuned from scratch for retrieval (VTC + VTM); its test metrics and checkpoint."""
     out = tmp_path_factory.mktemp("retrieval")
     pl.seed_everything(0)
-    module = RetrievalModule(model="vl_tiny", video=TINY, vtm_weight=1.0, rerank_k=128, optim=optim(2e-3))
+    module = RetrievalModule(model="vl_tiny", video=TINY, text=TEXT, vtm_weight=1.0, vtm_hard_fraction=0.5,
+                             rerank_k=128, rerank_score="vtm+vtc", optim=optim(2e-3))
     metrics = fit_and_test(module, synth, "caption", 400, out)
     return {"metrics": metrics, "ckpt": str(out / "model.ckpt"), "dir": out}
 
@@ -107,10 +111,12 @@ def test_retrieval_beats_chance(retrieval_run: dict) -> None:
     print(f"\nretrieval ({TEST_CLIPS} test clips, {4 * TEST_CLIPS} captions): t2v R@1 {m['t2v_R@1']:.2f}% "
           f"(chance {chance:.2f}%, {m['t2v_R@1'] / chance:.1f}x), R@5 {m['t2v_R@5']:.2f}, MdR {m['t2v_MdR']:.0f}; "
           f"v2t R@1 {m['v2t_R@1']:.2f}")
-    print(f"VTM re-ranking of the top 128 (reported, not asserted: see the module docstring): t2v R@1 "
-          f"{m['rerank/t2v_R@1']:.2f} (dual encoder {m['t2v_R@1']:.2f}), R@5 {m['rerank/t2v_R@5']:.2f} "
-          f"({m['t2v_R@5']:.2f}); v2t R@1 {m['rerank/v2t_R@1']:.2f} ({m['v2t_R@1']:.2f})")
+    print(f"VTM re-ranking of the top 128 (VTM log-odds + dual-encoder logit): t2v R@1 {m['rerank/t2v_R@1']:.2f} "
+          f"(dual encoder {m['t2v_R@1']:.2f}), R@5 {m['rerank/t2v_R@5']:.2f} ({m['t2v_R@5']:.2f}); "
+          f"v2t R@1 {m['rerank/v2t_R@1']:.2f} ({m['v2t_R@1']:.2f}, {TEST_CLIPS} queries: one is "
+          f"{100 / TEST_CLIPS:.2f} points)")
     assert m["t2v_R@1"] >= 5 * chance
+    assert m["rerank/t2v_R@1"] >= m["t2v_R@1"]  # re-ranking does not make text-to-video retrieval worse
     rows = [json.loads(line) for line in (retrieval_run["dir"] / "test_predictions.jsonl").read_text().splitlines()]
     assert sum(r["direction"] == "t2v" and r["method"] == "dual" for r in rows) == 4 * TEST_CLIPS
 
@@ -188,9 +194,9 @@ def test_multiple_choice_beats_the_majority_choice_2x(synth: str, retrieval_run:
     from vl.tasks import MultipleChoiceModule
 
     pl.seed_everything(0)
-    # VTM log-odds plus the dual encoder's logit; a low learning rate keeps what retrieval taught the dual
-    # encoder (measured: VTM alone 28.1% after 500 steps at 2e-3; VTM + VTC at 2e-3 45.3%, zero-shot 47.7%)
-    module = MultipleChoiceModule(init_from=retrieval_run["ckpt"], score="vtm+vtc", optim=optim(2e-4))
+    # Each choice scored by the VTM head alone (the default); a low learning rate keeps what retrieval taught
+    # it (measured on this checkpoint: 60.2% at 2e-4 and at 5e-4, 54.7% at 1e-3)
+    module = MultipleChoiceModule(init_from=retrieval_run["ckpt"], score="vtm", optim=optim(2e-4))
     m = fit_and_test(module, synth, "mc", 300, tmp_path, batch_size=16)
     rows = [json.loads(line) for line in (tmp_path / "test_predictions.jsonl").read_text().splitlines()]
     majority = majority_position(rows)
@@ -200,6 +206,4 @@ def test_multiple_choice_beats_the_majority_choice_2x(synth: str, retrieval_run:
     print(f"\nmultiple choice ({len(rows)} test questions, 4 choices): accuracy {m['accuracy']:.2f}% vs the most "
           f"common right position {majority:.2f}% ({m['accuracy'] / majority:.1f}x); per type: {per_type}; "
           f"'which caption' items: {m['accuracy/caption']:.2f}% vs {caption_majority:.2f}%")
-    # Asserted on the MSRVTT-MC-like items (other objects among the choices); the "what happens" items need
-    # the order of frames, which this model does not learn (see the module docstring), and stay near chance.
-    assert m["accuracy/caption"] >= 2 * caption_majority
+    assert m["accuracy"] >= 2 * majority

@@ -8,15 +8,15 @@ right", "... upwards", with paraphrases). A clip and its reversal in time carry 
 model that cannot order its frames scores at most 50% on the four directions (it can still tell
 horizontal from vertical), and ``none``, which sees the frames as an unordered set, is such a model.
 
-Pretraining: ``vl_tiny`` with ``vit_st`` on 8x8-pixel patches of single frames (tubelet 1, so no token
-spans two frames) and sin-cos-initialised position tables, multi-positive VTC (with four directions a
+Pretraining: ``vl_tiny`` with ``vit_st`` on 16x16-pixel patches of single frames (a 2x2 grid per frame;
+tubelet 1, so no token spans two frames) and sin-cos-initialised position tables, multi-positive VTC (with four directions a
 batch of 32 holds each caption ~8 times: open_clip's loss would push clips with the same caption apart),
 a from-scratch text encoder pooled by the mean of its tokens (the CLS token of a randomly initialised
 BERT is nearly the same for every caption, so neither tower could start learning), and AdamW with
 PyTorch's betas and eps (0.999, 1e-8): at the start every clip's embedding is alike, the gradients are
 tiny, and with BERT/CLIP's (0.98, 1e-6) training still sat at the collapsed start (loss log 32) after
 400 steps, where PyTorch's had left it at step ~250. No random crops: with them direction emerged later (63.5% after 600
-steps). Everything but ``temporal`` is the same in both runs.
+steps, with 8x8 patches). Everything but ``temporal`` is the same in both runs.
 
 Metric: video-to-text R@1 over the four direction captions on held-out clips (chance 25%).
 Figures are printed; run with ``-s`` to see them (also in BENCHMARKS.md).
@@ -39,7 +39,7 @@ from vl.lit.pretrain import Objectives
 pytestmark = pytest.mark.slow
 
 FRAMES, SIZE, STEPS, BATCH = 8, 32, 600, 32
-VIDEO = dict(num_frames=FRAMES, img_size=SIZE, patch_size=8, tubelet_size=1, pos_init="sincos")
+VIDEO = dict(num_frames=FRAMES, img_size=SIZE, patch_size=16, tubelet_size=1, pos_init="sincos")
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,8 @@ class Objectives:
     # as its positives instead of negatives (for data with few distinct captions); false: open_clip's ClipLoss.
     vtc_multi_positive: bool = False
     vtm: float = 0.0  # video-text matching with hard negatives from VTC similarities
+    # Share of VTM negatives drawn by VTC similarity (ALBEF: 1.0); the rest uniformly (ViLT/VIOLET: 0.0).
+    vtm_hard_fraction: float = 1.0
     mlm: float = 0.0  # masked language modelling on the fused text tokens
     mlm_prob: float = 0.15  # share of text tokens masked for MLM (80% [MASK], 10% random, 10% kept)
     whole_word: bool = False  # mask every WordPiece of a chosen word together
@@ -95,7 +97,7 @@ class PretrainModule(pl.LightningModule):
         self.objectives = objectives
         self.optim = optim
         self.vtc = VTCLoss()
-        self.vtm = VTMLoss() if objectives.vtm > 0 else None
+        self.vtm = VTMLoss(objectives.vtm_hard_fraction) if objectives.vtm > 0 else None
         self.mlm = self._build_mlm(tokenizer, objectives) if objectives.mlm > 0 else None
         self.mvm: Optional[MVMLoss] = build_mvm(objectives.mvm_config, self.model) if objectives.mvm > 0 else None
         self.guard = NonFiniteGuard(max_consecutive_nonfinite)

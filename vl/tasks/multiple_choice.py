@@ -62,9 +62,10 @@ class MultipleChoiceModule(FinetuneModule):
     testing or fine-tuning), and ``score``: ``vtm`` (the VTM head's match log-odds) or ``vtm+vtc`` (plus
     the dual encoder's logit, scale x cosine, of the video and the question + choice, as ALBEF adds its
     contrastive similarity to the matching score). The VTM head binds words to what the video shows
-    through the fusion layers and learns slowly from a tiny checkpoint whose VTM saw only hard negatives
-    it could not tell apart; the dual encoder already ranks captions (MSRVTT-MC is often scored by it
-    alone).
+    through the fusion layers; it starts from the pretraining VTM head, so a checkpoint whose VTM never
+    left its prior (trained on hard negatives only, see ``vl.objectives.vtm``) starts at chance, and
+    ``vtm+vtc`` lets the dual encoder, which already ranks captions (MSRVTT-MC is often scored by it
+    alone), carry such a model.
     """
 
     def __init__(

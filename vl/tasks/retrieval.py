@@ -5,9 +5,11 @@ match; ``paragraph=True`` joins a video's captions into one query, as DiDeMo and
 paragraph retrieval do) and ranks by dual-encoder similarity. Then, each reported separately and never
 replacing the dual-encoder figures:
 
-- ``rerank/``: the top ``rerank_k`` candidates of every query re-ordered by the VTM head's match
-  log-odds on the fused pair, plus the dual-encoder cosine as ALBEF's evaluation adds it
-  (``rerank_add_similarity``; off: VTM alone); candidates past the top k keep their order below them.
+- ``rerank/``: the top ``rerank_k`` candidates of every query re-ordered by a score of the fused pair
+  (``rerank_score``): ``vtm+vtc`` (default) the VTM head's match log-odds plus the dual encoder's logit
+  (learned scale x cosine, the logit its softmax ranks by), so the two are in the same units and the sum
+  ranks by the product of the two models' odds; ``vtm+cos`` the log-odds plus the bare cosine (BLIP's
+  evaluation); ``vtm`` the log-odds alone (ALBEF's). Candidates past the top k keep their order below them.
 - ``dsl/``: dual-softmax (CAMoE): similarities multiplied by a softmax over the other direction's
   queries. It uses the statistics of the whole test set, so it is off unless ``dual_softmax=True``.
 
@@ -161,7 +163,8 @@ class RetrievalEvalState:
 # ---------------------------------------------------------------- LightningModule
 
 
-EVALUATION_OPTIONS = ("rerank_k", "rerank_on_val", "rerank_batch_size", "rerank_add_similarity", "dual_softmax",
+RERANK_SCORES = ("vtm+vtc", "vtm+cos", "vtm")
+EVALUATION_OPTIONS = ("rerank_k", "rerank_on_val", "rerank_batch_size", "rerank_score", "dual_softmax",
                       "dual_softmax_temperature", "predictions_top")
 
 
@@ -171,12 +174,14 @@ class RetrievalModule(FinetuneModule):
     Args (besides ``FinetuneModule``'s):
         tokenizer: tokenizer of paragraph queries (the data's tokenizer: ``minilm`` or a local directory).
         vtc_weight, vtm_weight: loss weights; VTM draws hard negatives from the VTC similarities.
+        vtm_hard_fraction: share of VTM negatives drawn by similarity, the rest uniformly (``VTMLoss``).
         paragraph: join each video's captions into one query (DiDeMo, ActivityNet Captions), in training too.
         paragraph_max_text_len: tokens of a paragraph query.
         rerank_k: re-rank each query's top k with the VTM head (0: off); reported under ``rerank/``.
         rerank_on_val: also re-rank in validation (test always does when ``rerank_k > 0``).
         rerank_batch_size: pairs per fusion pass when re-ranking.
-        rerank_add_similarity: re-ranking score = VTM log-odds + cosine similarity (ALBEF); False: VTM only.
+        rerank_score: what re-orders the top k: ``vtm+vtc`` (VTM log-odds + the dual encoder's logit),
+            ``vtm+cos`` (+ the cosine, BLIP) or ``vtm`` (the log-odds alone, ALBEF).
         dual_softmax: also report dual-softmax ranking under ``dsl/``.
         dual_softmax_temperature: temperature of its softmax over cosine similarities.
         predictions_top: candidates written per query to the predictions file.
@@ -195,12 +200,13 @@ class RetrievalModule(FinetuneModule):
         tokenizer: str = "minilm",
         vtc_weight: float = 1.0,
         vtm_weight: float = 1.0,
+        vtm_hard_fraction: float = 1.0,
         paragraph: bool = False,
         paragraph_max_text_len: int = 64,
         rerank_k: int = 128,
         rerank_on_val: bool = False,
         rerank_batch_size: int = 256,
-        rerank_add_similarity: bool = True,
+        rerank_score: str = "vtm+vtc",
         dual_softmax: bool = False,
         dual_softmax_temperature: float = 0.01,
         predictions_top: int = 10,
@@ -210,13 +216,15 @@ class RetrievalModule(FinetuneModule):
     ) -> None:
         if rerank_k < 0 or vtc_weight < 0 or vtm_weight < 0:
             raise ValueError("rerank_k, vtc_weight and vtm_weight must be >= 0")
+        if rerank_score not in RERANK_SCORES:
+            raise ValueError(f"retrieval: rerank_score must be one of {RERANK_SCORES}, got {rerank_score!r}")
         heads = ("vtm",) if vtm_weight > 0 or rerank_k > 0 else ()
         frozen = ("fusion.", "vtm_head.") if vtm_weight == 0 else ()  # without VTM, training never fuses
         super().__init__(model, video, text, fusion, embed_dim, init_from, optim, max_consecutive_nonfinite,
                          grad_checkpointing, heads=heads, frozen=frozen)
         self.save_task_hyperparameters(inspect.currentframe(), evaluation=EVALUATION_OPTIONS)
         self.vtc = VTCLoss()
-        self.vtm = VTMLoss() if vtm_weight > 0 else None
+        self.vtm = VTMLoss(vtm_hard_fraction) if vtm_weight > 0 else None
         self._paragraph_tokenize: Optional[Tokenize] = None
         self.eval_state = RetrievalEvalState()
 
@@ -303,7 +311,9 @@ class RetrievalModule(FinetuneModule):
             scores[pairs[:, 0], pairs[:, 1]] = vtm_pair_scores(
                 self.model, data["video_tokens"], data["text_tokens"], data["text_mask"], pairs,
                 self.rerank_batch_size).to(sim.dtype)
-            if self.rerank_add_similarity:
+            if self.rerank_score == "vtm+vtc":
+                scores = scores + self.model.get_logit_scale().float() * sim
+            elif self.rerank_score == "vtm+cos":
                 scores = scores + sim
             t2v, v2t = rerank_topk(sim, scores, k), rerank_topk(sim.T, scores.T, k)
             metrics.update(two_way_metrics("rerank/", t2v, v2t, index))
