@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from vl.models import create_model
 from vl.models.hub import load_tokenizer
-from vl.objectives import IGNORE_INDEX, MLMLoss, VTCLoss, VTMLoss, mask_tokens, sample_negatives, word_starts
+from vl.objectives import IGNORE_INDEX, MLMLoss, VTCLoss, VTMLoss, mask_tokens, match_score, sample_negatives, word_starts
 
 SPECIAL = [0, 100, 101, 102, 103]  # [PAD] [UNK] [CLS] [SEP] [MASK] of the uncased WordPiece vocab
 MASK_ID, VOCAB = 103, 30522
@@ -108,6 +108,15 @@ def test_vtm_hard_fraction_mixes_in_uniform_negatives():
         sample_negatives(sim, hard_fraction=1.5)
     with pytest.raises(ValueError, match="hard_fraction"):
         VTMLoss(hard_fraction=-0.1)
+
+
+def test_match_score_puts_vtm_and_the_dual_encoder_in_one_score():
+    log_odds, cosine = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([0.1, 0.3, -0.2])
+    assert torch.allclose(match_score(log_odds, cosine, 20.0), torch.tensor([4.0, 5.0, -3.5]))
+    assert torch.allclose(match_score(log_odds, cosine, 20.0, "vtm+cos"), torch.tensor([2.1, -0.7, 0.3]))
+    assert torch.equal(match_score(log_odds, cosine, 20.0, "vtm"), log_odds)
+    with pytest.raises(ValueError, match="match score"):
+        match_score(log_odds, cosine, 20.0, "itm")
 
 
 def test_vtm_positive_mask_and_errors():

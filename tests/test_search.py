@@ -248,11 +248,24 @@ def test_concurrent_searches_agree_with_sequential(searcher):
     assert all(results) and len(results) > 200
 
 
-def test_vtm_rerank_orders_by_match_probability(searcher, tmp_path, shard_index):
-    hits = searcher.query("a red square moves from left to right", k=5, rerank=True, rerank_depth=12)
-    probs = [h.vtm for h in hits]
-    assert len(hits) == 5 and all(0.0 <= p <= 1.0 for p in probs) and probs == sorted(probs, reverse=True)
-    assert [h.rank for h in hits] == [1, 2, 3, 4, 5] and all(h.score == h.vtm for h in hits)
+def test_vtm_rerank_orders_by_match_score(searcher, tmp_path, shard_index):
+    """Re-ranked hits are ordered by VTM log-odds + the dual encoder's logit (``vtm+vtc``) or by the
+    log-odds alone (``vtm``, then by match probability); ``vtm`` is the match probability."""
+    import math
+
+    query = "a red square moves from left to right"
+    scale = searcher.encoder.logit_scale
+    for how in ("vtm+vtc", "vtm"):
+        hits = searcher.query(query, k=5, rerank=True, rerank_depth=12, rerank_score=how)
+        probs = [h.vtm for h in hits]
+        assert len(hits) == 5 and all(0.0 < p < 1.0 for p in probs)
+        assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
+        assert [h.score for h in hits] == sorted([h.score for h in hits], reverse=True)
+        added = [scale * h.similarity if how == "vtm+vtc" else 0.0 for h in hits]
+        assert [h.score for h in hits] == pytest.approx([math.log(p / (1 - p)) + a for p, a in zip(probs, added)],
+                                                        abs=1e-4)
+        if how == "vtm":
+            assert probs == sorted(probs, reverse=True)
     no_vtm = Encoder.from_checkpoint(str(write_untrained_checkpoint(tmp_path / "novtm.ckpt", heads=["mlm"])))
     with pytest.raises(ValueError, match="no VTM head"):
         Searcher(shard_index, encoder=no_vtm).query("a red square", rerank=True)

@@ -2,6 +2,7 @@
 
 from .mlm import IGNORE_INDEX, MLMLoss, mask_tokens, word_starts
 from .vtc import VTCLoss, caption_keys
-from .vtm import VTMLoss, sample_negatives, vtm_positives
+from .vtm import MATCH_SCORES, VTMLoss, match_score, sample_negatives, vtm_positives
 
-__all__ = ["IGNORE_INDEX", "MLMLoss", "VTCLoss", "caption_keys", "VTMLoss", "mask_tokens", "sample_negatives", "vtm_positives", "word_starts"]
+__all__ = ["IGNORE_INDEX", "MATCH_SCORES", "MLMLoss", "VTCLoss", "caption_keys", "VTMLoss", "mask_tokens", "match_score",
+           "sample_negatives", "vtm_positives", "word_starts"]

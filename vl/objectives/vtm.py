@@ -71,6 +71,23 @@ def vtm_positives(text_ids: Tensor, references: list[list[str]] | None = None,
     return same | torch.tensor(describes, dtype=torch.bool, device=same.device)
 
 
+MATCH_SCORES = ("vtm+vtc", "vtm+cos", "vtm")
+
+
+def match_score(log_odds: Tensor, cosine: Tensor, logit_scale: Tensor | float, how: str = "vtm+vtc") -> Tensor:
+    """The score a (video, text) pair is ranked by after fusion, from the VTM head's match log-odds and
+    the dual encoder's cosine (same shapes): ``vtm+vtc`` log-odds + logit_scale x cosine (the dual encoder's
+    logit: both terms are log-odds, so the sum ranks by the product of the two models' odds), ``vtm+cos``
+    log-odds + cosine (BLIP's retrieval evaluation), ``vtm`` log-odds alone (ALBEF's)."""
+    if how == "vtm+vtc":
+        return log_odds + logit_scale * cosine
+    if how == "vtm+cos":
+        return log_odds + cosine
+    if how == "vtm":
+        return log_odds
+    raise ValueError(f"match score must be one of {MATCH_SCORES}, got {how!r}")
+
+
 class VTMLoss(nn.Module):
     """``forward(model, video_tokens (B, N, Dv), text_tokens (B, L, Dt), text_mask (B, L), sim_v2t (B, B))
     -> {"vtm_loss", "vtm_acc"}``: cross-entropy of ``model.vtm_head`` over B positive and 2B hard

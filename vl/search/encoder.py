@@ -121,6 +121,11 @@ class Encoder:
     def has_vtm(self) -> bool:
         return getattr(self.model, "vtm_head", None) is not None
 
+    @property
+    def logit_scale(self) -> float:
+        """The dual encoder's learned logit scale (its cosine x this is the logit VTC ranks by)."""
+        return float(self.model.get_logit_scale())
+
     def _text(self, texts: list[str]) -> tuple[dict[str, Tensor], Tensor]:
         ids, mask = self.tokenize(texts)  # (N, L) each
         ids, mask = ids.to(self.device), mask.to(self.device)
@@ -146,7 +151,8 @@ class Encoder:
 
     @torch.inference_mode()
     def vtm_scores(self, video_tokens: Tensor, text: str) -> np.ndarray:
-        """Match probability of one text against each of R videos' tokens (R, N, D) -> (R,) in [0, 1]."""
+        """VTM match log-odds of one text against each of R videos' tokens (R, N, D) -> (R,) float32
+        (the match probability is their sigmoid)."""
         if not self.has_vtm:
             raise ValueError("this model has no VTM head (it was trained without the vtm objective)")
         r = video_tokens.shape[0]
@@ -155,4 +161,5 @@ class Encoder:
             text_tokens = encoded["tokens"].repeat(r, 1, 1)  # (R, L, Dt)
             fused = self.model.fuse(video_tokens.to(self.device), text_tokens, mask.repeat(r, 1))
             logits = self.model.vtm_head(fused["cls"])  # (R, 2), index 1 = match
-        return logits.float().softmax(-1)[:, 1].cpu().numpy()
+        logits = logits.float()
+        return (logits[:, 1] - logits[:, 0]).cpu().numpy()

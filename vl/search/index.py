@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from datapipes.decode import SkipSample
+from vl.objectives import match_score
 from vl.search.encoder import Encoder, normalize_query, prepare_clip
 from vl.search.faiss_index import FaissSpec, build_faiss, choose_spec, configure
 from vl.search.sources import RawItem, Unit, find_units, unit_items
@@ -283,7 +284,7 @@ class Hit:
     rank: int  # 1-based
     key: str
     row: int  # row of the index (items.jsonl line)
-    score: float  # what the order is by: cosine similarity, or the VTM match probability when re-ranked
+    score: float  # what the order is by: cosine similarity, or when re-ranked the match score (``rerank_score``)
     similarity: float  # cosine similarity of the embeddings
     path: str  # absolute path of the playable file
     captions: list[str]
@@ -406,9 +407,12 @@ class Searcher:
         scores, ids = self.index.search(np.ascontiguousarray(emb.reshape(1, -1), dtype=np.float32), k)
         return self._hits(scores[0], ids[0])
 
-    def query(self, text: str, k: int = 10, rerank: bool = False, rerank_depth: int = 32) -> list[Hit]:
+    def query(self, text: str, k: int = 10, rerank: bool = False, rerank_depth: int = 32,
+              rerank_score: str = "vtm+vtc") -> list[Hit]:
         """The ``k`` videos that best match ``text``; with ``rerank``, the top ``rerank_depth`` by embedding
-        are re-ordered by the VTM head's match probability. Raises ValueError for an empty query."""
+        are re-ordered by ``vl.objectives.match_score`` of the VTM head's match log-odds and the cosine
+        (``vtm+vtc``: plus the dual encoder's logit, as ``RetrievalModule`` re-ranks; ``vtm``: VTM alone).
+        Each hit's ``vtm`` is the match probability. Raises ValueError for an empty query."""
         text = normalize_query(text)
         emb = self.encoder.embed_texts([text])[0]
         if not rerank:
@@ -421,12 +425,15 @@ class Searcher:
         kept = [(h, t) for h, t in zip(candidates, tokens) if t is not None]
         if not kept:
             return []
-        probs = self.encoder.vtm_scores(torch.stack([t for _, t in kept]), text)  # (R,)
-        order = np.argsort(-probs, kind="stable")[:k]
+        log_odds = torch.from_numpy(self.encoder.vtm_scores(torch.stack([t for _, t in kept]), text))  # (R,)
+        cosine = torch.tensor([h.similarity for h, _ in kept], dtype=torch.float32)  # (R,)
+        scores = match_score(log_odds, cosine, self.encoder.logit_scale, rerank_score).numpy()
+        probs = torch.sigmoid(log_odds).numpy()
+        order = np.argsort(-scores, kind="stable")[:k]
         out = []
         for r, j in enumerate(order):
             h = kept[int(j)][0]
-            out.append(Hit(rank=r + 1, key=h.key, row=h.row, score=float(probs[j]), similarity=h.similarity,
+            out.append(Hit(rank=r + 1, key=h.key, row=h.row, score=float(scores[j]), similarity=h.similarity,
                            path=h.path, captions=h.captions, vtm=float(probs[j])))
         return out
 

@@ -20,10 +20,11 @@ from torch import Tensor
 from datapipes.batch import Batch
 from vl.lit.optim import OptimConfig
 from vl.models import VideoLanguageModel
+from vl.objectives import match_score
 from vl.tasks.base import FinetuneModule
 from vl.tasks.metrics import multiple_choice_accuracy
 
-SCORES = ("vtm", "vtm+vtc")  # VTM log-odds alone, or plus the dual encoder's logit (ALBEF's ITM + ITC)
+SCORES = ("vtm", "vtm+vtc")  # VTM log-odds alone, or plus the dual encoder's logit (vl.objectives.match_score)
 NO_ANSWER = -1  # Batch.answer_idx of a question without a known right choice (ignored by the loss)
 
 
@@ -40,8 +41,8 @@ def choice_scores(model: VideoLanguageModel, video_tokens: Tensor, choice_ids: T
     logits = model.vtm_head(cls).float()  # (M, 2)
     match = logits[:, 1] - logits[:, 0]  # (M,)
     if video_pooled is not None:
-        cosine = (model.embed_video(video_pooled)[b] * model.embed_text(text["pooled"])).sum(dim=-1)  # (M,)
-        match = match + (model.get_logit_scale() * cosine).float()
+        cosine = (model.embed_video(video_pooled)[b] * model.embed_text(text["pooled"])).sum(dim=-1).float()  # (M,)
+        match = match_score(match, cosine, model.get_logit_scale().float())
     scores = torch.full(valid.shape, float("-inf"), device=logits.device, dtype=logits.dtype)
     scores[b, k] = match
     return scores

@@ -33,7 +33,7 @@ from vl.lit.optim import OptimConfig
 from vl.metrics import gt_ranks, retrieval_metrics
 from vl.models import VideoLanguageModel
 from vl.models.hub import load_tokenizer
-from vl.objectives import VTCLoss, VTMLoss, vtm_positives
+from vl.objectives import MATCH_SCORES, VTCLoss, VTMLoss, match_score, vtm_positives
 from vl.tasks.base import FinetuneModule
 
 # ---------------------------------------------------------------- scoring functions
@@ -163,7 +163,7 @@ class RetrievalEvalState:
 # ---------------------------------------------------------------- LightningModule
 
 
-RERANK_SCORES = ("vtm+vtc", "vtm+cos", "vtm")
+RERANK_SCORES = MATCH_SCORES
 EVALUATION_OPTIONS = ("rerank_k", "rerank_on_val", "rerank_batch_size", "rerank_score", "dual_softmax",
                       "dual_softmax_temperature", "predictions_top")
 
@@ -311,10 +311,7 @@ class RetrievalModule(FinetuneModule):
             scores[pairs[:, 0], pairs[:, 1]] = vtm_pair_scores(
                 self.model, data["video_tokens"], data["text_tokens"], data["text_mask"], pairs,
                 self.rerank_batch_size).to(sim.dtype)
-            if self.rerank_score == "vtm+vtc":
-                scores = scores + self.model.get_logit_scale().float() * sim
-            elif self.rerank_score == "vtm+cos":
-                scores = scores + sim
+            scores = match_score(scores, sim, self.model.get_logit_scale().float(), self.rerank_score)
             t2v, v2t = rerank_topk(sim, scores, k), rerank_topk(sim.T, scores.T, k)
             metrics.update(two_way_metrics("rerank/", t2v, v2t, index))
             rows += ranking_rows(t2v, v2t, index, keys, texts, top, "rerank")
