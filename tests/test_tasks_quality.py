@@ -146,7 +146,7 @@ def constant_caption_cider(root: str, references: dict[str, list[str]]) -> tuple
 def test_captioning_beats_the_best_constant_caption(synth: str, retrieval_run: dict, tmp_path: Path) -> None:
     pl.seed_everything(0)
     module = CaptioningModule(init_from=retrieval_run["ckpt"], max_len=16, beam_size=2, optim=optim(2e-3))
-    m = fit_and_test(module, synth, "caption", 400, tmp_path)
+    m = fit_and_test(module, synth, "caption", 250, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "test_predictions.jsonl").read_text().splitlines()]
     baseline, caption = constant_caption_cider(synth, {r["key"]: r["references"] for r in rows})
     meteor = "n/a (no Java)" if m["METEOR"] is None else f"{m['METEOR']:.2f}"
