@@ -150,7 +150,7 @@ class Encoder:
         return emb, encoded["tokens"].cpu()
 
     @torch.inference_mode()
-    def vtm_scores(self, video_tokens: Tensor, text: str) -> np.ndarray:
+    def vtm_log_odds(self, video_tokens: Tensor, text: str) -> np.ndarray:
         """VTM match log-odds of one text against each of R videos' tokens (R, N, D) -> (R,) float32
         (the match probability is their sigmoid)."""
         if not self.has_vtm:

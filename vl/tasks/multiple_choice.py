@@ -61,8 +61,8 @@ class MultipleChoiceModule(FinetuneModule):
 
     Args: ``FinetuneModule``'s (start from a pretrained checkpoint with ``init_from`` for zero-shot
     testing or fine-tuning), and ``score``: ``vtm`` (the VTM head's match log-odds) or ``vtm+vtc`` (plus
-    the dual encoder's logit, scale x cosine, of the video and the question + choice, as ALBEF adds its
-    contrastive similarity to the matching score). The VTM head binds words to what the video shows
+    the dual encoder's logit, scale x cosine, of the video and the question + choice: the score
+    ``vl.objectives.match_score`` ranks retrieval re-ranking by). The VTM head binds words to what the video shows
     through the fusion layers; it starts from the pretraining VTM head, so a checkpoint whose VTM never
     left its prior (trained on hard negatives only, see ``vl.objectives.vtm``) starts at chance, and
     ``vtm+vtc`` lets the dual encoder, which already ranks captions (MSRVTT-MC is often scored by it
