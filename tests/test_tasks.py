@@ -17,13 +17,14 @@ import torch
 from datapipes.batch import Batch
 from vl.lit.data import VideoTextDataModule
 from vl.models import create_model
+from vl.objectives import MATCH_SCORES
 from vl.tasks import CaptioningModule, MultipleChoiceModule, QAModule, RetrievalModule
 from vl.tasks.base import with_heads
 from vl.tasks.captioning import beam_search, greedy_decode
 from vl.tasks.metrics import AnswerVocab
 from vl.tasks.multiple_choice import choice_scores
 from vl.tasks import retrieval
-from vl.tasks.retrieval import RERANK_SCORES, dual_softmax, rerank_candidates, rerank_topk, two_way_metrics
+from vl.tasks.retrieval import dual_softmax, rerank_candidates, rerank_topk, two_way_metrics
 
 B, T, S, L = 3, 8, 32, 12
 VIDEO = {"num_frames": T, "img_size": S, "patch_size": 16}  # 4 x 2 x 2 = 16 video tokens: fast
@@ -95,7 +96,7 @@ def test_dual_softmax_reweights_by_the_other_direction() -> None:
     assert out[1].argmax() == 2 and out[2].argmax() == 0
 
 
-@pytest.mark.parametrize("score", RERANK_SCORES)
+@pytest.mark.parametrize("score", MATCH_SCORES)
 def test_rerank_score_adds_what_it_names(score: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """``rerank_score`` re-orders the top k by VTM log-odds plus the dual encoder's logit (scale x cosine),
     plus the bare cosine, or alone; the figures and the written rankings both follow it."""

@@ -61,15 +61,21 @@ def saved_activation_bytes(params: list[torch.Tensor]) -> Iterator[dict[int, int
     (weights saved by reference) left out: ``{storage pointer: bytes}``."""
     skip = {p.untyped_storage()._cdata for p in params}  # the storage object, also for fake tensors
     storages: dict[int, int] = {}
+    # Each counted storage is held until the block ends: a storage freed inside it (its graph dropped with
+    # an unused loss) could otherwise hand its address to a later one, which would then not be counted,
+    # and how often that happens depends on the allocator's state, i.e. on what ran before in the process.
+    held: list = []
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
-        if storage._cdata not in skip:
+        if storage._cdata not in skip and storage._cdata not in storages:
             storages[storage._cdata] = storage.nbytes()
+            held.append(storage)
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield storages
+    held.clear()
 
 
 def mvm_step_fn(args: argparse.Namespace, ratio: float, device: torch.device) -> tuple[Callable[[], int], list]:

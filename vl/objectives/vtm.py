@@ -25,6 +25,13 @@ if TYPE_CHECKING:
     from vl.models import VideoLanguageModel
 
 
+def check_hard_fraction(hard_fraction: float) -> float:
+    """``hard_fraction`` if it is in [0, 1]; ValueError otherwise."""
+    if not 0.0 <= hard_fraction <= 1.0:
+        raise ValueError(f"vtm: hard_fraction must be in [0, 1], got {hard_fraction}")
+    return hard_fraction
+
+
 def sample_negatives(sim_v2t: Tensor, positive_mask: Tensor | None = None,
                      generator: torch.Generator | None = None, hard_fraction: float = 1.0) -> tuple[Tensor, Tensor]:
     """sim_v2t (B, B) (row i: video i against every text) -> (neg_text (B,), neg_video (B,)) indices.
@@ -33,8 +40,7 @@ def sample_negatives(sim_v2t: Tensor, positive_mask: Tensor | None = None,
     both over the non-positives (the diagonal, plus ``positive_mask`` (B, B) bool where several texts
     describe one video, are excluded), so harder negatives come up more often.
     """
-    if not 0.0 <= hard_fraction <= 1.0:
-        raise ValueError(f"vtm: hard_fraction must be in [0, 1], got {hard_fraction}")
+    check_hard_fraction(hard_fraction)
     B = sim_v2t.shape[0]
     if sim_v2t.dim() != 2 or sim_v2t.shape[1] != B:
         raise ValueError(f"vtm: sim_v2t must be square (B, B), got {tuple(sim_v2t.shape)}")
@@ -96,9 +102,7 @@ class VTMLoss(nn.Module):
 
     def __init__(self, hard_fraction: float = 1.0) -> None:
         super().__init__()
-        if not 0.0 <= hard_fraction <= 1.0:
-            raise ValueError(f"vtm: hard_fraction must be in [0, 1], got {hard_fraction}")
-        self.hard_fraction = hard_fraction
+        self.hard_fraction = check_hard_fraction(hard_fraction)  # at construction, not at the first step
 
     def forward(self, model: "VideoLanguageModel", video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor,
                 sim_v2t: Tensor, positive_mask: Tensor | None = None, video_mask: Tensor | None = None,

@@ -150,9 +150,9 @@ class Encoder:
         return emb, encoded["tokens"].cpu()
 
     @torch.inference_mode()
-    def vtm_log_odds(self, video_tokens: Tensor, text: str) -> np.ndarray:
-        """VTM match log-odds of one text against each of R videos' tokens (R, N, D) -> (R,) float32
-        (the match probability is their sigmoid)."""
+    def vtm_log_odds(self, video_tokens: Tensor, text: str) -> Tensor:
+        """VTM match log-odds of one text against each of R videos' tokens (R, N, D) -> (R,) float32 on the
+        CPU (the match probability is their sigmoid)."""
         if not self.has_vtm:
             raise ValueError("this model has no VTM head (it was trained without the vtm objective)")
         r = video_tokens.shape[0]
@@ -162,4 +162,4 @@ class Encoder:
             fused = self.model.fuse(video_tokens.to(self.device), text_tokens, mask.repeat(r, 1))
             logits = self.model.vtm_head(fused["cls"])  # (R, 2), index 1 = match
         logits = logits.float()
-        return (logits[:, 1] - logits[:, 0]).cpu().numpy()
+        return (logits[:, 1] - logits[:, 0]).cpu()

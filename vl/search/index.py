@@ -425,7 +425,7 @@ class Searcher:
         kept = [(h, t) for h, t in zip(candidates, tokens) if t is not None]
         if not kept:
             return []
-        log_odds = torch.from_numpy(self.encoder.vtm_log_odds(torch.stack([t for _, t in kept]), text))  # (R,)
+        log_odds = self.encoder.vtm_log_odds(torch.stack([t for _, t in kept]), text)  # (R,)
         cosine = torch.tensor([h.similarity for h, _ in kept], dtype=torch.float32)  # (R,)
         scores = match_score(log_odds, cosine, self.encoder.logit_scale, rerank_score).numpy()
         probs = torch.sigmoid(log_odds).numpy()

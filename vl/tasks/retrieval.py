@@ -163,7 +163,6 @@ class RetrievalEvalState:
 # ---------------------------------------------------------------- LightningModule
 
 
-RERANK_SCORES = MATCH_SCORES
 EVALUATION_OPTIONS = ("rerank_k", "rerank_on_val", "rerank_batch_size", "rerank_score", "dual_softmax",
                       "dual_softmax_temperature", "predictions_top")
 
@@ -216,8 +215,8 @@ class RetrievalModule(FinetuneModule):
     ) -> None:
         if rerank_k < 0 or vtc_weight < 0 or vtm_weight < 0:
             raise ValueError("rerank_k, vtc_weight and vtm_weight must be >= 0")
-        if rerank_score not in RERANK_SCORES:
-            raise ValueError(f"retrieval: rerank_score must be one of {RERANK_SCORES}, got {rerank_score!r}")
+        if rerank_score not in MATCH_SCORES:  # here, not after a whole test pass
+            raise ValueError(f"retrieval: rerank_score must be one of {MATCH_SCORES}, got {rerank_score!r}")
         heads = ("vtm",) if vtm_weight > 0 or rerank_k > 0 else ()
         frozen = ("fusion.", "vtm_head.") if vtm_weight == 0 else ()  # without VTM, training never fuses
         super().__init__(model, video, text, fusion, embed_dim, init_from, optim, max_consecutive_nonfinite,
