@@ -357,6 +357,25 @@ def test_fusion_ignores_padding_and_masked_video(name):
     torch.testing.assert_close(out[1, :7], ref[1, :7])
 
 
+@pytest.mark.parametrize("name", ["single_stream", "cross_attention"])
+def test_fusion_pool_reads_the_first_text_token_or_the_mean_of_the_real_ones(name):
+    video, (ids, mask) = torch.randn(B, 12, 64), text_batch()
+    text = torch.randn(B, ids.shape[1], 64)
+    torch.manual_seed(0)
+    cls_pool = create_fusion(name, video_dim=64, text_dim=64, depth=1).eval()
+    out = cls_pool(video, text, mask)
+    torch.testing.assert_close(out["pooled"], out["text_tokens"][:, 0])
+    torch.manual_seed(0)
+    mean_pool = create_fusion(name, video_dim=64, text_dim=64, depth=1, pool="mean").eval()
+    out = mean_pool(video, text, mask)
+    for b in range(B):
+        real = out["text_tokens"][b, mask[b].bool()]  # padding left out of the mean
+        torch.testing.assert_close(out["pooled"][b], real.mean(dim=0))
+    assert not torch.allclose(out["pooled"][1], out["text_tokens"][1].mean(dim=0))  # row 1 is padded
+    with pytest.raises(ValueError, match="pool must be one of"):
+        create_fusion(name, video_dim=64, text_dim=64, depth=1, pool="max")
+
+
 def test_fusion_width_is_configurable():
     fusion = create_fusion("cross_attention", video_dim=96, text_dim=64, dim=32, depth=1)
     out = fusion(torch.randn(B, 5, 96), torch.randn(B, 4, 64), torch.ones(B, 4))

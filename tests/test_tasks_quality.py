@@ -18,22 +18,26 @@ pooling, until session 4: t2v R@1 9.8% instead of ~27%, and VTM never learned).
 VTM draws half its negatives by VTC similarity and half uniformly (``vtm_hard_fraction: 0.5``): with
 hard negatives only, the dual encoder's hardest negatives here are the same objects doing the reverse,
 which a fusion trained from scratch cannot tell apart at first, and VTM stayed at its prior (every pair
-scored ~log(1/2), so re-ranking changed nothing and multiple choice by VTM stayed at chance).
+scored ~log(1/2), so re-ranking changed nothing and multiple choice by VTM stayed at chance). The VTM, QA
+and multiple-choice heads read the mean of the fused text tokens (fusion ``pool: mean``): the from-scratch
+text encoder's first token is the same for every caption, and with ``pool: cls`` (until session 5) the
+VTM head alone ranked at t2v R@1 13.3 / 5.5 / 9.4% over training seeds 0 / 1 / 2, with ``mean`` at
+13.7 / 16.4 / 14.8% (the dual encoder 27.3 / 23.1 / 25.0% then, 25.0 / 30.1 / 30.9% now).
 
 Asserted: retrieval t2v R@1 >= 5x chance. Captioning CIDEr >= 2x the best constant caption. QA >= 2x the
 majority answer and 10 points above a blind model that knows each question's type (the type already
 narrows the answers). Multiple choice, each choice scored by the VTM head (``score: vtm``), >= 1.5x the
-most common right position: a guard, not the 2x bar, which this fixture meets at seed 0 (60.2% vs 57.8%
-needed) but not at seeds 1 and 2 (55.5%, 57.0%; 500 instead of 300 steps: 46.9%, 58.6%), so it is
-printed. Per-type accuracies are printed: the questions about the order of frames stay the hardest (the
-"what happens" items 36-45%, open-ended direction and order near chance).
+most common right position: a guard, not the issue's 2x bar (57.8%), which seeds 0 and 1 meet (61.7%,
+60.9%) and seed 2 does not (54.7%), so it is printed. Per-type accuracies are printed: the questions about
+the order of frames stay the hardest (the "what happens" items 34-42%, open-ended direction and order near
+chance): the tiny model learns little of time in 400 steps of retrieval.
 
 Not asserted: VTM re-ranking no worse than the dual encoder. VTM re-ranking of the top 128 (VTM
-log-odds + the dual encoder's logit, ``rerank_score: vtm+vtc``) is printed. Over three seeds of this
-fixture it moved t2v R@1 from 27.34 to 27.73, 23.05 to 21.48 and 25.00 to 23.05: the VTM head alone
-ranks at 13.3, 5.5 and 9.4%, a weaker judge than the dual encoder it re-orders, so the sum is one query
-better or 4-5 of 256 worse (re-ranking only the top 4 to 32 gave the same figures). Asserting it at
-seed 0 would assert luck.
+log-odds + the dual encoder's logit, ``rerank_score: vtm+vtc``) is printed: over seeds 0 / 1 / 2 it moved
+t2v R@1 from 25.00 to 24.61, 30.08 to 29.69 and 30.86 to 32.42 (one query worse, one worse, four better
+of 256): neutral, with the VTM head alone still half as good as the dual encoder it re-orders.
+Asserting it at one seed would assert luck. ``VL_QUALITY_SEED=1 pytest tests/test_tasks_quality.py -s``
+runs the whole file at another training seed.
 ``tests/test_tasks.py`` covers the scoring, training and evaluation code of every task.
 Figures are printed; run with ``-s`` to see them.
 """
@@ -41,6 +45,7 @@ Figures are printed; run with ``-s`` to see them.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -59,6 +64,13 @@ FRAMES, SIZE = 8, 32
 # encoder pooled by the mean of its tokens: the recipe of tests/test_temporal.py, which lets it learn time
 TINY = {"num_frames": FRAMES, "img_size": SIZE, "patch_size": 16, "tubelet_size": 1, "pos_init": "sincos"}
 TEXT = {"pool_type": "mean"}
+# The heads (VTM, QA, multiple choice) read the mean of the fused text tokens: the from-scratch text encoder's
+# first token is the same for every caption (VTM alone over seeds 0-2: t2v R@1 5.5-13.3% with pool: cls,
+# 13.7-16.4% with mean)
+FUSION = {"pool": "mean"}
+# Training seed of every test here (the clips are the same for all); VL_QUALITY_SEED=1 pytest ... re-runs
+# the file at another one
+SEED = int(os.environ.get("VL_QUALITY_SEED", "0"))
 TRAIN_CLIPS, TEST_CLIPS = 384, 64
 
 
@@ -105,8 +117,8 @@ def optim(lr: float, warmup: int = 20) -> OptimConfig:
 def retrieval_run(synth: str, tmp_path_factory) -> dict:
     """``vl_tiny`` fine-tuned from scratch for retrieval (VTC + VTM); its test metrics and checkpoint."""
     out = tmp_path_factory.mktemp("retrieval")
-    pl.seed_everything(0)
-    module = RetrievalModule(model="vl_tiny", video=TINY, text=TEXT, vtm_weight=1.0, vtm_hard_fraction=0.5,
+    pl.seed_everything(SEED)
+    module = RetrievalModule(model="vl_tiny", video=TINY, text=TEXT, fusion=FUSION, vtm_weight=1.0, vtm_hard_fraction=0.5,
                              rerank_k=128, rerank_score="vtm+vtc", optim=optim(2e-3))
     metrics = fit_and_test(module, synth, "caption", 400, out)
     return {"metrics": metrics, "ckpt": str(out / "model.ckpt"), "dir": out}
@@ -151,7 +163,7 @@ def constant_caption_cider(root: str, references: dict[str, list[str]]) -> tuple
 
 
 def test_captioning_beats_the_best_constant_caption(synth: str, retrieval_run: dict, tmp_path: Path) -> None:
-    pl.seed_everything(0)
+    pl.seed_everything(SEED)
     module = CaptioningModule(init_from=retrieval_run["ckpt"], max_len=16, beam_size=2, optim=optim(2e-3))
     m = fit_and_test(module, synth, "caption", 250, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "test_predictions.jsonl").read_text().splitlines()]
@@ -184,7 +196,7 @@ def type_prior(rows: list[dict]) -> float:
 def test_open_ended_qa_beats_the_majority_answer_2x(synth: str, retrieval_run: dict, tmp_path: Path) -> None:
     from vl.tasks import QAModule
 
-    pl.seed_everything(0)
+    pl.seed_everything(SEED)
     module = QAModule(init_from=retrieval_run["ckpt"], optim=optim(2e-3))
     m = fit_and_test(module, synth, "qa", 300, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "test_predictions.jsonl").read_text().splitlines()]
@@ -200,7 +212,7 @@ def test_open_ended_qa_beats_the_majority_answer_2x(synth: str, retrieval_run: d
 def test_multiple_choice_beats_the_majority_choice_2x(synth: str, retrieval_run: dict, tmp_path: Path) -> None:
     from vl.tasks import MultipleChoiceModule
 
-    pl.seed_everything(0)
+    pl.seed_everything(SEED)
     # Each choice scored by the VTM head alone (the default); a low learning rate keeps what retrieval taught
     # it (measured on this checkpoint: 60.2% at 2e-4 and at 5e-4, 54.7% at 1e-3)
     module = MultipleChoiceModule(init_from=retrieval_run["ckpt"], score="vtm", optim=optim(2e-4))
@@ -213,6 +225,6 @@ def test_multiple_choice_beats_the_majority_choice_2x(synth: str, retrieval_run:
     print(f"\nmultiple choice ({len(rows)} test questions, 4 choices): accuracy {m['accuracy']:.2f}% vs the most "
           f"common right position {majority:.2f}% ({m['accuracy'] / majority:.1f}x); per type: {per_type}; "
           f"'which caption' items: {m['accuracy/caption']:.2f}% vs {caption_majority:.2f}%")
-    # The issue's bar is 2x; over three seeds of the retrieval fixture the VTM head gave 60.2% (this one),
-    # 55.5% and 57.0% against 57.8% needed, so 2x is reported and a regression guard of 1.5x is asserted.
+    # The issue's bar is 2x: met at seeds 0 and 1 (61.7%, 60.9%), not at seed 2 (54.7% vs 57.8% needed), so
+    # the 2x figure is printed and a regression guard of 1.5x is asserted (see the module docstring).
     assert m["accuracy"] >= 1.5 * majority

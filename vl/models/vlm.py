@@ -112,7 +112,8 @@ class VideoLanguageModel(nn.Module):
              video_mask: Tensor | None = None, return_attention: bool = False,
              causal: bool = False) -> dict[str, Tensor]:
         """Fusion of (B, N, Dv) video and (B, L, Dt) text tokens -> dict(tokens, text_tokens (B, L, D), cls (B, D),
-        attentions (B, L, N) when asked). ``video_mask`` (B, N): 1 = attend (e.g. not a padded frame).
+        pooled (B, D) (by the fusion's ``pool``: what the VTM, QA and multiple-choice heads read), attentions
+        (B, L, N) when asked). ``video_mask`` (B, N): 1 = attend (e.g. not a padded frame).
         ``causal``: text token i sees text 0..i only (a decoder over the text, for captioning)."""
         return self.fusion(video_tokens, text_tokens, text_mask, video_mask, return_attention, causal)
 
@@ -122,8 +123,8 @@ class VideoLanguageModel(nn.Module):
 
         Returns ``video_tokens`` (B, N, Dv), ``text_tokens`` (B, L, Dt), ``video_embeds`` / ``text_embeds``
         (B, E) normalised, ``logit_scale`` (the log-space parameter, as ``VTCLoss`` takes it),
-        ``fused_text_tokens`` (B, L, D), ``fused_cls`` (B, D) and, with a VTM head, ``vtm_logits`` (B, 2)
-        for these (positive) pairs.
+        ``fused_text_tokens`` (B, L, D), ``fused_cls`` (B, D), ``fused_pooled`` (B, D) (by the fusion's
+        ``pool``) and, with a VTM head, ``vtm_logits`` (B, 2) of ``fused_pooled`` for these (positive) pairs.
         """
         v = self.encode_video(video, video_token_mask)
         t = self.encode_text(text_ids, text_mask)
@@ -132,10 +133,10 @@ class VideoLanguageModel(nn.Module):
             "video_tokens": v["tokens"], "text_tokens": t["tokens"],
             "video_embeds": self.embed_video(v["pooled"]), "text_embeds": self.embed_text(t["pooled"]),
             "logit_scale": self.logit_scale,
-            "fused_text_tokens": fused["text_tokens"], "fused_cls": fused["cls"],
+            "fused_text_tokens": fused["text_tokens"], "fused_cls": fused["cls"], "fused_pooled": fused["pooled"],
         }
         if self.vtm_head is not None:
-            out["vtm_logits"] = self.vtm_head(fused["cls"])
+            out["vtm_logits"] = self.vtm_head(fused["pooled"])
         return out
 
     # -- training helpers -----------------------------------------------------------------------

@@ -116,7 +116,7 @@ class VTMLoss(nn.Module):
         texts = torch.cat([text_tokens, text_tokens[neg_text], text_tokens])  # (3B, L, Dt)
         masks = torch.cat([text_mask, text_mask[neg_text], text_mask])  # (3B, L)
         vmask = None if video_mask is None else torch.cat([video_mask, video_mask, video_mask[neg_video]])
-        logits = model.vtm_head(model.fuse(videos, texts, masks, vmask)["cls"])  # (3B, 2)
+        logits = model.vtm_head(model.fuse(videos, texts, masks, vmask)["pooled"])  # (3B, 2)
         labels = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long().to(logits.device)  # (3B,)
         loss = F.cross_entropy(logits, labels)
         acc = (logits.detach().argmax(dim=1) == labels).float().mean()

@@ -37,8 +37,8 @@ def choice_scores(model: VideoLanguageModel, video_tokens: Tensor, choice_ids: T
     valid = choice_mask.bool().any(dim=-1)  # (B, K)
     b, k = valid.nonzero(as_tuple=True)  # (M,) each: only real choices go through the model
     text = model.encode_text(choice_ids[b, k], choice_mask[b, k])  # tokens (M, L, Dt), pooled (M, Dt)
-    cls = model.fuse(video_tokens[b], text["tokens"], choice_mask[b, k])["cls"]  # (M, D)
-    logits = model.vtm_head(cls).float()  # (M, 2)
+    fused = model.fuse(video_tokens[b], text["tokens"], choice_mask[b, k])["pooled"]  # (M, D)
+    logits = model.vtm_head(fused).float()  # (M, 2)
     match = logits[:, 1] - logits[:, 0]  # (M,)
     if video_pooled is not None:
         cosine = (model.embed_video(video_pooled)[b] * model.embed_text(text["pooled"])).sum(dim=-1).float()  # (M,)

@@ -163,8 +163,8 @@ class QAModule(FinetuneModule):
         self._require_vocab()
         video = self.model.encode_video(batch.video)["tokens"]  # (B, N, Dv)
         question = self.model.encode_text(batch.text_ids, batch.text_mask)["tokens"]  # (B, L, Dt)
-        cls = self.model.fuse(video, question, batch.text_mask)["cls"]  # (B, D)
-        return self.head(cls)
+        fused = self.model.fuse(video, question, batch.text_mask)["pooled"]  # (B, D)
+        return self.head(fused)
 
     def targets(self, batch: Batch) -> Tensor:
         """(B,) answer class of each question, ``OOV`` (-1) outside the vocabulary."""
