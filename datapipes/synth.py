@@ -285,6 +285,11 @@ def write_synth(out: str, counts: dict[str, int], cfg: SynthConfig, *, maxcount:
     cfg = SynthConfig(**{**cfg.__dict__, "codec": _pick_codec(cfg.codec)})
     if cfg.size % 2 or cfg.size < 16:
         raise ValueError(f"synthetic frames need an even size of at least 16 pixels, got {cfg.size}")
+    if os.path.islink(out) and not os.path.exists(out):
+        raise FileNotFoundError(f"{out} is a link to {os.readlink(out)}, which does not exist: remove the link "
+                                f"or create its target")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"{out} exists and is not a folder")
     summary: dict[str, dict] = {}
     for split, count in counts.items():
         if count > 0:

@@ -117,3 +117,20 @@ def test_synth_questions_about_time_and_appearance():
         assert len(set(caption["choices"])) == 4 and caption["choices"][caption["answer_idx"]] == m["caption"]
     motion = json.loads(make_sample("train", 0, SynthConfig(frames=8, size=32, task="motion"))["json"])
     assert [q["type"] for q in motion["qa"]] == ["direction", "color", "transition"]  # captions name no objects
+
+
+def test_synth_into_a_broken_link_or_a_file_says_so(tmp_path, capsys):
+    from datapipes.cli import main as data_main
+
+    link = tmp_path / "synth"
+    link.symlink_to(tmp_path / "deleted")
+    argv = ["synth", "--train", "2", "--val", "0", "--test", "0", "--frames", "4", "--size", "32", "--quiet"]
+    assert data_main(argv[:1] + ["--out", str(link)] + argv[1:]) == 1
+    assert "which does not exist: remove the link" in capsys.readouterr().err
+    plain = tmp_path / "file"
+    plain.write_text("")
+    assert data_main(argv[:1] + ["--out", str(plain)] + argv[1:]) == 1
+    assert "exists and is not a folder" in capsys.readouterr().err
+    (tmp_path / "deleted").mkdir()  # the link's target created: it writes there
+    assert data_main(argv[:1] + ["--out", str(link)] + argv[1:]) == 0
+    assert sorted(p.name for p in (tmp_path / "deleted").iterdir()) == ["splits.json", "train-000000.tar"]
