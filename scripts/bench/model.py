@@ -75,7 +75,6 @@ def saved_activation_bytes(params: list[torch.Tensor]) -> Iterator[dict[int, int
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield storages
-    held.clear()
 
 
 def mvm_step_fn(args: argparse.Namespace, ratio: float, device: torch.device) -> tuple[Callable[[], int], list]:

@@ -117,6 +117,16 @@ class VideoLanguageModel(nn.Module):
         ``causal``: text token i sees text 0..i only (a decoder over the text, for captioning)."""
         return self.fusion(video_tokens, text_tokens, text_mask, video_mask, return_attention, causal)
 
+    def vtm_log_odds(self, video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor,
+                     video_mask: Tensor | None = None) -> Tensor:
+        """VTM match log-odds of P (video, text) pairs: video tokens (P, N, Dv), text tokens (P, L, Dt), text
+        mask (P, L) -> (P,) float32 (the match probability is their sigmoid). The one place the VTM head scores
+        pairs for re-ranking, multiple choice and search."""
+        if self.vtm_head is None:
+            raise ValueError("this model has no VTM head (it was built without 'vtm' in its heads)")
+        logits = self.vtm_head(self.fuse(video_tokens, text_tokens, text_mask, video_mask)["pooled"]).float()
+        return logits[:, 1] - logits[:, 0]  # (P,)
+
     def forward(self, video: Tensor, text_ids: Tensor, text_mask: Tensor,
                 video_token_mask: Tensor | None = None) -> dict[str, Tensor]:
         """One pass over matched pairs -> embeddings and logits (no losses).

@@ -159,7 +159,5 @@ class Encoder:
         with self._lock:
             encoded, mask = self._text([text])
             text_tokens = encoded["tokens"].repeat(r, 1, 1)  # (R, L, Dt)
-            fused = self.model.fuse(video_tokens.to(self.device), text_tokens, mask.repeat(r, 1))
-            logits = self.model.vtm_head(fused["pooled"])  # (R, 2), index 1 = match
-        logits = logits.float()
-        return (logits[:, 1] - logits[:, 0]).cpu()
+            log_odds = self.model.vtm_log_odds(video_tokens.to(self.device), text_tokens, mask.repeat(r, 1))
+        return log_odds.cpu()

@@ -37,13 +37,11 @@ def choice_scores(model: VideoLanguageModel, video_tokens: Tensor, choice_ids: T
     valid = choice_mask.bool().any(dim=-1)  # (B, K)
     b, k = valid.nonzero(as_tuple=True)  # (M,) each: only real choices go through the model
     text = model.encode_text(choice_ids[b, k], choice_mask[b, k])  # tokens (M, L, Dt), pooled (M, Dt)
-    fused = model.fuse(video_tokens[b], text["tokens"], choice_mask[b, k])["pooled"]  # (M, D)
-    logits = model.vtm_head(fused).float()  # (M, 2)
-    match = logits[:, 1] - logits[:, 0]  # (M,)
+    match = model.vtm_log_odds(video_tokens[b], text["tokens"], choice_mask[b, k])  # (M,)
     if video_pooled is not None:
         cosine = (model.embed_video(video_pooled)[b] * model.embed_text(text["pooled"])).sum(dim=-1).float()  # (M,)
         match = match_score(match, cosine, model.get_logit_scale().float())
-    scores = torch.full(valid.shape, float("-inf"), device=logits.device, dtype=logits.dtype)
+    scores = torch.full(valid.shape, float("-inf"), device=match.device, dtype=match.dtype)
     scores[b, k] = match
     return scores
 

@@ -78,9 +78,7 @@ def vtm_pair_scores(model: VideoLanguageModel, video_tokens: Tensor, text_tokens
     scores = []
     for chunk in mine.split(batch_size):
         t, v = chunk[:, 0], chunk[:, 1]
-        fused = model.fuse(video_tokens[v], text_tokens[t], text_mask[t])["pooled"]  # (P_chunk, D)
-        logits = model.vtm_head(fused).float()  # (P_chunk, 2)
-        scores.append(logits[:, 1] - logits[:, 0])
+        scores.append(model.vtm_log_odds(video_tokens[v], text_tokens[t], text_mask[t]))  # (P_chunk,)
     local = torch.cat(scores) if scores else video_tokens.new_zeros(0, dtype=torch.float32)
     return gather_rows(local)
 
