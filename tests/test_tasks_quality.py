@@ -32,11 +32,13 @@ most common right position: a guard, not the issue's 2x bar (57.8%), which seeds
 the order of frames stay the hardest (the "what happens" items 34-42%, open-ended direction and order near
 chance): the tiny model learns little of time in 400 steps of retrieval.
 
-Not asserted: VTM re-ranking no worse than the dual encoder. VTM re-ranking of the top 128 (VTM
-log-odds + the dual encoder's logit, ``rerank_score: vtm+vtc``) is printed: over seeds 0 / 1 / 2 it moved
-t2v R@1 from 25.00 to 24.61, 30.08 to 29.69 and 30.86 to 32.42 (one query worse, one worse, four better
-of 256): neutral, with the VTM head alone still half as good as the dual encoder it re-orders.
-Asserting it at one seed would assert luck. ``VL_QUALITY_SEED=1 pytest tests/test_tasks_quality.py -s``
+VTM re-ranking of the top 128 (VTM log-odds + the dual encoder's logit, ``rerank_score: vtm+vtc``) is no
+worse than the dual encoder, asserted as a test of 256 queries can show it: the queries it moves down are
+not significantly more than those it moves up (one-sided exact sign test, p >= 0.05), by rank and by R@1
+hit, and the VTM head alone ranks at >= 5x chance (so the re-ranker is a real ranker, not a constant). Over
+seeds 0 / 1 / 2 re-ranking moved t2v R@1 from 25.00 to 24.61, 30.08 to 29.69 and 30.86 to 32.42 (51 down /
+50 up, 46 / 47, 54 / 58 queries; p 0.50, 0.58, 0.68): neutral. Asserting "R@1 no lower" at one seed would
+assert luck either way: one query is 0.39 points. ``VL_QUALITY_SEED=1 pytest tests/test_tasks_quality.py -s``
 runs the whole file at another training seed.
 ``tests/test_tasks.py`` covers the scoring, training and evaluation code of every task.
 Figures are printed; run with ``-s`` to see them.
@@ -45,6 +47,7 @@ Figures are printed; run with ``-s`` to see them.
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -121,7 +124,14 @@ def retrieval_run(synth: str, tmp_path_factory) -> dict:
     module = RetrievalModule(model="vl_tiny", video=TINY, text=TEXT, fusion=FUSION, vtm_weight=1.0, vtm_hard_fraction=0.5,
                              rerank_k=128, rerank_score="vtm+vtc", optim=optim(2e-3))
     metrics = fit_and_test(module, synth, "caption", 400, out)
-    return {"metrics": metrics, "ckpt": str(out / "model.ckpt"), "dir": out}
+    # The same model tested once more with the VTM head alone re-ordering the top 128 (all 64 test clips):
+    # how well the re-ranker ranks on its own (ALBEF's re-ranking)
+    module.rerank_score = "vtm"
+    alone = out / "vtm_alone"
+    pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+               default_root_dir=str(alone)).test(module, datamodule=datamodule(synth, "caption", 1), verbose=False)
+    vtm_alone = json.loads((alone / "test_metrics.json").read_text())
+    return {"metrics": metrics, "vtm_alone": vtm_alone, "ckpt": str(out / "model.ckpt"), "dir": out}
 
 
 def test_retrieval_beats_chance(retrieval_run: dict) -> None:
@@ -130,14 +140,44 @@ def test_retrieval_beats_chance(retrieval_run: dict) -> None:
     print(f"\nretrieval ({TEST_CLIPS} test clips, {4 * TEST_CLIPS} captions): t2v R@1 {m['t2v_R@1']:.2f}% "
           f"(chance {chance:.2f}%, {m['t2v_R@1'] / chance:.1f}x), R@5 {m['t2v_R@5']:.2f}, MdR {m['t2v_MdR']:.0f}; "
           f"v2t R@1 {m['v2t_R@1']:.2f}")
-    print(f"VTM re-ranking of the top 128 (VTM log-odds + dual-encoder logit; reported, not asserted: see the "
-          f"module docstring): t2v R@1 {m['rerank/t2v_R@1']:.2f} "
-          f"(dual encoder {m['t2v_R@1']:.2f}), R@5 {m['rerank/t2v_R@5']:.2f} ({m['t2v_R@5']:.2f}); "
-          f"v2t R@1 {m['rerank/v2t_R@1']:.2f} ({m['v2t_R@1']:.2f}, {TEST_CLIPS} queries: one is "
-          f"{100 / TEST_CLIPS:.2f} points)")
     assert m["t2v_R@1"] >= 5 * chance
     rows = [json.loads(line) for line in (retrieval_run["dir"] / "test_predictions.jsonl").read_text().splitlines()]
     assert sum(r["direction"] == "t2v" and r["method"] == "dual" for r in rows) == 4 * TEST_CLIPS
+
+
+def one_sided_sign_test(worse: int, better: int) -> float:
+    """P(at least ``worse`` of ``worse + better`` changed queries got worse | a change is as likely to make a
+    query worse as better): the exact one-sided sign test. Small: the change makes rankings worse."""
+    n = worse + better
+    return sum(math.comb(n, i) for i in range(worse, n + 1)) / 2 ** n
+
+
+def test_vtm_reranking_is_no_worse_than_the_dual_encoder(retrieval_run: dict) -> None:
+    """The VTM head ranks well on its own (>= 5x chance), and re-ranking the dual encoder's top 128 with it
+    (VTM log-odds + the dual encoder's logit) makes no ranking measurably worse: over the 256 caption queries,
+    the queries it moves down are not significantly more than those it moves up (one-sided exact sign test,
+    p >= 0.05), by rank and by R@1 hit. A test split of 256 queries cannot tell a change of one or two
+    queries from noise; the sign test says what it can tell. It fails a re-ranker that does harm: the
+    session-2 fixture's (VTM log-odds + cosine; t2v R@1 9.77 -> 8.59, 131 queries down and 96 up, p = 0.012)."""
+    m, alone = retrieval_run["metrics"], retrieval_run["vtm_alone"]
+    rows = [json.loads(line) for line in (retrieval_run["dir"] / "test_predictions.jsonl").read_text().splitlines()]
+    ranks = {method: [r["rank"] for r in rows if r["direction"] == "t2v" and r["method"] == method]
+             for method in ("dual", "rerank")}
+    pairs = list(zip(ranks["dual"], ranks["rerank"]))  # the same queries in the same order
+    assert len(pairs) == 4 * TEST_CLIPS
+    down, up = sum(r > d for d, r in pairs), sum(r < d for d, r in pairs)
+    lost, won = sum(d == 1 < r for d, r in pairs), sum(r == 1 < d for d, r in pairs)
+    p_rank, p_hit = one_sided_sign_test(down, up), one_sided_sign_test(lost, won)
+    chance = m["t2v_chance_R@1"]
+    print(f"\nVTM head alone: t2v R@1 {alone['rerank/t2v_R@1']:.2f}% ({alone['rerank/t2v_R@1'] / chance:.1f}x chance), "
+          f"R@5 {alone['rerank/t2v_R@5']:.2f}; dual encoder {m['t2v_R@1']:.2f}%")
+    print(f"VTM re-ranking of the top 128 (VTM log-odds + dual-encoder logit): t2v R@1 {m['rerank/t2v_R@1']:.2f} "
+          f"(dual encoder {m['t2v_R@1']:.2f}), R@5 {m['rerank/t2v_R@5']:.2f} ({m['t2v_R@5']:.2f}), MnR "
+          f"{m['rerank/t2v_MnR']:.2f} ({m['t2v_MnR']:.2f}); v2t R@1 {m['rerank/v2t_R@1']:.2f} ({m['v2t_R@1']:.2f}); "
+          f"of {len(pairs)} queries {down} moved down and {up} up (sign test p = {p_rank:.3f}), {lost} lost their "
+          f"R@1 hit and {won} gained one (p = {p_hit:.3f})")
+    assert alone["rerank/t2v_R@1"] >= 5 * chance
+    assert p_rank >= 0.05 and p_hit >= 0.05
 
 
 def constant_caption_cider(root: str, references: dict[str, list[str]]) -> tuple[float, str]:
