@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vl.metrics import best_ranks, gt_ranks, rank_metrics, retrieval_metrics
+from vl.metrics import best_ranks, gt_ranks, rank_changes, rank_metrics, retrieval_metrics, sign_test_worse
 
 
 def test_gt_ranks_by_hand():
@@ -43,3 +43,23 @@ def test_retrieval_metrics_multi_caption():
     assert m["v2t_R@1"] == pytest.approx(200 / 3)
     assert m["v2t_MnR"] == pytest.approx(4 / 3)
     assert m["t2v_chance_R@1"] == pytest.approx(100 / 3)
+
+
+def test_sign_test_worse_by_hand():
+    assert sign_test_worse(0, 0) == 1.0  # nothing changed: no evidence of harm
+    assert sign_test_worse(5, 0) == pytest.approx(1 / 32)
+    assert sign_test_worse(0, 5) == 1.0
+    assert sign_test_worse(8, 2) == pytest.approx((45 + 10 + 1) / 1024)  # P(X >= 8), X ~ Bin(10, 1/2)
+    assert sign_test_worse(131, 96) < 0.05 < sign_test_worse(54, 58)  # large n: exact big-integer sums
+
+
+def test_rank_changes_counts_moves_and_hits():
+    before = torch.tensor([1, 2, 3, 1, 5])
+    after = torch.tensor([2, 1, 3, 1, 9])  # query 0 loses its hit, 1 gains one, 2 and 3 stay, 4 drops
+    out = rank_changes(before, after, "rerank/t2v_")
+    assert {k: out[f"rerank/t2v_{k}"] for k in ("queries_up", "queries_down", "hits_gained", "hits_lost")} == {
+        "queries_up": 1.0, "queries_down": 2.0, "hits_gained": 1.0, "hits_lost": 1.0}
+    assert out["rerank/t2v_p_worse"] == pytest.approx(sign_test_worse(2, 1)) == pytest.approx(4 / 8)
+    assert out["rerank/t2v_hits_p_worse"] == pytest.approx(3 / 4)
+    with pytest.raises(ValueError, match="ranks before"):
+        rank_changes(before, after[:3])

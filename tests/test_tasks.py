@@ -16,6 +16,7 @@ import torch
 
 from datapipes.batch import Batch
 from vl.lit.data import VideoTextDataModule
+from vl.metrics import gt_ranks
 from vl.models import create_model
 from vl.objectives import MATCH_SCORES
 from vl.tasks import CaptioningModule, MultipleChoiceModule, QAModule, RetrievalModule
@@ -115,6 +116,12 @@ def test_rerank_score_adds_what_it_names(score: str, monkeypatch: pytest.MonkeyP
     t2v, v2t = rerank_topk(sim, vtm + added, 2), rerank_topk(sim.T, (vtm + added).T, 2)
     expected = two_way_metrics("rerank/", t2v, v2t, data["index"])
     assert {k: metrics[k] for k in expected} == pytest.approx(expected)
+    # how re-ranking moved each text query against the dual encoder
+    before, after = gt_ranks(sim, data["index"]), gt_ranks(t2v, data["index"])
+    assert metrics["rerank/t2v_queries_up"] == float((after < before).sum())
+    assert metrics["rerank/t2v_queries_down"] == float((after > before).sum())
+    assert metrics["rerank/t2v_hits_lost"] == float(((before == 1) & (after > 1)).sum())
+    assert 0.0 < metrics["rerank/t2v_p_worse"] <= 1.0 and "rerank/v2t_hits_p_worse" in metrics
     tops = [r["top"] for r in rows if r["method"] == "rerank" and r["direction"] == "t2v"]
     assert tops == [[b.keys[i] for i in row] for row in t2v.argsort(dim=1, descending=True).tolist()]
     with pytest.raises(ValueError, match="rerank_score"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -45,13 +47,41 @@ def retrieval_metrics(
     Video-to-text counts a video as retrieved at the rank of its best-ranked caption.
     Also returns the chance level of t2v R@k (k / Nv, in percent) as `t2v_chance_R@k`.
     """
-    sim_t2v = sim_t2v.float()
+    t2v, v2t = retrieval_ranks(sim_t2v, text_video_index)
+    out = rank_metrics(t2v, ks, prefix="t2v_")
+    out.update(rank_metrics(v2t, ks, prefix="v2t_"))
     num_videos = sim_t2v.shape[1]
-    out = rank_metrics(gt_ranks(sim_t2v, text_video_index), ks, prefix="t2v_")
-    positives = torch.zeros_like(sim_t2v, dtype=torch.bool).T  # (Nv, Nt)
-    positives[text_video_index, torch.arange(len(text_video_index), device=sim_t2v.device)] = True
-    has_text = positives.any(dim=1)
-    out.update(rank_metrics(best_ranks(sim_t2v.T[has_text], positives[has_text]), ks, prefix="v2t_"))
     for k in ks:
         out[f"t2v_chance_R@{k}"] = 100.0 * min(k, num_videos) / num_videos
     return out
+
+
+def retrieval_ranks(sim_t2v: Tensor, text_video_index: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-query 1-based ranks behind ``retrieval_metrics``: text-to-video (Nt,) and video-to-text (one per
+    video that has a text, at its best-ranked caption)."""
+    sim_t2v = sim_t2v.float()
+    positives = torch.zeros_like(sim_t2v, dtype=torch.bool).T  # (Nv, Nt)
+    positives[text_video_index, torch.arange(len(text_video_index), device=sim_t2v.device)] = True
+    has_text = positives.any(dim=1)
+    return gt_ranks(sim_t2v, text_video_index), best_ranks(sim_t2v.T[has_text], positives[has_text])
+
+
+def sign_test_worse(worse: int, better: int) -> float:
+    """One-sided exact sign test: the probability that at least ``worse`` of ``worse + better`` changed
+    queries get worse if a change were as likely to help as to hurt, P(X >= worse), X ~ Binomial(n, 1/2).
+    Below 0.05: the change makes rankings measurably worse. 1.0 when nothing changed."""
+    n = worse + better
+    return sum(math.comb(n, i) for i in range(worse, n + 1)) / 2 ** n
+
+
+def rank_changes(before: Tensor, after: Tensor, prefix: str = "") -> dict[str, float]:
+    """How a re-ranking moved each query, from 1-based ranks (Nq,) before and after it: queries moved up and
+    down, R@1 hits gained and lost, and ``sign_test_worse`` of each (``p_worse``, ``hits_p_worse``): a
+    finite test set cannot tell a change of a few queries from noise, and these say what it can tell."""
+    if before.shape != after.shape:
+        raise ValueError(f"rank_changes: {tuple(before.shape)} ranks before, {tuple(after.shape)} after")
+    up, down = int((after < before).sum()), int((after > before).sum())
+    gained, lost = int(((after == 1) & (before > 1)).sum()), int(((before == 1) & (after > 1)).sum())
+    return {f"{prefix}queries_up": float(up), f"{prefix}queries_down": float(down),
+            f"{prefix}p_worse": sign_test_worse(down, up), f"{prefix}hits_gained": float(gained),
+            f"{prefix}hits_lost": float(lost), f"{prefix}hits_p_worse": sign_test_worse(lost, gained)}

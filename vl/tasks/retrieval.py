@@ -10,6 +10,10 @@ replacing the dual-encoder figures:
   (learned scale x cosine, the logit its softmax ranks by), so the two are in the same units and the sum
   ranks by the product of the two models' odds; ``vtm+cos`` the log-odds plus the bare cosine (BLIP's
   evaluation); ``vtm`` the log-odds alone (ALBEF's). Candidates past the top k keep their order below them.
+  With it, how re-ranking moved each query against the dual encoder: ``rerank/t2v_queries_up`` and
+  ``_down``, R@1 ``hits_gained`` and ``hits_lost``, and one-sided sign tests that it made ranking worse
+  (``p_worse``, ``hits_p_worse``; ``vl.metrics.rank_changes``), the same for ``v2t``: on a test set of a
+  few hundred queries a difference of a few is noise, and these say which.
 - ``dsl/``: dual-softmax (CAMoE): similarities multiplied by a softmax over the other direction's
   queries. It uses the statistics of the whole test set, so it is off unless ``dual_softmax=True``.
 
@@ -30,7 +34,7 @@ from datapipes.batch import Batch
 from datapipes.text import Tokenize
 from vl.lit.evaluation import RetrievalAccumulator, gather_objects, gather_rows, retrieval_summary
 from vl.lit.optim import OptimConfig
-from vl.metrics import gt_ranks, retrieval_metrics
+from vl.metrics import gt_ranks, rank_changes, retrieval_metrics, retrieval_ranks
 from vl.models import VideoLanguageModel
 from vl.models.hub import load_tokenizer
 from vl.objectives import MATCH_SCORES, VTCLoss, VTMLoss, match_score, vtm_positives
@@ -288,6 +292,11 @@ class RetrievalModule(FinetuneModule):
             if f"{prefix}t2v_R@1" in metrics:
                 lines.append(f"  {label}: t2v R@1 {metrics[f'{prefix}t2v_R@1']:.2f}  R@5 {metrics[f'{prefix}t2v_R@5']:.2f}"
                              f"  R@10 {metrics[f'{prefix}t2v_R@10']:.2f}  (dual encoder R@1 {metrics['t2v_R@1']:.2f})")
+            if f"{prefix}t2v_queries_up" in metrics:
+                m = {k[len(prefix) + 4:]: v for k, v in metrics.items() if k.startswith(f"{prefix}t2v_")}
+                lines.append(f"    text queries moved up {m['queries_up']:.0f}, down {m['queries_down']:.0f} "
+                             f"(sign test p = {m['p_worse']:.3f} that it ranks worse); R@1 hits gained "
+                             f"{m['hits_gained']:.0f}, lost {m['hits_lost']:.0f} (p = {m['hits_p_worse']:.3f})")
         lines.append(f"  video-to-text R@1 {metrics['v2t_R@1']:.2f}  R@5 {metrics['v2t_R@5']:.2f}"
                      f"  R@10 {metrics['v2t_R@10']:.2f}")
         self.report(split, metrics, rows, "\n".join(lines))
@@ -311,6 +320,10 @@ class RetrievalModule(FinetuneModule):
             scores = match_score(scores, sim, self.model.get_logit_scale().float(), self.rerank_score)
             t2v, v2t = rerank_topk(sim, scores, k), rerank_topk(sim.T, scores.T, k)
             metrics.update(two_way_metrics("rerank/", t2v, v2t, index))
+            (dual_t2v, dual_v2t), new_t2v, new_v2t = (retrieval_ranks(sim, index), retrieval_ranks(t2v, index)[0],
+                                                      retrieval_ranks(v2t.T, index)[1])
+            metrics.update(rank_changes(dual_t2v, new_t2v, "rerank/t2v_"))
+            metrics.update(rank_changes(dual_v2t, new_v2t, "rerank/v2t_"))
             rows += ranking_rows(t2v, v2t, index, keys, texts, top, "rerank")
         if self.dual_softmax:
             temp = self.dual_softmax_temperature
