@@ -25,12 +25,14 @@ help:
 setup: $(STAMP)
 
 # Re-installs only when pyproject.toml changes. DeepSpeed ships as a source distribution whose setup.py
-# imports torch, so it is installed without build isolation, after torch.
+# imports torch, so it is installed without build isolation, after torch. --no-compile: Python compiles
+# the modules it imports on first use instead of pip compiling every file of every package up front
+# (the install took 180 s with it and 89 s without on a 2-core machine).
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -m pip install -q --no-build-isolation 'deepspeed>=0.15'
+	$(PY) -m pip install -q --no-compile -e '.[dev]'
+	$(PY) -m pip install -q --no-compile --no-build-isolation 'deepspeed>=0.15'
 	@touch $(STAMP)
 
 demo: setup
