@@ -122,6 +122,12 @@ def test_rerank_score_adds_what_it_names(score: str, monkeypatch: pytest.MonkeyP
     assert metrics["rerank/t2v_queries_down"] == float((after > before).sum())
     assert metrics["rerank/t2v_hits_lost"] == float(((before == 1) & (after > 1)).sum())
     assert 0.0 < metrics["rerank/t2v_p_worse"] <= 1.0 and "rerank/v2t_hits_p_worse" in metrics
+    # the VTM head alone on the same pairs, reported beside a combined score (it is the score itself for "vtm")
+    alone = two_way_metrics("rerank_vtm/", rerank_topk(sim, vtm, 2), rerank_topk(sim.T, vtm.T, 2), data["index"])
+    if score == "vtm":
+        assert not any(k.startswith("rerank_vtm/") for k in metrics)
+    else:
+        assert {k: metrics[k] for k in alone} == pytest.approx(alone)
     tops = [r["top"] for r in rows if r["method"] == "rerank" and r["direction"] == "t2v"]
     assert tops == [[b.keys[i] for i in row] for row in t2v.argsort(dim=1, descending=True).tolist()]
     with pytest.raises(ValueError, match="rerank_score"):

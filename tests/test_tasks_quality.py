@@ -125,14 +125,7 @@ def retrieval_run(synth: str, tmp_path_factory) -> dict:
     module = RetrievalModule(model="vl_tiny", video=TINY, text=TEXT, fusion=FUSION, vtm_weight=1.0, vtm_hard_fraction=0.5,
                              rerank_k=128, rerank_score="vtm+vtc", optim=optim(2e-3))
     metrics = fit_and_test(module, synth, "caption", 400, out)
-    # The same model tested once more with the VTM head alone re-ordering the top 128 (all 64 test clips):
-    # how well the re-ranker ranks on its own (ALBEF's re-ranking)
-    module.rerank_score = "vtm"
-    alone = out / "vtm_alone"
-    pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-               default_root_dir=str(alone)).test(module, datamodule=datamodule(synth, "caption", 1), verbose=False)
-    vtm_alone = json.loads((alone / "test_metrics.json").read_text())
-    return {"metrics": metrics, "vtm_alone": vtm_alone, "ckpt": str(out / "model.ckpt"), "dir": out}
+    return {"metrics": metrics, "ckpt": str(out / "model.ckpt"), "dir": out}
 
 
 def test_retrieval_beats_chance(retrieval_run: dict) -> None:
@@ -155,19 +148,20 @@ def test_vtm_reranking_is_no_worse_than_the_dual_encoder(retrieval_run: dict) ->
     model's VTM head alone as the re-ranker (``rerank_score: vtm``, seed 0: t2v R@1 25.00 -> 13.67, 167
     queries down and 53 up, p < 0.001), or the session-2 fixture's VTM log-odds + cosine (9.77 -> 8.59, 131
     down and 96 up, p = 0.012)."""
-    m, alone = retrieval_run["metrics"], retrieval_run["vtm_alone"]
+    m = retrieval_run["metrics"]
+    alone = {k: m[f"rerank_vtm/t2v_{k}"] for k in ("R@1", "R@5")}  # the VTM head alone on the same top 128
     moved = {k: m[f"rerank/t2v_{k}"] for k in ("queries_down", "queries_up", "p_worse", "hits_lost",
                                                 "hits_gained", "hits_p_worse")}  # vl.metrics.rank_changes
     chance = m["t2v_chance_R@1"]
-    print(f"\nVTM head alone: t2v R@1 {alone['rerank/t2v_R@1']:.2f}% ({alone['rerank/t2v_R@1'] / chance:.1f}x chance), "
-          f"R@5 {alone['rerank/t2v_R@5']:.2f}; dual encoder {m['t2v_R@1']:.2f}%")
+    print(f"\nVTM head alone: t2v R@1 {alone['R@1']:.2f}% ({alone['R@1'] / chance:.1f}x chance), "
+          f"R@5 {alone['R@5']:.2f}; dual encoder {m['t2v_R@1']:.2f}%")
     print(f"VTM re-ranking of the top 128 (VTM log-odds + dual-encoder logit): t2v R@1 {m['rerank/t2v_R@1']:.2f} "
           f"(dual encoder {m['t2v_R@1']:.2f}), R@5 {m['rerank/t2v_R@5']:.2f} ({m['t2v_R@5']:.2f}), MnR "
           f"{m['rerank/t2v_MnR']:.2f} ({m['t2v_MnR']:.2f}); v2t R@1 {m['rerank/v2t_R@1']:.2f} ({m['v2t_R@1']:.2f}); "
           f"of {4 * TEST_CLIPS} queries {moved['queries_down']:.0f} moved down and {moved['queries_up']:.0f} up "
           f"(sign test p = {moved['p_worse']:.3f}), {moved['hits_lost']:.0f} lost their R@1 hit and "
           f"{moved['hits_gained']:.0f} gained one (p = {moved['hits_p_worse']:.3f})")
-    assert alone["rerank/t2v_R@1"] >= 5 * chance
+    assert alone["R@1"] >= 5 * chance
     assert moved["p_worse"] >= 0.05 and moved["hits_p_worse"] >= 0.05
 
 

@@ -13,7 +13,9 @@ replacing the dual-encoder figures:
   With it, how re-ranking moved each query against the dual encoder: ``rerank/t2v_queries_up`` and
   ``_down``, R@1 ``hits_gained`` and ``hits_lost``, and one-sided sign tests that it made ranking worse
   (``p_worse``, ``hits_p_worse``; ``vl.metrics.rank_changes``), the same for ``v2t``: on a test set of a
-  few hundred queries a difference of a few is noise, and these say which.
+  few hundred queries a difference of a few is noise, and these say which. Unless ``rerank_score`` is
+  ``vtm``, ``rerank_vtm/`` also ranks the same top k by the VTM log-odds alone (no extra fusion): how good
+  a judge the VTM head is on its own.
 - ``dsl/``: dual-softmax (CAMoE): similarities multiplied by a softmax over the other direction's
   queries. It uses the statistics of the whole test set, so it is off unless ``dual_softmax=True``.
 
@@ -292,11 +294,15 @@ class RetrievalModule(FinetuneModule):
             if f"{prefix}t2v_R@1" in metrics:
                 lines.append(f"  {label}: t2v R@1 {metrics[f'{prefix}t2v_R@1']:.2f}  R@5 {metrics[f'{prefix}t2v_R@5']:.2f}"
                              f"  R@10 {metrics[f'{prefix}t2v_R@10']:.2f}  (dual encoder R@1 {metrics['t2v_R@1']:.2f})")
-            if f"{prefix}t2v_queries_up" in metrics:
-                m = {k[len(prefix) + 4:]: v for k, v in metrics.items() if k.startswith(f"{prefix}t2v_")}
-                lines.append(f"    text queries moved up {m['queries_up']:.0f}, down {m['queries_down']:.0f} "
-                             f"(sign test p = {m['p_worse']:.3f} that it ranks worse); R@1 hits gained "
-                             f"{m['hits_gained']:.0f}, lost {m['hits_lost']:.0f} (p = {m['hits_p_worse']:.3f})")
+            if prefix == "rerank/" and "rerank/t2v_queries_up" in metrics:
+                m = metrics
+                lines.append(f"    text queries moved up {m['rerank/t2v_queries_up']:.0f}, down "
+                             f"{m['rerank/t2v_queries_down']:.0f} (sign test p = {m['rerank/t2v_p_worse']:.3f} that it "
+                             f"ranks worse); R@1 hits gained {m['rerank/t2v_hits_gained']:.0f}, lost "
+                             f"{m['rerank/t2v_hits_lost']:.0f} (p = {m['rerank/t2v_hits_p_worse']:.3f})")
+                if "rerank_vtm/t2v_R@1" in m:
+                    lines.append(f"    the VTM head alone on the same top {self.rerank_k}: t2v R@1 "
+                                 f"{m['rerank_vtm/t2v_R@1']:.2f}  R@5 {m['rerank_vtm/t2v_R@5']:.2f}")
         lines.append(f"  video-to-text R@1 {metrics['v2t_R@1']:.2f}  R@5 {metrics['v2t_R@5']:.2f}"
                      f"  R@10 {metrics['v2t_R@10']:.2f}")
         self.report(split, metrics, rows, "\n".join(lines))
@@ -313,17 +319,20 @@ class RetrievalModule(FinetuneModule):
         elif "video_tokens" in data:
             k = self.rerank_k
             pairs = rerank_candidates(sim, k).nonzero()  # (P, 2): (text, video)
-            scores = torch.full_like(sim, float("nan"))
-            scores[pairs[:, 0], pairs[:, 1]] = vtm_pair_scores(
+            log_odds = torch.full_like(sim, float("nan"))
+            log_odds[pairs[:, 0], pairs[:, 1]] = vtm_pair_scores(
                 self.model, data["video_tokens"], data["text_tokens"], data["text_mask"], pairs,
                 self.rerank_batch_size).to(sim.dtype)
-            scores = match_score(scores, sim, self.model.get_logit_scale().float(), self.rerank_score)
+            scores = match_score(log_odds, sim, self.model.get_logit_scale().float(), self.rerank_score)
             t2v, v2t = rerank_topk(sim, scores, k), rerank_topk(sim.T, scores.T, k)
             metrics.update(two_way_metrics("rerank/", t2v, v2t, index))
-            (dual_t2v, dual_v2t), new_t2v, new_v2t = (retrieval_ranks(sim, index), retrieval_ranks(t2v, index)[0],
-                                                      retrieval_ranks(v2t.T, index)[1])
-            metrics.update(rank_changes(dual_t2v, new_t2v, "rerank/t2v_"))
-            metrics.update(rank_changes(dual_v2t, new_v2t, "rerank/v2t_"))
+            dual_ranks = retrieval_ranks(sim, index)
+            new_ranks = (retrieval_ranks(t2v, index)[0], retrieval_ranks(v2t.T, index)[1])
+            for direction, before, after in zip(("t2v", "v2t"), dual_ranks, new_ranks):
+                metrics.update(rank_changes(before, after, f"rerank/{direction}_"))
+            if self.rerank_score != "vtm":  # the VTM head alone on the same pairs (ALBEF's re-ranking), no extra fusion
+                metrics.update(two_way_metrics("rerank_vtm/", rerank_topk(sim, log_odds, k),
+                                               rerank_topk(sim.T, log_odds.T, k), index))
             rows += ranking_rows(t2v, v2t, index, keys, texts, top, "rerank")
         if self.dual_softmax:
             temp = self.dual_softmax_temperature
