@@ -26,13 +26,14 @@ VTM head alone ranked at t2v R@1 13.3 / 5.5 / 9.4% over training seeds 0 / 1 / 2
 
 Asserted: retrieval t2v R@1 >= 5x chance. Captioning CIDEr >= 2x the best constant caption. QA >= 2x the
 majority answer and 10 points above a blind model that knows each question's type (the type already
-narrows the answers). Multiple choice, each choice scored by the VTM head (``score: vtm``), >= 1.5x the
-most common right position: a guard, not the issue's 2x bar (57.8%), which seeds 0 and 1 meet (61.7%,
-58.6%) and seed 2 does not (54.7%), so it is printed. Over all nine pairs of retrieval and fine-tuning
-seed: mean 60.5%, eight of nine at or above 2x, the seed-2 retrieval checkpoint 57.6% on average
-(BENCHMARKS.md). Per-type accuracies are printed: the "what happens" items stay the hardest (34-45%;
-open-ended direction and order near chance): the tiny model learns which kind of event a clip shows but
-not where its object goes, not even the axis of motion, in 400 steps of retrieval.
+narrows the answers). Multiple choice, each choice scored by the VTM head (``score: vtm``), >= 2x the
+most common right position, on 640 questions about 320 held-out clips (a larger test split than the other
+tasks', whose first 64 clips it shares): on the 128 questions of 64 clips the standard error was 4.3 points
+and the most common right position an inflated 28.9%, and accuracy over nine pairs of retrieval and
+fine-tuning seed ranged 54.7-66.4% against a bar of 57.8%; on 320 clips the same kind of runs give 57.5-59.5%
+against 53.8% (BENCHMARKS.md). Per-type accuracies are printed: the "what happens" items stay the hardest
+(~40%; open-ended direction and order near chance): the tiny model learns which kind of event a clip
+shows but not where its object goes, not even the axis of motion, in 400 steps of retrieval.
 
 VTM re-ranking of the top 128 (VTM log-odds + the dual encoder's logit, ``rerank_score: vtm+vtc``) is no
 worse than the dual encoder, asserted as a test of 256 queries can show it: the queries it moves down are
@@ -76,6 +77,8 @@ FUSION = {"pool": "mean"}
 # the file at another one
 SEED = int(os.environ.get("VL_QUALITY_SEED", "0"))
 TRAIN_CLIPS, TEST_CLIPS = 384, 64
+# Multiple choice is tested on more clips (see test_multiple_choice_beats_the_majority_choice_2x)
+MC_TEST_CLIPS = 320
 
 
 @pytest.fixture(scope="session")
@@ -91,6 +94,19 @@ def synth(tmp_path_factory) -> str:
     return str(out)
 
 
+@pytest.fixture(scope="session")
+def mc_test_synth(tmp_path_factory) -> str:
+    """A larger test split for multiple choice: 320 held-out clips (640 questions), the first 64 of them the
+    fixture's test clips (the generator draws each clip from (seed, split, index) alone)."""
+    from datapipes.cli import main as data_main
+
+    out = tmp_path_factory.mktemp("mc_test_synth")
+    status = data_main(["synth", "--out", str(out), "--train", "0", "--val", "0", "--test", str(MC_TEST_CLIPS),
+                        "--frames", str(FRAMES), "--size", str(SIZE), "--maxcount", "128", "--workers", "2", "--quiet"])
+    assert status == 0
+    return str(out)
+
+
 def datamodule(root: str, text_field: str, steps: int, batch_size: int = 32) -> VideoTextDataModule:
     return VideoTextDataModule(
         root=root, text_field=text_field, num_frames=FRAMES, frame_size=SIZE, max_text_len=24,
@@ -99,8 +115,9 @@ def datamodule(root: str, text_field: str, steps: int, batch_size: int = 32) -> 
 
 
 def fit_and_test(module: pl.LightningModule, root: str, text_field: str, steps: int, out: Path,
-                 batch_size: int = 32) -> dict:
-    """Train ``steps`` steps, test on the held-out split; returns test_metrics.json (checkpoint in ``out``)."""
+                 batch_size: int = 32, test_root: str | None = None) -> dict:
+    """Train ``steps`` steps on ``root``'s training split, test on the held-out split of ``test_root`` (default
+    ``root``); returns test_metrics.json (checkpoint in ``out``)."""
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     torch.set_num_threads(1)  # 1 thread: reproducible float sums, and no oversubscription with the decoding worker
     trainer = pl.Trainer(accelerator="cpu", max_steps=steps, max_epochs=1, gradient_clip_val=1.0, logger=False,
@@ -109,7 +126,8 @@ def fit_and_test(module: pl.LightningModule, root: str, text_field: str, steps: 
     data = datamodule(root, text_field, steps, batch_size)
     trainer.fit(module, datamodule=data)
     trainer.save_checkpoint(out / "model.ckpt")
-    trainer.test(module, datamodule=data, verbose=False)
+    test_data = data if test_root is None else datamodule(test_root, text_field, steps, batch_size)
+    trainer.test(module, datamodule=test_data, verbose=False)
     return json.loads((out / "test_metrics.json").read_text())
 
 
@@ -234,23 +252,33 @@ def test_open_ended_qa_beats_the_majority_answer_2x(synth: str, retrieval_run: d
     assert m["accuracy"] >= blind + 10.0  # the answers come from the video, not from the question alone
 
 
-def test_multiple_choice_beats_the_majority_choice(synth: str, retrieval_run: dict, tmp_path: Path) -> None:
+def test_multiple_choice_beats_the_majority_choice_2x(synth: str, mc_test_synth: str, retrieval_run: dict,
+                                                      tmp_path: Path) -> None:
+    """Multiple choice by the VTM head >= 2x the most common right position, on 640 held-out questions.
+
+    Tested on 320 clips, not the fixture's 64: on 128 questions one answer is 0.78 points, the standard
+    error at 60% is 4.3 points, and the most common right position is inflated by the small sample (28.9%
+    where positions are shuffled uniformly). Over nine pairs of retrieval and fine-tuning seed, accuracy on
+    the 64 clips ranged 54.7-66.4% against a bar of 57.8%; on 320 clips the same checkpoints give 57.5-59.5%
+    against 53.8% (the most common right position 26.9%), 2.14-2.22x (BENCHMARKS.md)."""
     from vl.tasks import MultipleChoiceModule
 
     pl.seed_everything(SEED)
     # Each choice scored by the VTM head alone (the default); a low learning rate keeps what retrieval taught
     # it (measured on session 4's seed-0 checkpoint: 60.2% at 2e-4 and at 5e-4, 54.7% at 1e-3)
     module = MultipleChoiceModule(init_from=retrieval_run["ckpt"], score="vtm", optim=optim(2e-4))
-    m = fit_and_test(module, synth, "mc", 300, tmp_path, batch_size=16)
+    m = fit_and_test(module, synth, "mc", 300, tmp_path, batch_size=16, test_root=mc_test_synth)
     rows = [json.loads(line) for line in (tmp_path / "test_predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * MC_TEST_CLIPS  # "what happens" and "which caption" per clip
     majority = majority_position(rows)
     caption_rows = [r for r in rows if r["question_type"] == "caption"]
     caption_majority = majority_position(caption_rows)
+    # the fixture's own 64 test clips (keys test0000000-test0000063), what this test measured until session 7
+    first = [r for r in rows if int(r["key"].removeprefix("test")) < TEST_CLIPS]
+    first_acc = 100.0 * sum(r["correct"] for r in first) / len(first)
     per_type = ", ".join(f"{k.split('/')[1]} {v:.1f}%" for k, v in sorted(m.items()) if k.startswith("accuracy/"))
-    print(f"\nmultiple choice ({len(rows)} test questions, 4 choices): accuracy {m['accuracy']:.2f}% vs the most "
-          f"common right position {majority:.2f}% ({m['accuracy'] / majority:.1f}x); per type: {per_type}; "
-          f"'which caption' items: {m['accuracy/caption']:.2f}% vs {caption_majority:.2f}%")
-    # The issue's bar is 2x: met at seeds 0 and 1 (61.7%, 58.6%), not at seed 2 (54.7% vs 57.8% needed; eight
-    # of nine retrieval x fine-tuning seed pairs meet it), so the 2x figure is printed and a regression guard
-    # of 1.5x is asserted (see the module docstring).
-    assert m["accuracy"] >= 1.5 * majority
+    print(f"\nmultiple choice ({len(rows)} test questions on {MC_TEST_CLIPS} clips, 4 choices): accuracy "
+          f"{m['accuracy']:.2f}% vs the most common right position {majority:.2f}% ({m['accuracy'] / majority:.2f}x);"
+          f" per type: {per_type}; 'which caption' items: {m['accuracy/caption']:.2f}% vs {caption_majority:.2f}%; "
+          f"on the first {TEST_CLIPS} clips {first_acc:.2f}% vs {majority_position(first):.2f}%")
+    assert m["accuracy"] >= 2 * majority
