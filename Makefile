@@ -42,7 +42,7 @@ demo: setup
 	$(VL) index --ckpt $(DEMO_RUN)/checkpoints/last.ckpt --videos '$(DEMO_DATA)/test-*.tar' --out $(DEMO_RUN)/index --overwrite
 
 test: setup
-	$(PY) -m pytest tests -q --durations=10 -n 2 --dist loadfile --no-loadscope-reorder
+	$(PY) -m pytest tests -q --durations=10 -n 2 --dist loadfile
 
 test-fast: setup
 	$(PY) -m pytest tests -q -m "not slow"

@@ -14,18 +14,6 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# The files that take minutes, longest first (session 6's clean-clone run: ~13 and ~6 minutes). `make test`
-# runs two pytest-xdist workers with --dist loadfile --no-loadscope-reorder: each file stays on one worker and
-# files start in collection order, so these two start first and the short files fill in beside them.
-# xdist's default order (files with the most tests first) started them last, after ~6 minutes of short files.
-LONG_FILES = ("test_tasks_quality.py", "test_temporal.py")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Collect ``LONG_FILES`` first, in that order; every other test keeps its place (a stable sort)."""
-    first = {name: i for i, name in enumerate(LONG_FILES)}
-    items.sort(key=lambda item: first.get(item.path.name, len(LONG_FILES)))
-
 LEVEL0, LEVEL_STEP = 16, 7  # frame i of an indexed clip is uniform grey at LEVEL0 + LEVEL_STEP * i
 
 
