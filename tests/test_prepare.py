@@ -1,4 +1,8 @@
-"""Benchmark converters (scripts/prepare): small fixtures written in each benchmark's real file format."""
+"""Benchmark converters (scripts/prepare) on rows copied from the published annotation files.
+
+`tests/fixtures/prepare/` holds the copied rows (README.md there names each source); files that no
+stored public copy was found of are written inline, in the layout the code that reads them expects.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,21 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "prepare"
 if str(ROOT) not in sys.path:  # `scripts` is a package of the repository, not of the installed project
     sys.path.insert(0, str(ROOT))
 
-from scripts.prepare import activitynet, common, didemo, lsmdc, msrvtt, msrvtt_qa, msvd_qa, tgif_qa, youcook2  # noqa: E402
+from scripts.prepare import (  # noqa: E402
+    activitynet,
+    common,
+    didemo,
+    lsmdc,
+    msrvtt,
+    msrvtt_qa,
+    msvd_qa,
+    tgif_qa,
+    youcook2,
+)
 
 
 def write_json(path: Path, data) -> Path:
@@ -137,50 +152,182 @@ def test_msrvtt_without_videos_keeps_default_names(tmp_path):
     assert any("not checked" in n for n in summary(out)["notes"])
 
 
+def test_msrvtt_multiple_choice_both_published_formats(tmp_path):
+    """ClipBERT's jsonl (keys read by ClipBERT run_msrvtt_mc.py) and JSFusion's tab-separated csv
+    (columns read by yj-yu/lsmdc videocap/datasets/lsmdc.py); placeholder text: no copy of either
+    real file was found (fixtures README)."""
+    ann = tmp_path / "clipbert"
+    options = [f"a man sings {i}" for i in range(5)]
+    write_lines(
+        ann / "msrvtt_mc_test.jsonl",
+        [
+            json.dumps({"qid": 0, "clip_name": "video7010", "answer": 3, "options": options}),
+            json.dumps({"qid": 1, "clip_name": "video7011", "answer": 5, "options": options}),  # no 6th option
+        ],
+    )
+    msrvtt.main(["--annotations", str(ann), "--out", str(tmp_path / "a")])
+    (record,) = load(tmp_path / "a", "mc_test")
+    assert record["video"] == "video7010.mp4" and record["split"] == "test"
+    assert record["qa"] == [{"question": "", "choices": options, "answer_idx": 3, "id": 0}]
+    assert summary(tmp_path / "a")["skipped"] == {"malformed multiple-choice row": 1}
+
+    ann = tmp_path / "jsfusion"
+    write_lines(
+        ann / "MSR_MC_test.csv",
+        [
+            "key\tvid_key\ta1\ta2\ta3\ta4\ta5\tanswer",
+            "mc0\tmsr7010\t" + "\t".join(options) + "\t0",
+            'mc1\tmsr7012\ta dog "barks"\tb\tc\td\t"e ""quoted"""\t4',
+            "mc2\tvideo7013\ta\tb\tc\td\te\t1",  # not a JSFusion vid_key
+        ],
+    )
+    msrvtt.main(["--annotations", str(ann), "--out", str(tmp_path / "b")])
+    first, second = load(tmp_path / "b", "mc_test")
+    assert first["id"] == "video7010" and first["qa"][0]["answer_idx"] == 0 and first["qa"][0]["id"] == "mc0"
+    assert second["qa"][0]["choices"][4] == 'e "quoted"'
+    assert summary(tmp_path / "b")["skipped"] == {"malformed multiple-choice row": 1}
+
+
+def test_msrvtt_frozen_layout(tmp_path):
+    """Frozen / All-in-one: annotation/MSR_VTT.json + structured-symlinks/*_list_jsfusion.txt (as read by
+    m-bain/frozen-in-time data_loader/MSRVTT_dataset.py); placeholder text (fixtures README)."""
+    root = tmp_path / "MSRVTT"
+    annotations = [
+        {"image_id": f"video{v}", "caption": f"caption {c} of video{v}", "id": 20 * v + c}
+        for v in (0, 1, 7010)
+        for c in range(20)
+    ]
+    write_json(root / "annotation" / "MSR_VTT.json", {"images": [{"id": "video0"}], "annotations": annotations})
+    lists = root / "high-quality" / "structured-symlinks"
+    write_lines(lists / "train_list_jsfusion.txt", ["video0", "video1", "video5"])
+    write_lines(lists / "val_list_jsfusion.txt", ["video7010"])
+    out = tmp_path / "out"
+    paths = msrvtt.main(["--annotations", str(root), "--out", str(out)])
+    assert set(paths) == {"train_9k", "test_1k"}
+    train = load(out, "train_9k")
+    assert [r["id"] for r in train] == ["video0", "video1"] and len(train[0]["captions"]) == 20
+    (test,) = load(out, "test_1k")
+    assert test["split"] == "test" and test["captions"][0] == "caption 0 of video7010"
+    s = summary(out)
+    assert s["skipped"] == {"video without captions": 1}
+    assert any("MSRVTT_JSFUSION_test.csv" in n for n in s["notes"])  # test_1k has 20 captions per video here
+
+
+def test_finetune_configs_name_files_the_converters_write(tmp_path):
+    """configs/finetune/{msrvtt,lsmdc}_mc.yaml read shards named after an output of their converter."""
+    import yaml
+
+    item = {"qid": 0, "clip_name": "video1", "answer": 0, "options": list("abcde")}
+    write_lines(tmp_path / "msrvtt" / "msrvtt_mc_test.jsonl", [json.dumps(item)])
+    clip = "3001_21_JUMP_STREET_00.00.08.051-00.00.10.297"
+    times = "00.00.08.051\t00.00.10.297\t00.00.08.051\t00.00.10.297"
+    for name in ("train", "valid"):
+        write_lines(tmp_path / "lsmdc" / f"LSMDC16_multiple_choice_{name}.csv", [f"{clip}\t{times}\ta\tb\tc\td\te"])
+    write_lines(
+        tmp_path / "lsmdc" / "LSMDC16_multiple_choice_test_randomized.csv", [f"{clip}\t{times}\ta\tb\tc\td\te\t2"]
+    )
+    for benchmark, converter in (("msrvtt", msrvtt), ("lsmdc", lsmdc)):
+        out = tmp_path / f"o_{benchmark}"
+        written = converter.main(["--annotations", str(tmp_path / benchmark), "--out", str(out)])
+        data = yaml.safe_load((ROOT / f"configs/finetune/{benchmark}_mc.yaml").read_text())["data"]["init_args"]
+        assert data["root"] == f"data/{benchmark}/shards"
+        shards = [data.get(k) for k in ("train_shards", "val_shards", "test_shards") if data.get(k)]
+        assert shards and all(glob.split("/")[0] in written for glob in shards), (benchmark, shards, set(written))
+        assert all(load(out, glob.split("/")[0]) for glob in shards)
+
+
+@pytest.mark.parametrize(
+    "converter, files",
+    [
+        (
+            msrvtt,
+            ["MSRVTT_JSFUSION_test.csv", "MSR_VTT.json", "val_list_jsfusion.txt", "msrvtt_mc_test.jsonl", "MSR_MC_test.csv"],
+        ),
+        (msrvtt_qa, ["train_qa.json", "test_qa.json"]),
+        (msvd_qa, ["youtube_mapping.txt", "test_qa.json"]),
+        (tgif_qa, ["Train_frameqa_question.csv"]),
+        (didemo, ["train_data.json"]),
+        (lsmdc, ["LSMDC16_multiple_choice_test_randomized.csv"]),
+        (activitynet, ["val_1.json"]),
+        (youcook2, ["youcookii_annotations_trainval.json"]),
+    ],
+)
+def test_help_names_the_files_a_converter_reads(converter, files, capsys):
+    with pytest.raises(SystemExit):
+        converter.main(["--help"])
+    text = capsys.readouterr().out
+    assert all(name in text for name in files), [name for name in files if name not in text]
+
+
 # ---------------------------------------------------------------- MSRVTT-QA / MSVD-QA
 
 
+QUESTION_WORDS = ("what", "who", "how", "when", "where")
+
+
 def qa_items(video_ids: list[int]) -> list[dict]:
+    """MSRVTT-QA items (placeholder text, no copy of the real file was found: see the fixtures README).
+
+    `category_id` is the MSR-VTT video category (here 9, as for video0), never the question type.
+    """
     items = []
     for i, vid in enumerate(video_ids):
-        items.append(
-            {"answer": f"answer{i}", "id": i, "question": f"question {i}?", "video_id": vid, "category_id": i % 5}
-        )
+        question = f"{QUESTION_WORDS[i % 5]} is shown {i}?"
+        items.append({"answer": f"answer{i}", "category_id": 9, "id": i, "question": question, "video_id": vid})
     return items
 
 
-def test_msrvtt_qa_groups_questions_by_video(tmp_path):
+def test_msrvtt_qa_type_is_the_first_word_not_the_video_category(tmp_path):
     ann, out = tmp_path / "ann", tmp_path / "out"
     write_json(ann / "train_qa.json", qa_items([0, 0, 3]) + [{"question": "", "answer": "x", "video_id": 0}])
-    write_json(ann / "test_qa.json", qa_items([7010, 7010, 7010, 7010, 7010]))
+    write_json(ann / "test_qa.json", qa_items([7010] * 5) + [{**qa_items([7010])[0], "question": "Is it? "}])
     msrvtt_qa.main(["--annotations", str(ann), "--out", str(out)])
     train, test = load(out, "train"), load(out, "test")
     assert [(r["video"], len(r["qa"])) for r in train] == [("video0.mp4", 2), ("video3.mp4", 1)]
-    assert train[0]["qa"][1] == {"question": "question 1?", "answer": "answer1", "type": "who", "id": 1}
-    assert [q["type"] for q in test[0]["qa"]] == ["what", "who", "how", "when", "where"]
+    assert train[0]["qa"][1] == {"question": "who is shown 1?", "answer": "answer1", "type": "who", "id": 1}
+    assert [q["type"] for q in test[0]["qa"]] == ["what", "who", "how", "when", "where", "other"]
     assert not (out / "val.jsonl").exists()
-    assert summary(out)["skipped"] == {"malformed question": 1}
+    s = summary(out)
+    assert s["skipped"] == {"malformed question": 1}
+    assert "test questions per type: what 1, who 1, how 1, when 1, where 1, other 1" in s["notes"]
 
 
-def test_msvd_qa_maps_video_ids_through_youtube_mapping(tmp_path):
-    ann, out = tmp_path / "ann", tmp_path / "out"
-    write_lines(ann / "youtube_mapping.txt", ["-4wsuPCjDBc_5_15 vid1", "-7KMZQEsJW4_205_208 vid2", "broken line here"])
-    write_json(ann / "train_qa.json", qa_items([1, 2, 2, 3]))  # vid3 has no mapping line
+def test_msvd_qa_real_rows_in_both_video_layouts(tmp_path):
+    """Real MSVD-QA items have no category_id; videos are the authors' vidN.avi or mapped YouTube clips."""
+    out = tmp_path / "out"
     videos = touch_videos(
-        tmp_path / "msvd", ["YouTubeClips/-4wsuPCjDBc_5_15.avi", "YouTubeClips/-7KMZQEsJW4_205_208.avi"]
+        tmp_path / "msvd",
+        ["video/vid1451.avi", "video/vid1453.avi", "YouTubeClips/k9Brw_0gncU_14_33.avi", "video/vid1553.avi"],
     )
-    msvd_qa.main(["--annotations", str(ann), "--videos", str(videos), "--out", str(out)])
-    train = load(out, "train")
-    assert [(r["video"], len(r["qa"])) for r in train] == [
-        ("YouTubeClips/-4wsuPCjDBc_5_15.avi", 1),
-        ("YouTubeClips/-7KMZQEsJW4_205_208.avi", 2),
+    msvd_qa.main(["--annotations", str(FIXTURES / "msvd_qa"), "--videos", str(videos), "--out", str(out)])
+    test = load(out, "test")
+    assert [(r["id"], r["video"]) for r in test] == [
+        ("vid1451", "video/vid1451.avi"),
+        ("vid1453", "video/vid1453.avi"),
+        ("vid1465", "YouTubeClips/k9Brw_0gncU_14_33.avi"),  # through youtube_mapping.txt
+        ("vid1553", "video/vid1553.avi"),  # no mapping line: the authors' name
     ]
-    assert summary(out)["skipped"] == {"malformed mapping line": 1, "video id not in mapping": 1}
+    assert [q["type"] for r in test for q in r["qa"]] == ["who", "what", "who", "how", "when", "where"]
+    assert test[0]["qa"][0] == {
+        "question": "who opened the box that held an automatic weapon in a gun?",
+        "answer": "someone",
+        "type": "who",
+        "id": 37348,
+    }
+    assert summary(out)["skipped"] == {}
 
 
-def test_msvd_qa_needs_the_mapping_file(tmp_path):
-    write_json(tmp_path / "train_qa.json", qa_items([1]))
-    assert common.run(msvd_qa.main, ["--annotations", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+def test_msvd_qa_mapping_is_optional_and_bad_lines_are_counted(tmp_path):
+    ann, out = tmp_path / "ann", tmp_path / "out"
+    write_json(ann / "train_qa.json", qa_items([1, 2]))
+    msvd_qa.main(["--annotations", str(ann), "--out", str(out)])
+    assert [r["video"] for r in load(out, "train")] == ["vid1.avi", "vid2.avi"]
+    assert any("no youtube_mapping.txt" in n for n in summary(out)["notes"])
+    write_lines(ann / "youtube_mapping.txt", ["-4wsuPCjDBc_5_15 vid1", "broken line here"])
+    videos = touch_videos(tmp_path / "msvd", ["YouTubeClips/-4wsuPCjDBc_5_15.avi"])
+    msvd_qa.main(["--annotations", str(ann), "--videos", str(videos), "--out", str(out)])
+    assert [r["video"] for r in load(out, "train")] == ["YouTubeClips/-4wsuPCjDBc_5_15.avi"]
+    assert summary(out)["skipped"] == {"malformed mapping line": 1, "missing video": 1}
 
 
 # ---------------------------------------------------------------- TGIF-QA
@@ -225,7 +372,7 @@ def test_tgif_qa_open_ended_and_multiple_choice(tmp_path):
         "question": "where is the woman dancing . ?",
         "answer": "room",
         "type": "location",
-        "id": "12",
+        "id": "FRAMEQA3",
     }
 
     transition = load(out, "transition_test")
@@ -240,6 +387,26 @@ def test_tgif_qa_header_without_required_column_is_an_error(tmp_path):
     write_lines(tmp_path / "Train_action_question.tsv", ["gif_name\tquestion\tanswer", "g\tq\t1"])
     with pytest.raises(common.AnnotationError, match="a1"):
         tgif_qa.convert([tmp_path], common.Report("tgif_qa"))
+
+
+def test_tgif_qa_real_rows_question_ids_and_quoted_choices(tmp_path):
+    out = tmp_path / "out"
+    paths = tgif_qa.main(["--annotations", str(FIXTURES / "tgif_qa"), "--out", str(out)])
+    assert set(paths) == {"frameqa_test", "transition_test", "action_test", "count_test"}
+    frameqa = {r["id"]: r["qa"] for r in load(out, "frameqa_test")}
+    shared_key = frameqa["tumblr_naa11tbBvx1tebyg2o1_400"]  # four questions, one `key` (62578)
+    assert [q["id"] for q in shared_key] == ["FRAMEQA24076", "FRAMEQA48373", "FRAMEQA48360", "FRAMEQA44153"]
+    assert [q["type"] for q in shared_key] == ["number", "number", "number", "location"]
+    types = [q["type"] for qa in frameqa.values() for q in qa]
+    assert set(types) == {"object", "number", "color", "location"}
+    transition = [q for r in load(out, "transition_test") for q in r["qa"]]
+    assert [q["id"] for q in transition] == ["TRANS23", "TRANS24", "TRANS15831", "TRANS21452"]
+    assert transition[2]["choices"][4] == 'respond "no"' and transition[2]["answer_idx"] == 0
+    assert transition[3]["choices"][3] == 'write "i love you"' and transition[3]["answer_idx"] == 1
+    count = [q for r in load(out, "count_test") for q in r["qa"]]
+    assert [(q["id"], q["answer"], q["type"]) for q in count] == [("COUNT12", "3", "count"), ("COUNT18", "3", "count")]
+    assert [q["id"] for r in load(out, "action_test") for q in r["qa"]] == ["ACTION4", "ACTION12"]
+    assert summary(out)["skipped"] == {}
 
 
 # ---------------------------------------------------------------- DiDeMo
@@ -277,6 +444,31 @@ def test_didemo_joins_descriptions_in_temporal_order(tmp_path):
     assert test[0]["video"] == "12090392@N02_13482799053_87ef417396.mp4"  # converted copy found by name
     assert test[1]["caption"] == "a car drives." and test[1]["split"] == "test"
     assert summary(out)["skipped"] == {"malformed moment": 1}
+
+
+def test_didemo_real_video_names_in_the_download_scripts_layout(tmp_path):
+    """Real names end in .m4v, a bare '.', .mts, .m2ts, .3g2, ...; the AWS script saves `<name>.mp4`."""
+    out = tmp_path / "out"
+    moments = [json.loads((FIXTURES / f"didemo/{split}_data.json").read_text()) for split in ("test", "val")]
+    names = [m["video"] for split in moments for m in split]
+    aws = [f"{name}.mp4" for name in dict.fromkeys(names)]
+    assert "58792004@N06_8544469262_fd25eddb2e..mp4" in aws and "31667813@N00_3350025080_ea55c84f81.3g2.mp4" in aws
+    videos = touch_videos(tmp_path / "videos", aws)
+    didemo.main(["--annotations", str(FIXTURES / "didemo"), "--videos", str(videos), "--out", str(out)])
+    test, val = load(out, "test"), load(out, "val")
+    assert [r["video"] for r in test + val] == aws
+    assert len(test[0]["captions"]) == 2  # two moments of the .m4v video
+    assert summary(out)["skipped"] == {}
+
+
+def test_didemo_finds_camera_formats_under_their_own_names(tmp_path):
+    out = tmp_path / "out"
+    originals = ["33439178@N00_12280528136_b1d8fa292c.mts", "31667813@N00_3350025080_ea55c84f81.3g2"]
+    videos = touch_videos(tmp_path / "videos", originals + ["81311832@N00_9609168386_c13669990d.m2ts"])
+    didemo.main(["--annotations", str(FIXTURES / "didemo"), "--videos", str(videos), "--out", str(out)])
+    assert [r["video"] for r in load(out, "test")] == originals
+    assert load(out, "val")[0]["video"] == "81311832@N00_9609168386_c13669990d.m2ts"
+    assert summary(out)["skipped"] == {"missing video": 6}
 
 
 # ---------------------------------------------------------------- LSMDC

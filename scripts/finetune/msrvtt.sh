@@ -3,8 +3,10 @@
 # checkpoint and from the fine-tuned retrieval checkpoint (MSRVTT-MC has no training split); MSRVTT-QA
 # lives in its own shards (scripts/finetune/msrvtt_qa.sh).
 # usage: scripts/finetune/msrvtt.sh PRETRAINED.ckpt [vl options, e.g. --trainer configs/trainer/ddp.yaml]
-# Prepare the data first (see each config's header). Each task's metrics, predictions and checkpoints
-# go to runs/finetune/<config name>/.
+# Prepare the data first (see each config's header): one converter run writes every split these
+# configs read, the MC step's mc_test included when msrvtt_mc_test.jsonl or MSR_MC_test.csv is given:
+#   python -m scripts.prepare.msrvtt --annotations ANNOTATIONS --videos VIDEOS --out data/msrvtt --shards data/msrvtt/shards
+# Each task's metrics, predictions and checkpoints go to runs/finetune/<config name>/.
 set -euo pipefail
 PRE=${1:?usage: $0 PRETRAINED.ckpt [vl options]}
 shift

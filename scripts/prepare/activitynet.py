@@ -109,7 +109,7 @@ def convert(sources: Sequence[Path], report: Report) -> dict[str, list[Record]]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """CLI entry point; returns the JSONL paths written."""
-    parser = build_parser("activitynet", __doc__.splitlines()[0])
+    parser = build_parser("activitynet", __doc__)
     args = parse_args(parser, argv)
     report = Report("activitynet")
     return finish(convert(args.annotations, report), args, report, aliases=video_aliases)

@@ -24,7 +24,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from tqdm import tqdm
 
 Record = dict[str, Any]
-# Suffixes a benchmark video may carry (TGIF-QA ships GIFs, DiDeMo a mix of camera formats).
+# Suffixes a benchmark video may carry (TGIF-QA ships GIFs; DiDeMo's Flickr videos are also .mts,
+# .m2ts, .3g2 camera files). Earlier suffixes are preferred when two files share a name.
 VIDEO_SUFFIXES: tuple[str, ...] = (
     ".mp4",
     ".webm",
@@ -34,10 +35,13 @@ VIDEO_SUFFIXES: tuple[str, ...] = (
     ".m4v",
     ".gif",
     ".3gp",
+    ".3g2",
     ".mpg",
     ".mpeg",
     ".wmv",
     ".flv",
+    ".mts",
+    ".m2ts",
 )
 MAX_EXAMPLES = 3  # examples kept per skip reason for the summary
 
@@ -148,13 +152,12 @@ def read_rows(path: Path, delimiter: str = "\t") -> Iterator[tuple[int, list[str
 def read_table(path: Path, required: Sequence[str], delimiter: str = "\t") -> Iterator[tuple[int, dict[str, str]]]:
     """(line number, row by column name) for a delimited file whose first line is a header.
 
-    A header that lacks a `required` column raises `AnnotationError`; rows are yielded as read, so a
-    short row shows up as missing (None) values for the caller to count.
+    Fields follow CSV quoting (a field in double quotes, a doubled quote inside it is one quote), as
+    the TGIF-QA files, written by pandas, use it. A header that lacks a `required` column raises `AnnotationError`; rows are
+    yielded as read, so a short row shows up as missing (None) values for the caller to count.
     """
     with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(
-            f, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-        )
+        reader = csv.DictReader(f, delimiter=delimiter)
         header = [h.strip() for h in (reader.fieldnames or [])]
         reader.fieldnames = header
         missing = [c for c in required if c not in header]
@@ -211,13 +214,18 @@ class VideoIndex:
         return len(self.by_path)
 
     def find(self, names: Iterable[str]) -> str | None:
-        """Relative path of the first of `names` present, matched as a path, then by name without suffix."""
+        """Relative path of the first of `names` present.
+
+        A name is matched as a path; then as the stem of a file that appends a suffix to the whole
+        name (DiDeMo's download script saves `x.m4v` as `x.m4v.mp4` and `x.` as `x..mp4`); then by
+        its name without its own suffix (`x.mov` converted to `x.mp4`).
+        """
         names = list(names)
         for name in names:
             if name in self.by_path:
                 return name
         for name in names:
-            hit = self.by_stem.get(strip_video_suffix(name))
+            hit = self.by_stem.get(Path(name).name) or self.by_stem.get(strip_video_suffix(name))
             if hit is not None:
                 return hit
         return None
@@ -310,7 +318,11 @@ def shard_outputs(paths: dict[str, Path], report: Report, videos: Path, shards: 
 
 def build_parser(benchmark: str, description: str) -> argparse.ArgumentParser:
     """The arguments every converter shares; converters may add their own."""
-    parser = argparse.ArgumentParser(prog=f"python -m scripts.prepare.{benchmark}", description=description)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m scripts.prepare.{benchmark}",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keep the docstring's list of files
+    )
     parser.add_argument(
         "--annotations",
         type=Path,

@@ -1,10 +1,14 @@
-"""DiDeMo (paragraph-to-video retrieval): `{train,val,test}_data.json` -> annotation JSONL.
+"""DiDeMo (paragraph-to-video retrieval): `train_data.json`, `val_data.json`, `test_data.json` -> JSONL.
 
 Each file is a JSON list of moment descriptions `{"video", "times", "description", "annotation_id",
 "num_segments", "dl_link", ...}`; `times` holds each annotator's `[first, last]` 5-second segment.
 All descriptions of a video become one record: `captions` in temporal order (by the median annotated
 start, then annotation id) and `caption`, the paragraph they make joined with spaces, as
 paragraph retrieval (ClipBERT, Frozen) uses it. Outputs `train.jsonl`, `val.jsonl`, `test.jsonl`.
+
+Video names are Flickr's (`.mov`, `.avi`, `.mp4`, `.mpg`, `.wmv`, `.m4v`, `.3gp`, `.3g2`, `.mts`,
+`.m2ts`, or a bare `.`). A video is found under its own name, as the official AWS download script
+saves it (`<video name>.mp4`, e.g. `x.m4v.mp4`, `x..mp4`), or converted (`x.mp4` for `x.mov`).
 """
 
 from __future__ import annotations
@@ -93,7 +97,7 @@ def convert(sources: Sequence[Path], report: Report) -> dict[str, list[Record]]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """CLI entry point; returns the JSONL paths written."""
-    parser = build_parser("didemo", __doc__.splitlines()[0])
+    parser = build_parser("didemo", __doc__)
     args = parse_args(parser, argv)
     report = Report("didemo")
     return finish(convert(args.annotations, report), args, report)

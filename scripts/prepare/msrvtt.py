@@ -1,4 +1,4 @@
-"""MSR-VTT (retrieval and captioning): official video-info JSON and the 1k-A split -> annotation JSONL.
+"""MSR-VTT (retrieval, captioning, multiple choice): the official, JSFusion or Frozen files -> JSONL.
 
 Inputs (any that are present):
 - `train_val_videodatainfo.json`, `test_videodatainfo.json` (the official release) or `MSRVTT_data.json`
@@ -7,10 +7,18 @@ Inputs (any that are present):
 - `MSRVTT_JSFUSION_test.csv` (columns key, vid_key, video_id, sentence): the 1k-A test set, one
   sentence per video.
 - `MSRVTT_train.9k.csv` / `MSRVTT_train.7k.csv` (column video_id): 1k-A training lists.
+- The Frozen / All-in-one layout: `annotation/MSR_VTT.json` (`{"annotations": [{"image_id":
+  "video0", "caption", ...}], "images": [...]}`, all captions) with the id lists (one video id a
+  line) `train_list_jsfusion.txt` (-> train_9k), `val_list_jsfusion.txt` (-> test_1k),
+  `train_list_full.txt`, `val_list_full.txt`, `test_list_full.txt` (-> train, val, test).
+- Multiple choice: `msrvtt_mc_test.jsonl` (ClipBERT / All-in-one) or `MSR_MC_test.csv` (JSFusion),
+  see `msrvtt_mc.py` (-> mc_test).
 
 Outputs: `train.jsonl`, `val.jsonl`, `test.jsonl` (the official split, all captions per video),
-`test_1k.jsonl` (1k-A test), `train_9k.jsonl` / `train_7k.jsonl`. The distributed clips are already
-cut, so the source video's `start time`/`end time` are not written as `start`/`end`.
+`test_1k.jsonl` (1k-A test), `train_9k.jsonl` / `train_7k.jsonl`, `mc_test.jsonl`. The official
+files win over the Frozen layout's, and `MSRVTT_JSFUSION_test.csv` (the 1k-A protocol's one
+sentence per video) over `val_list_jsfusion.txt` (all 20 captions per video). The distributed clips
+are already cut, so the source video's `start time`/`end time` are not written as `start`/`end`.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typing import Any, Sequence
 if __package__ in (None, ""):  # run as a file: make `scripts.prepare` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from scripts.prepare import msrvtt_mc
 from scripts.prepare.common import (
     AnnotationError,
     Record,
@@ -41,6 +50,15 @@ from scripts.prepare.common import (
 INFO_FILES = ("train_val_videodatainfo.json", "test_videodatainfo.json", "MSRVTT_data.json")
 TEST_1K_FILE = "MSRVTT_JSFUSION_test.csv"
 TRAIN_LIST_FILES = ("MSRVTT_train.9k.csv", "MSRVTT_train.7k.csv")
+FROZEN_FILE = "MSR_VTT.json"
+# Frozen's id lists -> the output each becomes (and that output's split)
+FROZEN_LISTS = {
+    "train_list_jsfusion.txt": ("train_9k", "train"),
+    "val_list_jsfusion.txt": ("test_1k", "test"),
+    "train_list_full.txt": ("train", "train"),
+    "val_list_full.txt": ("val", "val"),
+    "test_list_full.txt": ("test", "test"),
+}
 SPLIT_NAMES = {"train": "train", "validate": "val", "val": "val", "test": "test"}
 
 
@@ -119,34 +137,99 @@ def test_1k_records(path: Path, report: Report) -> list[Record]:
     ]
 
 
+def frozen_captions(data: Any, path: Path, report: Report) -> dict[str, list[str]]:
+    """Captions per video id, in file order, from the Frozen layout's `MSR_VTT.json`."""
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise AnnotationError(f"{path}: expected a JSON object with an 'annotations' list")
+    captions: dict[str, list[str]] = defaultdict(list)
+    for item in progress(data["annotations"], path.name):
+        vid = item.get("image_id") if isinstance(item, dict) else None
+        text = item.get("caption") if isinstance(item, dict) else None
+        if not isinstance(vid, str) or not vid or not isinstance(text, str) or not text.strip():
+            report.skip("malformed annotation", str(item)[:80])
+            continue
+        captions[vid].append(text.strip())
+    return dict(captions)
+
+
+def id_list_records(path: Path, split: str, captions: dict[str, list[str]], report: Report) -> list[Record]:
+    """Records of a Frozen id list (`train_list_jsfusion.txt`: one video id a line), all captions each."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for vid in (line.strip() for line in f):
+            if not vid:
+                continue
+            if not captions.get(vid):
+                report.skip("video without captions", vid)
+                continue
+            records.append({"id": vid, "video": video_file(vid), "split": split, "captions": captions[vid]})
+    return records
+
+
+def caption_sources(sources: Sequence[Path], report: Report) -> tuple[dict[str, str], dict[str, list[str]], str]:
+    """Official splits and captions per video, and the name of the file(s) they came from ("" if none).
+
+    The official info JSONs are used when present; otherwise the Frozen layout's `MSR_VTT.json`.
+    """
+    info_paths = [p for p in (find_annotation(sources, [name]) for name in INFO_FILES) if p is not None]
+    if info_paths:
+        splits, captions = merge_info([read_json(p) for p in info_paths], report)
+        return splits, captions, ", ".join(p.name for p in info_paths)
+    frozen = find_annotation(sources, [FROZEN_FILE])
+    if frozen is None:
+        return {}, {}, ""
+    return {}, frozen_captions(read_json(frozen), frozen, report), frozen.name
+
+
+def list_outputs(
+    sources: Sequence[Path], captions: dict[str, list[str]], origin: str, report: Report
+) -> dict[str, list[Record]]:
+    """Outputs of the 1k-A CSV training lists and of the Frozen id lists found (these need captions)."""
+    lists = {name: find_annotation(sources, [name]) for name in (*TRAIN_LIST_FILES, *FROZEN_LISTS)}
+    lists = {name: path for name, path in lists.items() if path is not None}
+    if lists and not origin:
+        raise FileNotFoundError(
+            f"{', '.join(lists)} list videos whose captions are in {INFO_FILES[0]}, {INFO_FILES[2]} or "
+            f"{FROZEN_FILE}, none found"
+        )
+    outputs: dict[str, list[Record]] = {}
+    for name, path in lists.items():
+        if name in FROZEN_LISTS:
+            output, split = FROZEN_LISTS[name]
+            outputs[output] = id_list_records(path, split, captions, report)
+        else:
+            size = re.search(r"(\d+k)", name).group(1)  # MSRVTT_train.9k.csv -> train_9k
+            outputs[f"train_{size}"] = train_list_records(path, captions, report)
+    return outputs
+
+
 def convert(sources: Sequence[Path], report: Report) -> dict[str, list[Record]]:
     """All the outputs the files found among `sources` allow."""
-    info_paths = [p for p in (find_annotation(sources, [name]) for name in INFO_FILES) if p is not None]
+    splits, captions, origin = caption_sources(sources, report)
     test_1k = find_annotation(sources, [TEST_1K_FILE])
-    if not info_paths and test_1k is None:
-        raise FileNotFoundError(
-            f"none of {', '.join(INFO_FILES + (TEST_1K_FILE,))} found in {', '.join(map(str, sources))}"
-        )
-    splits, captions = merge_info([read_json(p) for p in info_paths], report)
+    mc_path = find_annotation(sources, list(msrvtt_mc.MC_FILES))
+    if not origin and test_1k is None and mc_path is None:
+        names = (*INFO_FILES, FROZEN_FILE, TEST_1K_FILE, *msrvtt_mc.MC_FILES)
+        raise FileNotFoundError(f"none of {', '.join(names)} found in {', '.join(map(str, sources))}")
     outputs = official_split_records(splits, captions, report)
-    for name in TRAIN_LIST_FILES:
-        path = find_annotation(sources, [name])
-        if path is None:
+    for name, records in list_outputs(sources, captions, origin, report).items():
+        if name in outputs:  # the official split wins over Frozen's copy of it
+            report.note(f"{name}: the official split of {origin} is used, not Frozen's list")
             continue
-        if not info_paths:
-            raise FileNotFoundError(
-                f"{name} lists videos whose captions are in {INFO_FILES[0]} or {INFO_FILES[2]}, not found"
-            )
-        size = re.search(r"(\d+k)", name).group(1)
-        outputs[f"train_{size}"] = train_list_records(path, captions, report)
+        outputs[name] = records
     if test_1k is not None:
         outputs["test_1k"] = test_1k_records(test_1k, report)
+    elif "test_1k" in outputs:
+        report.note("test_1k from val_list_jsfusion.txt has all 20 captions per video; the 1k-A protocol's one "
+                    f"sentence per video is in {TEST_1K_FILE}")
+    if mc_path is not None:
+        outputs["mc_test"] = msrvtt_mc.parse(mc_path, report)
     return outputs
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """CLI entry point; returns the JSONL paths written."""
-    parser = build_parser("msrvtt", __doc__.splitlines()[0])
+    parser = build_parser("msrvtt", __doc__)
     args = parse_args(parser, argv)
     report = Report("msrvtt")
     return finish(convert(args.annotations, report), args, report)

@@ -1,14 +1,18 @@
 """MSRVTT-QA (open-ended video QA): `train_qa.json` / `val_qa.json` / `test_qa.json` -> annotation JSONL.
 
-Each file is a JSON list of `{"question", "answer", "video_id" (int), "id", "category_id" (int)}`;
-`category_id` is the question type, 0..4 = what/who/how/when/where. Questions are grouped by video
-into one record per video, `qa: [{"question", "answer", "type", "id"}]`; video `N` is `videoN.mp4`.
-Outputs `train.jsonl`, `val.jsonl`, `test.jsonl`. MSVD-QA shares this format (see `msvd_qa.py`).
+Each file is a JSON list of `{"answer", "category_id", "id", "question", "video_id" (int)}`.
+`category_id` is the MSR-VTT *video* category (0..19, e.g. music, sports), not a question type: the
+type is the question's first word (what / who / how / when / where), as the QA authors' evaluation
+and ClipBERT count it; any other first word is type `other`. Questions are grouped by video into
+one record per video, `qa: [{"question", "answer", "type", "id"}]`; video `N` is `videoN.mp4`.
+Outputs `train.jsonl`, `val.jsonl`, `test.jsonl`. MSVD-QA shares this format without `category_id`
+(see `msvd_qa.py`). The summary counts questions per type.
 """
 
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -29,14 +33,14 @@ from scripts.prepare.common import (
 )
 
 QA_FILES = {"train": "train_qa.json", "val": "val_qa.json", "test": "test_qa.json"}
-QUESTION_TYPES = {0: "what", 1: "who", 2: "how", 3: "when", 4: "where"}
+QUESTION_TYPES = ("what", "who", "how", "when", "where")
 
 
-def question_type(category_id: Any) -> str:
-    """`category_id` -> what/who/how/when/where; an id outside 0..4 is kept as its string."""
-    if isinstance(category_id, int) and category_id in QUESTION_TYPES:
-        return QUESTION_TYPES[category_id]
-    return str(category_id)
+def question_type(question: str) -> str:
+    """The question's first word when it is one of QUESTION_TYPES (case-insensitive), else `other`."""
+    words = question.split()
+    first = words[0].lower() if words else ""
+    return first if first in QUESTION_TYPES else "other"
 
 
 def parse_qa_item(item: Any) -> tuple[int, dict[str, Any]] | None:
@@ -53,17 +57,17 @@ def parse_qa_item(item: Any) -> tuple[int, dict[str, Any]] | None:
     entry = {
         "question": question.strip(),
         "answer": str(answer).strip(),
-        "type": question_type(item.get("category_id")),
+        "type": question_type(question),
     }
     if "id" in item:
         entry["id"] = item["id"]
     return video_id, entry
 
 
-def group_qa(items: Any, split: str, video_name: Callable[[int], str | None], report: Report) -> list[Record]:
-    """One record per video with its questions in file order; bad items and unmapped videos counted.
+def group_qa(items: Any, split: str, video_name: Callable[[int], str], report: Report) -> list[Record]:
+    """One record per video with its questions in file order; malformed items counted.
 
-    `video_name(video_id)` gives the file stem of a video (None: the video cannot be named, skipped).
+    `video_name(video_id)` gives the record id, also the file stem of the video.
     """
     if not isinstance(items, list):
         raise AnnotationError(f"{split}: a QA file must hold a JSON list of questions")
@@ -74,18 +78,17 @@ def group_qa(items: Any, split: str, video_name: Callable[[int], str | None], re
             report.skip("malformed question", str(item)[:80])
             continue
         grouped.setdefault(parsed[0], []).append(parsed[1])
+    types = Counter(entry["type"] for qa in grouped.values() for entry in qa)
+    report.note(f"{split} questions per type: " + ", ".join(f"{t} {n}" for t, n in types.most_common()))
     records = []
     for video_id, qa in grouped.items():
         stem = video_name(video_id)
-        if stem is None:
-            report.skip("video id not in mapping", str(video_id))
-            continue
         records.append({"id": stem, "video": stem, "split": split, "qa": qa})
     return records
 
 
 def convert_qa(
-    sources: Sequence[Path], report: Report, video_name: Callable[[int], str | None], suffix: str
+    sources: Sequence[Path], report: Report, video_name: Callable[[int], str], suffix: str
 ) -> dict[str, list[Record]]:
     """Records per split for every `*_qa.json` found; default video file is `<stem><suffix>`."""
     outputs: dict[str, list[Record]] = {}
@@ -107,7 +110,7 @@ def msrvtt_video_name(video_id: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """CLI entry point; returns the JSONL paths written."""
-    parser = build_parser("msrvtt_qa", __doc__.splitlines()[0])
+    parser = build_parser("msrvtt_qa", __doc__)
     args = parse_args(parser, argv)
     report = Report("msrvtt_qa")
     return finish(convert_qa(args.annotations, report, msrvtt_video_name, ".mp4"), args, report)

@@ -1,9 +1,12 @@
-"""MSVD-QA (open-ended video QA): `*_qa.json` + `youtube_mapping.txt` -> annotation JSONL.
+"""MSVD-QA (open-ended video QA): `*_qa.json` (+ `youtube_mapping.txt`) -> annotation JSONL.
 
-The QA files have MSRVTT-QA's format (see `msrvtt_qa.py`); their integer `video_id` N names `vidN`, and
-`youtube_mapping.txt` (lines `<youtube clip name> vidN`, e.g. `-4wsuPCjDBc_5_15 vid1`) maps it to the
-clip file of the MSVD release (`YouTubeClips/-4wsuPCjDBc_5_15.avi`). Questions whose video has no
-mapping line are skipped and counted. Outputs `train.jsonl`, `val.jsonl`, `test.jsonl`.
+Files: `train_qa.json`, `val_qa.json`, `test_qa.json`, JSON lists of `{"answer", "id", "question",
+"video_id" (int)}` (no `category_id`: the question type is the question's first word, see
+`msrvtt_qa.py`); and, optionally, `youtube_mapping.txt` (lines `<youtube clip name> vidN`, e.g.
+`-4wsuPCjDBc_5_15 vid1`). A `video_id` N is found as the QA authors store it, `vidN.avi` (their
+`video/` folder), or as the clip file of the MSVD release it maps to
+(`YouTubeClips/-4wsuPCjDBc_5_15.avi`). The record id is `vidN`. Outputs `train.jsonl`, `val.jsonl`,
+`test.jsonl`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Sequence
 if __package__ in (None, ""):  # run as a file: make `scripts.prepare` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from scripts.prepare.common import Report, build_parser, finish, parse_args, require_annotation, run
+from scripts.prepare.common import Record, Report, build_parser, find_annotation, finish, parse_args, run
 from scripts.prepare.msrvtt_qa import convert_qa
 
 MAPPING_FILE = "youtube_mapping.txt"
@@ -36,13 +39,29 @@ def parse_mapping(path: Path, report: Report) -> dict[int, str]:
     return mapping
 
 
+def authors_name(video_id: int) -> str:
+    """The QA authors' name of video `video_id`: 1 -> `vid1` (stored as `video/vid1.avi`)."""
+    return f"vid{video_id}"
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """CLI entry point; returns the JSONL paths written."""
-    parser = build_parser("msvd_qa", __doc__.splitlines()[0])
+    parser = build_parser("msvd_qa", __doc__)
     args = parse_args(parser, argv)
     report = Report("msvd_qa")
-    mapping = parse_mapping(require_annotation(args.annotations, [MAPPING_FILE]), report)
-    return finish(convert_qa(args.annotations, report, mapping.get, ".avi"), args, report)
+    mapping_path = find_annotation(args.annotations, [MAPPING_FILE])
+    mapping = parse_mapping(mapping_path, report) if mapping_path is not None else {}
+    if mapping_path is None:
+        report.note(f"no {MAPPING_FILE}: videos are looked up as vidN.avi only")
+    outputs = convert_qa(args.annotations, report, authors_name, ".avi")
+    clip_names = {authors_name(n): clip for n, clip in mapping.items()}
+
+    def aliases(record: Record) -> list[str]:
+        """The MSVD clip the record's `vidN` maps to, if any."""
+        clip = clip_names.get(record["id"])
+        return [f"{clip}.avi"] if clip else []
+
+    return finish(outputs, args, report, aliases)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,18 @@
 """TGIF-QA: the official question files -> annotation JSONL, one file per task and split.
 
-Files `{Train,Test}_{task}_question.tsv` (the release names them `.csv`; both are read), tab-separated
-with a header line:
-- `frameqa`: gif_name, question, answer, type (0..3 = object/number/color/location), vid_id, key, ...
-  -> open-ended `qa: [{"question", "answer", "type", "id"}]`.
+Files `{Train,Test}_{task}_question.csv` for task frameqa, count, action, transition (e.g.
+`Train_frameqa_question.csv`, `Test_transition_question.csv`; the dataset README calls them `.tsv`,
+both are read), tab-separated with a header line, fields quoted as CSV (a choice holding quotes is
+written in double quotes with its quotes doubled, as pandas writes it; it is read back as
+`write "i love you"`):
+- `frameqa`: gif_name, question, answer, type (0..3 = object/number/color/location), vid_id, key,
+  description -> open-ended `qa: [{"question", "answer", "type", "id"}]`.
 - `count`: gif_name, question, answer (a number), vid_id, key -> open-ended, type `count`.
 - `action`, `transition`: gif_name, question, a1..a5, answer (index 0..4), vid_id, key -> multiple
   choice `qa: [{"question", "choices", "answer_idx", "id"}]`.
-Questions are grouped per GIF (`<gif_name>.gif`). Outputs `<task>_<split>.jsonl` (split: train, test).
+The question id is `vid_id` (`FRAMEQA1159`, `TRANS23`), unique per question; `key` numbers the GIF's
+description and is shared by its questions. Questions are grouped per GIF (`<gif_name>.gif`).
+Outputs `<task>_<split>.jsonl` (split: train, test).
 """
 
 from __future__ import annotations
@@ -39,9 +44,9 @@ CHOICE_COLUMNS = ("a1", "a2", "a3", "a4", "a5")
 
 
 def question_file_names(task: str, split: str) -> list[str]:
-    """The names the question file of a task and split goes by (`.tsv` as documented, `.csv` as shipped)."""
+    """The names the question file of a task and split goes by (`.csv` as shipped, `.tsv` as documented)."""
     stem = f"{SPLITS[split]}_{task}_question"
-    return [f"{stem}.tsv", f"{stem}.csv"]
+    return [f"{stem}.csv", f"{stem}.tsv"]
 
 
 def open_ended_entry(row: dict[str, str], task: str) -> dict[str, Any] | None:
@@ -51,7 +56,7 @@ def open_ended_entry(row: dict[str, str], task: str) -> dict[str, Any] | None:
         return None
     raw_type = (row.get("type") or "").strip()
     qtype = FRAMEQA_TYPES.get(raw_type, raw_type or "unknown") if task == "frameqa" else "count"
-    return {"question": question, "answer": answer, "type": qtype, "id": (row.get("key") or "").strip()}
+    return {"question": question, "answer": answer, "type": qtype, "id": (row.get("vid_id") or "").strip()}
 
 
 def multiple_choice_entry(row: dict[str, str]) -> dict[str, Any] | None:
@@ -61,13 +66,14 @@ def multiple_choice_entry(row: dict[str, str]) -> dict[str, Any] | None:
     answer = (row.get("answer") or "").strip()
     if not question or not all(choices) or not answer.isdigit() or not 0 <= int(answer) < len(choices):
         return None
-    return {"question": question, "choices": choices, "answer_idx": int(answer), "id": (row.get("key") or "").strip()}
+    qid = (row.get("vid_id") or "").strip()
+    return {"question": question, "choices": choices, "answer_idx": int(answer), "id": qid}
 
 
 def parse_questions(path: Path, task: str, split: str, report: Report) -> list[Record]:
     """One record per GIF with its questions of one task, in file order; bad rows counted."""
     mc = task in MULTIPLE_CHOICE
-    required = ["gif_name", "question", "answer", *(CHOICE_COLUMNS if mc else ())]
+    required = ["gif_name", "question", "answer", "vid_id", *(CHOICE_COLUMNS if mc else ())]
     grouped: dict[str, list[dict[str, Any]]] = {}
     for line_no, row in progress(read_table(path, required), f"{task} {split}"):
         gif = (row.get("gif_name") or "").strip()
@@ -95,7 +101,7 @@ def convert(sources: Sequence[Path], report: Report, tasks: Sequence[str] = TASK
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """CLI entry point; returns the JSONL paths written."""
-    parser = build_parser("tgif_qa", __doc__.splitlines()[0])
+    parser = build_parser("tgif_qa", __doc__)
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="tasks to convert")
     args = parse_args(parser, argv)
     report = Report("tgif_qa")

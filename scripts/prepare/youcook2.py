@@ -88,7 +88,7 @@ def parse_database(data: Any, report: Report) -> dict[str, list[Record]]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """CLI entry point; returns the JSONL paths written."""
-    parser = build_parser("youcook2", __doc__.splitlines()[0])
+    parser = build_parser("youcook2", __doc__)
     args = parse_args(parser, argv)
     report = Report("youcook2")
     data = read_json(require_annotation(args.annotations, ANNOTATION_FILES))
