@@ -1,5 +1,6 @@
 """Retrieval metrics against hand-computed ranks."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,3 +64,60 @@ def test_rank_changes_counts_moves_and_hits():
     assert out["rerank/t2v_hits_p_worse"] == pytest.approx(3 / 4)
     with pytest.raises(ValueError, match="ranks before"):
         rank_changes(before, after[:3])
+
+
+# ---------------------------------------------------------------- non-finite scores are an error, never a rank
+
+NAN = float("nan")
+
+
+def test_nan_scores_are_an_error_not_a_perfect_rank():
+    from vl.metrics import NonFiniteError
+
+    sim = torch.full((3, 3), NAN)  # a model with NaN weights: every comparison with NaN is false
+    with pytest.raises(NonFiniteError, match="non-finite similarity scores: 3 of 3 rows"):
+        gt_ranks(sim, torch.arange(3))
+    with pytest.raises(NonFiniteError, match="non-finite"):
+        best_ranks(sim, torch.eye(3, dtype=torch.bool))
+    one_bad = torch.eye(3)
+    one_bad[1, 2] = float("inf")
+    with pytest.raises(NonFiniteError, match="1 of 3 rows"):
+        retrieval_metrics(one_bad, torch.arange(3))
+
+
+def test_pretraining_evaluation_refuses_nan_embeddings():
+    from vl.lit.evaluation import RetrievalAccumulator
+    from vl.metrics import NonFiniteError
+
+    acc = RetrievalAccumulator()
+    video = torch.randn(4, 8)
+    video[2] = NAN
+    acc.add(video, torch.randn(4, 8), torch.arange(4), [f"k{i}" for i in range(4)])
+    with pytest.raises(NonFiniteError, match="non-finite val video embeddings: 1 of 4 rows"):
+        acc.compute(topk=5, split="val")
+
+
+def test_vl_index_refuses_a_nan_model(tmp_path, synth_dir, capsys):
+    """`vl index` on a checkpoint with NaN weights fails naming the embeddings instead of 'indexed 12 videos'
+    whose every query returns nothing."""
+    from vl.cli import main
+    from vl.metrics import NonFiniteError
+    from vl.models import create_model
+    from vl.search.faiss_index import FaissSpec, build_faiss
+
+    model = create_model("vl_tiny")
+    state = {f"model.{k}": v.clone() for k, v in model.state_dict().items()}
+    state["model.video_proj.weight"] = torch.full_like(state["model.video_proj.weight"], NAN)
+    ckpt = tmp_path / "nan.ckpt"
+    torch.save({"vl_model_config": model.config, "state_dict": state,
+                "vl_preprocess": {"num_frames": 4, "frame_size": 32, "tokenizer": "minilm", "max_text_len": 16}}, ckpt)
+    rc = main(["index", "--ckpt", str(ckpt), "--videos", synth_dir["test"], "--out", str(tmp_path / "index"),
+               "--quiet", "--batch-size", "4", "--workers", "1", "--threads", "1"])
+    out = capsys.readouterr()
+    assert rc != 0 and "indexed" not in out.out
+    assert "non-finite video embeddings: 4 of 4 rows" in out.err
+    assert not (tmp_path / "index" / "config.json").exists()  # no index a Searcher would open
+    emb = np.ones((3, 4), np.float32)
+    emb[1, 0] = NAN
+    with pytest.raises(NonFiniteError, match="1 of 3 rows"):
+        build_faiss(emb, FaissSpec("flat"))

@@ -386,3 +386,53 @@ def test_captioning_test_without_java_reports_meteor_unavailable(tmp_path: Path,
     assert metrics["METEOR"] is None and {"BLEU-4", "ROUGE-L", "CIDEr"} <= set(metrics)
     rows = [json.loads(line) for line in (tmp_path / "test_predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 12 and all(len(r["references"]) == 4 and isinstance(r["prediction"], str) for r in rows)
+
+
+# ---------------------------------------------------------------- non-finite models: an error, never a score
+
+
+def poison(module: pl.LightningModule) -> None:
+    """Set every video encoder weight to NaN, as a diverged training run leaves them."""
+    with torch.no_grad():
+        for p in module.model.video_encoder.parameters():
+            p.fill_(float("nan"))
+
+
+@pytest.mark.parametrize("task", ["retrieval", "retrieval_rerank", "qa", "mc", "caption"])
+def test_nan_model_evaluation_is_an_error(task: str) -> None:
+    """Every task's evaluation refuses a model whose outputs are NaN (NaN compares false: a NaN retrieval
+    model ranked every right video first) with one line naming what was non-finite."""
+    from vl.metrics import NonFiniteError
+
+    if task.startswith("retrieval"):
+        module = RetrievalModule(video=VIDEO, rerank_k=2 if task == "retrieval_rerank" else 0)
+        b, what = batch(0), "non-finite test video embeddings: 3 of 3 rows"
+    elif task == "qa":
+        module = QAModule(video=VIDEO, num_answers=4)
+        module.set_vocab(AnswerVocab(["a", "b", "c", "d"]))
+        b, what = batch(0), "test: non-finite answer logits: 3 of 3 items"
+        b.answer = ["a", "b", "z"]
+    elif task == "mc":
+        module = MultipleChoiceModule(video=VIDEO)
+        b, what = batch(0, choices=4), "test: non-finite choice scores: 3 of 3 items"
+    else:
+        module = CaptioningModule(video=VIDEO, max_len=3, beam_size=2)
+        b, what = batch(0), "test: non-finite caption logits: 3 of 3 items"
+    poison(module)
+    module.eval()
+    with torch.no_grad():
+        module.eval_step(b, "test")
+    with pytest.raises(NonFiniteError, match=what):
+        module.finish_eval("test")
+
+
+def test_rerank_refuses_nan_match_scores() -> None:
+    from vl.metrics import NonFiniteError
+
+    sim, scores = torch.randn(4, 5), torch.randn(4, 5)
+    scores[2, sim[2].argmax()] = float("nan")  # a top-1 candidate's VTM score
+    with pytest.raises(NonFiniteError, match="re-ranking scores of the top-k candidates: 1 of 4 rows"):
+        rerank_topk(sim, scores, 2)
+    scores = torch.full_like(sim, float("nan"))
+    scores.scatter_(1, sim.topk(2, dim=1).indices, 1.0)  # outside the top k scores are never read
+    assert torch.isfinite(rerank_topk(sim, scores, 2)).all()

@@ -1,28 +1,66 @@
-"""Retrieval metrics shared by pretraining validation, the retrieval task and the search index."""
+"""Retrieval metrics shared by pretraining validation, the retrieval task and the search index.
+
+Every ranking function refuses non-finite scores (``NonFiniteError``): a comparison with NaN is false, so
+a model with NaN weights would otherwise rank every right answer first and score R@1 100%.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 
-def gt_ranks(sim: Tensor, gt: Tensor) -> Tensor:
+class NonFiniteError(ValueError):
+    """Embeddings or scores hold NaN or infinity (a model with non-finite weights or inputs): nothing to rank."""
+
+
+def nonfinite_message(what: str, bad: int, total: int, unit: str = "rows") -> str:
+    """The one-line message of a ``NonFiniteError``: which values, how many of how many were non-finite."""
+    return (f"non-finite {what}: {bad} of {total} {unit} hold NaN or infinity, so nothing can be ranked "
+            "(the model's weights or its inputs are not finite; check the checkpoint)")
+
+
+def require_finite(x: Any, what: str) -> None:
+    """Raise ``NonFiniteError`` naming ``what`` unless every entry of ``x`` (a tensor or array; rows along
+    dim 0) is finite. The message counts the rows that hold a NaN or infinity."""
+    if isinstance(x, Tensor):
+        finite = torch.isfinite(x.detach())
+        if bool(finite.all()):
+            return
+        rows = finite.reshape(finite.shape[0], -1).all(dim=1) if finite.ndim > 1 else finite
+        bad, total = int((~rows).sum()), int(rows.numel())
+    else:
+        finite = np.isfinite(np.asarray(x))
+        if bool(finite.all()):
+            return
+        rows = finite.reshape(finite.shape[0], -1).all(axis=1) if finite.ndim > 1 else finite
+        bad, total = int((~rows).sum()), int(rows.size)
+    raise NonFiniteError(nonfinite_message(what, bad, total))
+
+
+def gt_ranks(sim: Tensor, gt: Tensor, what: str = "similarity scores") -> Tensor:
     """1-based rank of the right column for each row.
 
     sim: (Nq, Nc) scores, higher is better; gt: (Nq,) column index of each query's right answer.
-    Ties count against the query (a constant scorer gets the worst rank, never a lucky R@1).
+    Ties count against the query (a constant scorer gets the worst rank, never a lucky R@1). Raises
+    ``NonFiniteError`` (naming ``what``) when a score is NaN or infinite.
     """
+    require_finite(sim, what)
     right = sim.gather(1, gt.view(-1, 1))  # (Nq, 1)
     return (sim >= right).sum(dim=1)  # (Nq,) >= 1, since the right column ties with itself
 
 
-def best_ranks(sim: Tensor, positives: Tensor) -> Tensor:
+def best_ranks(sim: Tensor, positives: Tensor, what: str = "similarity scores") -> Tensor:
     """1-based rank of the best-ranked positive for each row, for rows with several right columns.
 
-    sim: (Nq, Nc); positives: (Nq, Nc) bool with at least one True per row.
+    sim: (Nq, Nc); positives: (Nq, Nc) bool with at least one True per row. Raises ``NonFiniteError``
+    (naming ``what``) when a score is NaN or infinite.
     """
+    require_finite(sim, what)
     if not bool(positives.any(dim=1).all()):
         raise ValueError("every query needs at least one positive column")
     best_pos = sim.masked_fill(~positives, float("-inf")).max(dim=1, keepdim=True).values  # (Nq, 1)
@@ -45,7 +83,8 @@ def retrieval_metrics(
 
     sim_t2v: (Nt, Nv) text-video scores; text_video_index: (Nt,) the video each text describes.
     Video-to-text counts a video as retrieved at the rank of its best-ranked caption.
-    Also returns the chance level of t2v R@k (k / Nv, in percent) as `t2v_chance_R@k`.
+    Also returns the chance level of t2v R@k (k / Nv, in percent) as `t2v_chance_R@k`. Raises
+    ``NonFiniteError`` when a score is NaN or infinite.
     """
     t2v, v2t = retrieval_ranks(sim_t2v, text_video_index)
     out = rank_metrics(t2v, ks, prefix="t2v_")
@@ -58,8 +97,9 @@ def retrieval_metrics(
 
 def retrieval_ranks(sim_t2v: Tensor, text_video_index: Tensor) -> tuple[Tensor, Tensor]:
     """Per-query 1-based ranks behind ``retrieval_metrics``: text-to-video (Nt,) and video-to-text (one per
-    video that has a text, at its best-ranked caption)."""
+    video that has a text, at its best-ranked caption). Raises ``NonFiniteError`` for a non-finite score."""
     sim_t2v = sim_t2v.float()
+    require_finite(sim_t2v, "text-to-video similarity scores")
     positives = torch.zeros_like(sim_t2v, dtype=torch.bool).T  # (Nv, Nt)
     positives[text_video_index, torch.arange(len(text_video_index), device=sim_t2v.device)] = True
     has_text = positives.any(dim=1)

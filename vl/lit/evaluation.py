@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from vl.metrics import gt_ranks, retrieval_metrics
+from vl.metrics import gt_ranks, require_finite, retrieval_metrics
 
 
 def gather_rows(x: Tensor) -> Tensor:
@@ -68,13 +68,19 @@ class RetrievalAccumulator:
         index = index + offsets[rank]
         return gather_rows(video), gather_rows(text), gather_rows(index), gather_objects(self.keys)
 
-    def compute(self, topk: int = 0) -> tuple[dict[str, float], int, int, list[dict]]:
+    def compute(self, topk: int = 0, split: str = "eval") -> tuple[dict[str, float], int, int, list[dict]]:
         """Retrieval metrics over everything added (all ranks), the numbers of videos and texts, and with
         `topk` > 0 one readable ranking per text query (its caption, its video, that video's rank, the top
-        `topk` video keys)."""
+        `topk` video keys).
+
+        Raises ``vl.metrics.NonFiniteError`` naming the ``split`` and how many video or text embeddings hold
+        a NaN or infinity: such a model has no ranking (NaN compares false and would rank first). The check
+        runs on the gathered embeddings, so every DDP rank raises together."""
         if not self.video:
             return {}, 0, 0, []
         video, text, index, keys = self.gathered()
+        require_finite(video, f"{split} video embeddings")
+        require_finite(text, f"{split} text embeddings")
         sim = text @ video.T  # (Nt, Nv)
         rankings: list[dict] = []
         if topk > 0:

@@ -16,7 +16,7 @@ from datapipes.batch import Batch
 from vl.lit.checkpoint import preprocess_from_datamodule
 from vl.lit.evaluation import RetrievalAccumulator, retrieval_summary, write_eval_outputs
 from vl.lit.optim import OptimConfig, build_optimizer
-from vl.lit.safety import NonFiniteGuard
+from vl.lit.safety import NonFiniteGuard, retarget_learning_rates
 from vl.models import create_model
 from vl.models.hub import load_tokenizer
 from vl.objectives import MLMLoss, VTCLoss, VTMLoss, caption_keys, vtm_positives
@@ -125,7 +125,7 @@ class PretrainModule(pl.LightningModule):
 
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
         """Every objective with a non-zero weight on one batch: `{"<name>_loss": ..., metrics...}`."""
-        video = self.model.encode_video(batch.video)  # tokens (B, N, Dv), pooled (B, Dv)
+        video = self.model.encode_video(batch.video, frame_mask=batch.frame_mask)  # tokens (B, N, Dv), pooled (B, Dv)
         text = self.model.encode_text(batch.text_ids, batch.text_mask)  # tokens (B, L, Dt)
         v_emb = self.model.embed_video(video["pooled"])  # (B, E)
         t_emb = self.model.embed_text(text["pooled"])  # (B, E)
@@ -177,7 +177,7 @@ class PretrainModule(pl.LightningModule):
 
     def _eval_step(self, batch: Batch, acc: RetrievalAccumulator) -> None:
         with self.attention_kernels():
-            v_emb = self.model.embed_video(self.model.encode_video(batch.video)["pooled"])  # (B, E)
+            v_emb = self.model.embed_video(self.model.encode_video(batch.video, frame_mask=batch.frame_mask)["pooled"])
             t_emb = self.model.embed_text(self.model.encode_text(batch.text_ids, batch.text_mask)["pooled"])
         acc.add(v_emb, t_emb, batch.video_index(), batch.keys, batch.captions)
 
@@ -194,8 +194,11 @@ class PretrainModule(pl.LightningModule):
         self._log_retrieval("test", self.test_retrieval)
 
     def _log_retrieval(self, split: str, acc: RetrievalAccumulator) -> None:
-        metrics, num_videos, num_texts, rankings = acc.compute(topk=5 if split == "test" else 0)
-        acc.reset()
+        try:  # raises NonFiniteError for NaN/inf embeddings: a NaN model gets no score, never R@1 100%
+            with self.guard.advising(self.trainer):
+                metrics, num_videos, num_texts, rankings = acc.compute(topk=5 if split == "test" else 0, split=split)
+        finally:
+            acc.reset()
         if not metrics:
             return
         self.log_dict({f"{split}/{k}": v for k, v in metrics.items()}, rank_zero_only=True)
@@ -219,11 +222,23 @@ class PretrainModule(pl.LightningModule):
             pretrained=pretrained,
         )
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Skip a step whose gradients are not finite (``NonFiniteGuard.check_gradients``): every gradient is
+        dropped, so a NaN from backward never reaches the weights."""
+        if not self.guard.check_gradients(optimizer, self.trainer, self):
+            self.log("train/nonfinite_steps", float(self.guard.total))
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Refuses (``NonFiniteCheckpointError``) to write NaN/inf weights or optimiser state; records the
+        model config, preprocessing and the guard's counters."""
+        self.guard.check_checkpoint(checkpoint, self.trainer)
         checkpoint["vl_model_config"] = self.model.config
         checkpoint["vl_preprocess"] = preprocess_from_datamodule(getattr(self.trainer, "datamodule", None))
         checkpoint["vl_nonfinite"] = self.guard.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restores the guard's counters; a resumed run takes the configured learning rate
+        (``retarget_learning_rates``)."""
+        retarget_learning_rates(checkpoint, self.optim.lr, self.optim.pretrained_lr_scale)
         if "vl_nonfinite" in checkpoint:
             self.guard.load_state_dict(checkpoint["vl_nonfinite"])

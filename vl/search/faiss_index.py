@@ -13,6 +13,8 @@ from typing import Optional
 
 import numpy as np
 
+from vl.metrics import require_finite
+
 INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
 
 
@@ -46,10 +48,13 @@ def choose_spec(kind: str, n: int, auto_approx_from: int = 100_000, *, nlist: Op
 
 
 def build_faiss(emb: np.ndarray, spec: FaissSpec, seed: int = 0):
-    """A FAISS index holding ``emb`` (N, E) float32 rows in order (row i has id i)."""
+    """A FAISS index holding ``emb`` (N, E) float32 rows in order (row i has id i).
+
+    Raises ``vl.metrics.NonFiniteError`` for a NaN or infinite row: FAISS would index it and never return it."""
     import faiss
 
     emb = np.ascontiguousarray(emb, dtype=np.float32)
+    require_finite(emb, "embeddings to index")
     n, d = emb.shape
     if spec.kind == "flat":
         index = faiss.IndexFlatIP(d)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from datapipes.decode import SkipSample
+from vl.metrics import NonFiniteError, nonfinite_message, require_finite
 from vl.objectives import match_score
 from vl.search.encoder import Encoder, normalize_query, prepare_clip
 from vl.search.faiss_index import FaissSpec, build_faiss, choose_spec, configure
@@ -106,9 +107,22 @@ def _row(item: RawItem, out: Path, unit_idx: int, ordinal: int) -> dict:
     return {"key": item.key, "path": rel.as_posix(), "source": item.source, "captions": item.captions}
 
 
+def require_finite_rows(emb: np.ndarray, what: str, keys: Sequence[str]) -> None:
+    """Raise ``NonFiniteError`` when a row of ``emb`` (N, E) holds a NaN or infinity, counting the rows and
+    naming the first of their ``keys``: a model with non-finite weights has nothing to index (such rows would
+    match no query, silently)."""
+    bad = ~np.isfinite(emb).all(axis=1)  # (N,)
+    if bool(bad.any()):
+        first = keys[int(np.argmax(bad))] if len(keys) == len(bad) else "?"
+        raise NonFiniteError(nonfinite_message(what, int(bad.sum()), len(bad)) + f"; first: {first!r}")
+
+
 def embed_chunk(items: Iterator[RawItem], encoder: Encoder, pool: ThreadPoolExecutor, out: Path, unit_idx: int,
                 first: int, batch_size: int, bar) -> Optional[dict]:
-    """Embed up to one chunk of items -> {"emb", "cap_emb", "rows", "skipped", "count"}; None when empty."""
+    """Embed up to one chunk of items -> {"emb", "cap_emb", "rows", "skipped", "count"}; None when empty.
+
+    Raises ``NonFiniteError`` before anything of a batch is kept when a video or caption embedding is not
+    finite."""
     rows, skipped, count = [], [], 0
     embs = [np.zeros((0, encoder.embed_dim), np.float32)]
     cap_embs = [np.zeros((0, encoder.embed_dim), np.float32)]
@@ -120,8 +134,13 @@ def embed_chunk(items: Iterator[RawItem], encoder: Encoder, pool: ThreadPoolExec
             else:
                 good.append((first + count + j, it, clip))
         if good:
-            embs.append(encoder.encode_clips(torch.stack([clip for _, _, clip in good]))[0])  # (b, E)
-            cap_embs.append(encoder.embed_texts([c for _, it, _ in good for c in it.captions]))  # (captions, E)
+            emb = np.asarray(encoder.encode_clips(torch.stack([clip for _, _, clip in good]))[0])  # (b, E)
+            require_finite_rows(emb, "video embeddings", [it.key for _, it, _ in good])
+            captions = [(it.key, c) for _, it, _ in good for c in it.captions]
+            cap_emb = np.asarray(encoder.embed_texts([c for _, c in captions]))  # (captions, E)
+            require_finite_rows(cap_emb, "caption embeddings", [k for k, _ in captions])
+            embs.append(emb)
+            cap_embs.append(cap_emb)
             rows += [_row(it, out, unit_idx, ordinal) for ordinal, it, _ in good]
         count += len(batch)
         if bar is not None:
@@ -225,12 +244,15 @@ def _finalize(out: Path, state: dict, opts: BuildOptions, model_config: dict) ->
     if not rows:
         raise EmptyIndexError(f"no video could be indexed ({len(skipped)} inputs skipped, see {out / 'skipped.jsonl'})")
     emb = np.concatenate([ch["emb"] for ch in chunks]).astype(np.float32)
+    cap_emb = np.concatenate([ch["cap_emb"] for ch in chunks]).astype(np.float32)
+    require_finite_rows(emb, "video embeddings", [r["key"] for r in rows])
+    require_finite_rows(cap_emb, "caption embeddings", [r["key"] for r in rows for _ in r["captions"]])
     spec = choose_spec(opts.index_type, len(rows), opts.auto_approx_from, nlist=opts.nlist, nprobe=opts.nprobe,
                        hnsw_m=opts.hnsw_m)
     import faiss
 
     faiss.write_index(build_faiss(emb, spec), str(out / "videos.faiss"))
-    np.save(out / "captions.npy", np.concatenate([ch["cap_emb"] for ch in chunks]).astype(np.float32))
+    np.save(out / "captions.npy", cap_emb)
     with open(out / "items.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     config = {"version": INDEX_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -402,7 +424,9 @@ class Searcher:
                     captions=list(self.items[i]["captions"])) for r, (s, i) in enumerate(rows)]
 
     def search_embedding(self, emb: np.ndarray, k: int = 10) -> list[Hit]:
-        """The ``k`` videos nearest to one (E,) embedding."""
+        """The ``k`` videos nearest to one (E,) embedding; ``NonFiniteError`` when it is not finite (FAISS
+        would return no hit, as if nothing matched)."""
+        require_finite(np.asarray(emb).reshape(1, -1), "query embedding")
         k = max(1, min(int(k), len(self.items)))
         scores, ids = self.index.search(np.ascontiguousarray(emb.reshape(1, -1), dtype=np.float32), k)
         return self._hits(scores[0], ids[0])
@@ -418,8 +442,7 @@ class Searcher:
         if not rerank:
             return self.search_embedding(emb, k)
         if not self.encoder.has_vtm:
-            raise ValueError("this model has no VTM head (it was trained without the vtm objective): "
-                             "search without re-ranking")
+            raise ValueError(f"{self.encoder.vtm_unavailable}: search without re-ranking")
         candidates = self.search_embedding(emb, max(k, rerank_depth))
         tokens = self._candidate_tokens([h.row for h in candidates])
         kept = [(h, t) for h, t in zip(candidates, tokens) if t is not None]
@@ -428,6 +451,7 @@ class Searcher:
         log_odds = self.encoder.vtm_log_odds(torch.stack([t for _, t in kept]), text)  # (R,)
         cosine = torch.tensor([h.similarity for h, _ in kept], dtype=torch.float32)  # (R,)
         scores = match_score(log_odds, cosine, self.encoder.logit_scale, rerank_score).numpy()
+        require_finite(scores, "re-ranking scores")  # NaN would sort arbitrarily
         probs = torch.sigmoid(log_odds).numpy()
         order = np.argsort(-scores, kind="stable")[:k]
         out = []

@@ -24,7 +24,8 @@ from datapipes.batch import Batch
 from vl.lit.checkpoint import load_checkpoint, preprocess_from_datamodule
 from vl.lit.evaluation import gather_objects, write_eval_outputs
 from vl.lit.optim import OptimConfig, build_optimizer
-from vl.lit.safety import NonFiniteGuard
+from vl.lit.safety import NonFiniteGuard, retarget_learning_rates
+from vl.metrics import NonFiniteError, nonfinite_message
 from vl.models import VideoLanguageModel, create_model
 
 VTC_PARAMETERS = ("video_proj.", "text_proj.", "logit_scale")  # prefixes of the VTC projections and temperature
@@ -68,6 +69,16 @@ def backbone_overrides(video: Optional[dict], text: Optional[dict], fusion: Opti
     if embed_dim is not None:
         out["embed_dim"] = embed_dim
     return out
+
+
+def require_finite_outputs(split: str, outputs: list[dict], what: str) -> None:
+    """Raise ``NonFiniteError`` when an ``eval_step`` output was flagged ``"finite": False`` (its scores held a
+    NaN or infinity, e.g. a model with NaN weights, whose argmax would be an arbitrary answer), counting them;
+    removes the flag from every output. Run on the gathered outputs, so every DDP rank raises together."""
+    flags = [o.pop("finite", True) for o in outputs]
+    bad = flags.count(False)
+    if bad:
+        raise NonFiniteError(f"{split}: " + nonfinite_message(what, bad, len(flags), "items"))
 
 
 def loggable(metrics: dict[str, Any]) -> dict[str, float]:
@@ -152,6 +163,12 @@ class FinetuneModule(pl.LightningModule):
         self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=batch.batch_size)
         return loss
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Skip a step whose gradients are not finite (``NonFiniteGuard.check_gradients``): every gradient is
+        dropped, so a NaN from backward never reaches the weights."""
+        if not self.guard.check_gradients(optimizer, self.trainer, self):
+            self.log("train/nonfinite_steps", float(self.guard.total))
+
     def configure_optimizers(self) -> dict:
         return build_optimizer(
             self, self.optim, total_steps=int(self.trainer.estimated_stepping_batches),
@@ -171,7 +188,8 @@ class FinetuneModule(pl.LightningModule):
         self.eval_step(batch, "test")
 
     def on_validation_epoch_end(self) -> None:
-        self.finish_eval("val")
+        with self.guard.advising(self.trainer):  # a NonFiniteError during fit names the checkpoint to go back to
+            self.finish_eval("val")
 
     def on_test_epoch_end(self) -> None:
         self.finish_eval("test")
@@ -195,13 +213,18 @@ class FinetuneModule(pl.LightningModule):
     # ---- checkpoints ------------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Refuses (``NonFiniteCheckpointError``) to write NaN/inf weights or optimiser state; records the
+        model config, preprocessing and the guard's counters."""
+        self.guard.check_checkpoint(checkpoint, self.trainer)
         checkpoint["vl_model_config"] = self.model.config
         checkpoint["vl_preprocess"] = preprocess_from_datamodule(getattr(self.trainer, "datamodule", None))
         checkpoint["vl_nonfinite"] = self.guard.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Rebuild the backbone when the checkpoint's differs from the configured one (e.g. ``vl test``
-        without ``init_from``), before Lightning loads the weights into it."""
+        without ``init_from``), before Lightning loads the weights into it; restore the guard's counters; a
+        resumed run takes the configured learning rate (``retarget_learning_rates``)."""
+        retarget_learning_rates(checkpoint, self.optim.lr, self.optim.pretrained_lr_scale)
         config = checkpoint.get("vl_model_config")
         if config is not None and config != self.model.config:
             model = create_model(**config)

@@ -23,7 +23,8 @@ from datapipes.batch import Batch
 from vl.lit.optim import OptimConfig
 from vl.models import VideoLanguageModel
 from vl.models.hub import load_tokenizer
-from vl.tasks.base import FinetuneModule
+from vl.metrics import NonFiniteError, nonfinite_message
+from vl.tasks.base import FinetuneModule, require_finite_outputs
 from vl.tasks.metrics import caption_metrics
 
 StepFn = Callable[[Tensor], Tensor]  # prefixes (M, t) long -> log-probs of the next token (M, V)
@@ -115,7 +116,8 @@ def beam_search(step: StepFn, batch_size: int, beam_size: int, bos: int, eos: in
         if len(finished[b]) < K:  # ran out of length: unfinished prefixes compete too
             finished[b] += [(float(scores[b, k]) / (alive.shape[2] - 1) ** length_penalty, alive[b, k, 1:].tolist())
                             for k in range(K) if torch.isfinite(scores[b, k])]
-    return [strip_eos(max(f, key=lambda h: h[0])[1], eos) for f in finished]
+    # a row with no finite hypothesis (non-finite logits, which the caller reports) gets an empty caption
+    return [strip_eos(max(f, key=lambda h: h[0])[1], eos) if f else [] for f in finished]
 
 
 def special_ids(tokenizer: Any) -> tuple[int, int, list[int]]:
@@ -215,35 +217,53 @@ class CaptioningModule(FinetuneModule):
         ids = self.generate_ids(video, beam_size)
         return [self.tokenizer.decode(i, skip_special_tokens=True).strip() for i in ids]
 
-    @torch.no_grad()
     def generate_ids(self, video: Tensor, beam_size: Optional[int] = None) -> list[list[int]]:
-        """Token ids (no begin/end token) of the captions of clips (B, T, C, H, W), at most ``max_len`` each."""
+        """Token ids (no begin/end token) of the captions of clips (B, T, C, H, W), at most ``max_len`` each.
+
+        Raises ``vl.metrics.NonFiniteError`` when the decoder's logits of a clip held a NaN or infinity (a
+        model with non-finite weights): its argmax would be an arbitrary caption."""
+        ids, finite = self.generate_ids_checked(video, beam_size)
+        if not all(finite):
+            raise NonFiniteError(nonfinite_message("caption logits", finite.count(False), len(finite), "clips"))
+        return ids
+
+    @torch.no_grad()
+    def generate_ids_checked(self, video: Tensor, beam_size: Optional[int] = None
+                             ) -> tuple[list[list[int]], list[bool]]:
+        """``generate_ids`` without raising: the token ids and, per clip, whether every logit the decoder gave
+        it was finite (evaluation raises only after gathering these from every rank)."""
         beam = beam_size or self.beam_size
         tokens = self.model.encode_video(video)["tokens"]  # (B, N, Dv)
         rows = tokens.repeat_interleave(beam, dim=0) if beam > 1 else tokens  # (B*K, N, Dv)
+        finite = torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device)  # (B*K,)
 
         def step(seq: Tensor) -> Tensor:  # (M, t) -> (M, V)
             logits = self.decode_logits(rows, seq, torch.ones_like(seq))[:, -1].float()
+            finite.logical_and_(torch.isfinite(logits).all(dim=-1))
             logits[:, self.never] = float("-inf")
             return logits.log_softmax(dim=-1)
 
         B, h = video.shape[0], self.hparams
         if beam == 1:
-            return greedy_decode(step, B, self.bos, self.eos, h.max_len, self.device)
-        return beam_search(step, B, beam, self.bos, self.eos, h.max_len, self.length_penalty, self.device)
+            ids = greedy_decode(step, B, self.bos, self.eos, h.max_len, self.device)
+        else:
+            ids = beam_search(step, B, beam, self.bos, self.eos, h.max_len, self.length_penalty, self.device)
+        return ids, finite.view(B, beam).all(dim=1).tolist()
 
     # ---- evaluation -------------------------------------------------------------------------------
 
     def eval_step(self, batch: Batch, split: str) -> None:
-        captions = self.generate(batch.video)
+        ids, finite = self.generate_ids_checked(batch.video)
+        captions = [self.tokenizer.decode(i, skip_special_tokens=True).strip() for i in ids]
         references = batch.references or [[] for _ in captions]
-        for key, caption, refs in zip(batch.keys, captions, references):
-            self._outputs.append({"key": key, "prediction": caption, "references": list(refs)})
+        for key, caption, refs, ok in zip(batch.keys, captions, references, finite):
+            self._outputs.append({"key": key, "prediction": caption, "references": list(refs), "finite": ok})
 
     def finish_eval(self, split: str) -> None:
         outputs = self.take_outputs()
         if not outputs:
             return
+        require_finite_outputs(split, outputs, "caption logits")
         if not all(o["references"] for o in outputs):
             raise ValueError("captioning evaluation needs reference captions for every clip (text_field: caption)")
         predictions = {o["key"]: o["prediction"] for o in outputs}

@@ -21,7 +21,7 @@ from datapipes.batch import Batch
 from vl.lit.optim import OptimConfig
 from vl.models import VideoLanguageModel
 from vl.objectives import match_score
-from vl.tasks.base import FinetuneModule
+from vl.tasks.base import FinetuneModule, require_finite_outputs
 from vl.tasks.metrics import multiple_choice_accuracy
 
 SCORES = ("vtm", "vtm+vtc")  # VTM log-odds alone, or plus the dual encoder's logit (vl.objectives.match_score)
@@ -110,7 +110,10 @@ class MultipleChoiceModule(FinetuneModule):
     # ---- evaluation -------------------------------------------------------------------------------
 
     def eval_step(self, batch: Batch, split: str) -> None:
-        probs = self.scores(batch).softmax(dim=1)  # (B, K)
+        scores = self.scores(batch)  # (B, K), -inf where a question has fewer than K choices
+        real_choices = batch.choice_mask.bool().any(dim=-1)  # (B, K)
+        finite = (torch.isfinite(scores) | ~real_choices).all(dim=1).tolist()  # (B,) checked after the gather
+        probs = scores.softmax(dim=1)  # (B, K)
         questions = batch.captions or [""] * batch.batch_size
         types = batch.question_type or [None] * batch.batch_size
         metas = batch.meta or [{}] * batch.batch_size
@@ -120,12 +123,14 @@ class MultipleChoiceModule(FinetuneModule):
                 "key": batch.keys[i], "question": questions[i], "choices": choice_texts(metas[i], questions[i]),
                 "answer_idx": int(batch.answer_idx[i]), "prediction": int(probs[i].argmax()),
                 "probs": [round(float(p), 4) for p in probs[i][real]], "question_type": types[i],
+                "finite": finite[i],
             })
 
     def finish_eval(self, split: str) -> None:
         outputs = self.take_outputs()
         if not outputs:
             return
+        require_finite_outputs(split, outputs, "choice scores")
         types = [o["question_type"] for o in outputs]
         metrics = multiple_choice_accuracy([o["prediction"] for o in outputs], [o["answer_idx"] for o in outputs],
                                            types if any(t is not None for t in types) else None)

@@ -26,7 +26,7 @@ from datapipes.decode import SkipSample
 from datapipes.shards import expand_shards
 from datapipes.text import qa_items
 from vl.lit.optim import OptimConfig
-from vl.tasks.base import FinetuneModule
+from vl.tasks.base import FinetuneModule, require_finite_outputs
 from vl.tasks.metrics import OOV, AnswerVocab, qa_accuracy
 
 
@@ -190,7 +190,9 @@ class QAModule(FinetuneModule):
     def eval_step(self, batch: Batch, split: str) -> None:
         if batch.answer is None:
             raise ValueError("QA batches need answers: set data.init_args.text_field to qa")
-        probs = self.answer_logits(batch).float().softmax(dim=1)  # (B, K)
+        logits = self.answer_logits(batch).float()  # (B, K)
+        finite = torch.isfinite(logits).all(dim=1).tolist()  # (B,) checked in finish_eval, after the gather
+        probs = logits.softmax(dim=1)  # (B, K)
         top_p, top_i = probs.topk(min(self.predictions_top, probs.shape[1]), dim=1)
         types = batch.question_type or [None] * batch.batch_size
         for i in range(batch.batch_size):
@@ -198,12 +200,14 @@ class QAModule(FinetuneModule):
                 "key": batch.keys[i], "question": (batch.captions or [""] * batch.batch_size)[i],
                 "answer": batch.answer[i], "question_type": types[i], "pred_id": int(top_i[i, 0]),
                 "top": [[self.vocab.decode(int(j)), round(float(p), 4)] for p, j in zip(top_p[i], top_i[i])],
+                "finite": finite[i],
             })
 
     def finish_eval(self, split: str) -> None:
         outputs = self.take_outputs()
         if not outputs:
             return
+        require_finite_outputs(split, outputs, "answer logits")
         vocab = self._require_vocab()
         types = [o["question_type"] for o in outputs]
         metrics = qa_accuracy([o["pred_id"] for o in outputs], [o["answer"] for o in outputs], vocab,

@@ -36,7 +36,7 @@ from datapipes.batch import Batch
 from datapipes.text import Tokenize
 from vl.lit.evaluation import RetrievalAccumulator, gather_objects, gather_rows, retrieval_summary
 from vl.lit.optim import OptimConfig
-from vl.metrics import gt_ranks, rank_changes, retrieval_metrics, retrieval_ranks
+from vl.metrics import gt_ranks, rank_changes, require_finite, retrieval_metrics, retrieval_ranks
 from vl.models import VideoLanguageModel
 from vl.models.hub import load_tokenizer
 from vl.objectives import MATCH_SCORES, VTCLoss, VTMLoss, match_score, vtm_positives
@@ -65,9 +65,13 @@ def rerank_topk(sim: Tensor, scores: Tensor, k: int) -> Tensor:
 
     The top k of each row by ``sim`` are ordered by ``scores`` and placed above every other candidate; the
     others keep their ``sim`` and so their order. The set of top-k candidates of a row never changes.
+    Raises ``vl.metrics.NonFiniteError`` when ``sim`` or a re-ranking score of a top-k candidate is NaN or
+    infinite (``scores`` elsewhere is never read and may hold anything).
     """
+    require_finite(sim, "similarity scores")
     top = sim.topk(min(k, sim.shape[1]), dim=1).indices  # (Nq, k)
     new = scores.gather(1, top)  # (Nq, k)
+    require_finite(new, "re-ranking scores of the top-k candidates")
     offset = (sim.max() - new.min()).clamp(min=0) + 1  # lifts every re-scored candidate above the rest
     return sim.clone().scatter_(1, top, new + offset)
 
@@ -105,7 +109,9 @@ def two_way_metrics(prefix: str, sim_t2v: Tensor, sim_v2t: Tensor, index: Tensor
 def ranking_rows(sim_t2v: Tensor, sim_v2t: Tensor, index: Tensor, keys: list[str], texts: list[str], top: int,
                  method: str) -> list[dict]:
     """Readable rankings from sim_t2v (Nt, Nv) and sim_v2t (Nv, Nt): per text query its video's rank and top
-    videos; per video its best caption's rank and top captions. ``method`` names the ranking."""
+    videos; per video its best caption's rank and top captions. ``method`` names the ranking. Raises
+    ``vl.metrics.NonFiniteError`` for a NaN or infinite score."""
+    require_finite(sim_v2t, "video-to-text similarity scores")
     rows = []
     t2v_rank = gt_ranks(sim_t2v, index).tolist()
     t2v_top = sim_t2v.topk(min(top, sim_t2v.shape[1]), dim=1).indices.tolist()  # (Nt, top)
@@ -287,6 +293,8 @@ class RetrievalModule(FinetuneModule):
             return
         data = self.eval_state.gathered()
         self.eval_state.reset()
+        require_finite(data["video"], f"{split} video embeddings")  # gathered: every rank raises together
+        require_finite(data["text"], f"{split} text embeddings")
         metrics, rows = self.evaluate(data)
         lines = [retrieval_summary(split, metrics, data["video"].shape[0], data["text"].shape[0])]
         for prefix, label in (("rerank/", f"VTM re-ranking of the top {self.rerank_k}"),
@@ -320,9 +328,10 @@ class RetrievalModule(FinetuneModule):
             k = self.rerank_k
             pairs = rerank_candidates(sim, k).nonzero()  # (P, 2): (text, video)
             log_odds = torch.full_like(sim, float("nan"))
-            log_odds[pairs[:, 0], pairs[:, 1]] = vtm_pair_scores(
-                self.model, data["video_tokens"], data["text_tokens"], data["text_mask"], pairs,
-                self.rerank_batch_size).to(sim.dtype)
+            pair_log_odds = vtm_pair_scores(self.model, data["video_tokens"], data["text_tokens"], data["text_mask"],
+                                            pairs, self.rerank_batch_size)  # (P,)
+            require_finite(pair_log_odds, "VTM match scores of the re-ranked (text, video) pairs")
+            log_odds[pairs[:, 0], pairs[:, 1]] = pair_log_odds.to(sim.dtype)
             scores = match_score(log_odds, sim, self.model.get_logit_scale().float(), self.rerank_score)
             t2v, v2t = rerank_topk(sim, scores, k), rerank_topk(sim.T, scores.T, k)
             metrics.update(two_way_metrics("rerank/", t2v, v2t, index))
