@@ -1,13 +1,19 @@
-"""The search app (`vl demo`) served for real: it serves only its index's files, and in headless Chromium
-(Debian's, driven by Playwright) a typed query shows playing results, two users searching at once each
-see their own results, and a non-video upload shows a clear error."""
+"""The search app (`vl demo`) served for real: it serves only its index's files and its own uploads (not
+Gradio's shared folders), holds uploads to a total size and deletes them when it stops (SIGTERM included),
+and in headless Chromium (Debian's, driven by Playwright) a typed query shows playing results, two users
+searching at once each see their own results, and a non-video upload shows a clear error."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
+import threading
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -47,7 +53,7 @@ def _chromium() -> str:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, synth_dir):
-    """The app over a 12-clip shard index, listening on a free local port; yields (base URL, searcher)."""
+    """The app over a 12-clip shard index, listening on a free local port; yields (base URL, searcher, app)."""
     from vl.models import create_model
 
     root = tmp_path_factory.mktemp("app")
@@ -58,15 +64,24 @@ def served(tmp_path_factory, synth_dir):
     encoder = Encoder.from_checkpoint(str(root / "tiny.ckpt"))
     build_index(root / "tiny.ckpt", [synth_dir["test"]], root / "index", BuildOptions(progress=False), encoder=encoder)
     searcher = Searcher(root / "index", encoder=encoder)
-    demo = launch(searcher, AppLimits(max_k=8, default_k=4), port=_free_port(), block=False, quiet=True)
-    yield demo.local_url.rstrip("/"), searcher
-    demo.close()
+    app = launch(searcher, AppLimits(max_k=8, default_k=4), port=_free_port(), block=False, quiet=True)
+    yield app.local_url.rstrip("/"), searcher, app
+    app.close()
 
 
-def test_app_serves_only_the_files_of_its_index(served, synth_dir):
+def _upload(base: str, name: str, data: bytes):
+    """POST one file to Gradio's upload route, as the page does."""
     import httpx
 
-    base, searcher = served
+    return httpx.post(f"{base}/gradio_api/upload", files={"files": (name, data, "video/mp4")}, timeout=60)
+
+
+def test_app_serves_only_the_files_of_its_index(served, synth_dir, tmp_path, monkeypatch):
+    """Index videos and the app's own uploads are served; every other file is refused (403), those in
+    Gradio's shared upload folder and in ./.gradio/cached_examples under the working directory included."""
+    import httpx
+
+    base, searcher, app = served
     media = searcher.media_files()[0]
     assert httpx.get(f"{base}/gradio_api/file={media}").content == Path(media).read_bytes()
     forbidden = [searcher.root / "config.json", searcher.root / "items.jsonl", searcher.root / "videos.faiss",
@@ -75,6 +90,95 @@ def test_app_serves_only_the_files_of_its_index(served, synth_dir):
     for path in forbidden:
         assert httpx.get(f"{base}/gradio_api/file={path}").status_code == 403, path
     assert httpx.get(f"{base}/gradio_api/file={Path(media).parent}/../../config.json").status_code == 403
+
+    monkeypatch.chdir(tmp_path)  # Gradio's examples cache is ./.gradio/cached_examples of the working directory
+    strangers = [Path(tempfile.gettempdir()) / "gradio" / uuid.uuid4().hex / "other_app.mp4",
+                 tmp_path / ".gradio" / "cached_examples" / "17" / "cached.mp4"]
+    try:
+        for path in strangers:
+            path.parent.mkdir(parents=True)
+            path.write_bytes(b"a file this app never created")
+            assert httpx.get(f"{base}/gradio_api/file={path}").status_code in (403, 404), path
+    finally:
+        shutil.rmtree(strangers[0].parent, ignore_errors=True)
+
+    response = _upload(base, "clip.mp4", b"uploaded bytes")
+    assert response.status_code == 200, response.text
+    uploaded = Path(response.json()[0])
+    assert uploaded.is_relative_to(app.files.uploads) and oct(app.files.root.stat().st_mode)[-3:] == "700"
+    assert httpx.get(f"{base}/gradio_api/file={uploaded}").content == b"uploaded bytes"
+
+
+def test_uploads_are_held_to_a_total_and_deleted_on_close(served, tmp_path):
+    """Uploads beyond the storage limit are refused (413, with the reason) until old ones can be deleted;
+    uploads must state their size; other request bodies are small; closing deletes every file."""
+    import httpx
+
+    _, searcher, _ = served
+    gradio_env = os.environ.get("GRADIO_TEMP_DIR")
+    limits = AppLimits(max_upload_mb=0.04, max_storage_mb=0.05, upload_keep_s=3600)
+    app = launch(searcher, limits, port=_free_port(), block=False, quiet=True, files_parent=tmp_path)
+    try:
+        base = app.local_url.rstrip("/")
+        first = _upload(base, "first.mp4", os.urandom(30_000))
+        assert first.status_code == 200, first.text
+        second = _upload(base, "second.mp4", os.urandom(30_000))
+        assert second.status_code == 413 and "Upload storage is full" in second.text
+        app.files.keep_s = 0.0  # the first upload may now be deleted to make room
+        third = _upload(base, "third.mp4", os.urandom(30_000))
+        assert third.status_code == 200, third.text
+        assert not Path(first.json()[0]).exists() and Path(third.json()[0]).is_file()
+
+        chunked = httpx.post(f"{base}/gradio_api/upload", content=iter([b"--x\r\n"] * 3),
+                             headers={"content-type": "multipart/form-data; boundary=x"})
+        assert chunked.status_code == 411
+        assert httpx.post(f"{base}/gradio_api/queue/join", content=b"{" + b" " * 2_000_000 + b"}",
+                          headers={"content-type": "application/json"}).status_code == 413
+    finally:
+        app.close()
+    assert list(tmp_path.iterdir()) == [] and os.environ.get("GRADIO_TEMP_DIR") == gradio_env
+
+
+def test_demo_deletes_its_files_when_stopped(served):
+    """`vl demo` stopped by SIGTERM (as by Ctrl-C) closes the server and deletes its upload folder."""
+    import httpx
+
+    from vl.cli import main
+
+    _, searcher, _ = served
+    port, seen, returned = _free_port(), {}, threading.Event()
+
+    def stop_when_serving() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "folder" not in seen:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
+                    seen["folder"] = os.environ.get("GRADIO_TEMP_DIR")
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+        if not returned.wait(30):  # SIGTERM did not stop it: stop it as Ctrl-C would, so that the test can fail
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    before = signal.signal(signal.SIGTERM, lambda *a: seen.setdefault("sigterm_ignored", True))
+    stopper = threading.Thread(target=stop_when_serving, daemon=True)
+    try:
+        stopper.start()
+        seen["rc"] = main(["demo", "--index", str(searcher.root), "--port", str(port), "--threads", "1"])
+    except KeyboardInterrupt:
+        seen["rc"] = "interrupted"
+    finally:
+        returned.set()
+        signal.signal(signal.SIGTERM, before)
+    assert seen["rc"] == 0 and "sigterm_ignored" not in seen
+    assert seen["folder"] and "vl-demo-" in seen["folder"] and not Path(seen["folder"]).parent.exists()
+
+
+def test_demo_limits_are_checked(tmp_path, capsys):
+    from vl.cli import main
+
+    assert main(["demo", "--index", str(tmp_path), "--max-storage-mb", "10", "--max-upload-mb", "20"]) == 2
+    assert "--max-storage-mb (10) must be at least --max-upload-mb (20)" in capsys.readouterr().err
 
 
 def _search(page, query: str) -> None:
@@ -94,7 +198,7 @@ def test_browser_search_and_upload(served, tmp_path):
     from playwright.sync_api import sync_playwright
 
     chromium = _chromium()
-    base, searcher = served
+    base, searcher, _ = served
     queries = [searcher.items[2]["captions"][0], "一只红色的正方形 🟥 " + "very long query " * 300]
     expected = [[h.key for h in searcher.query(q, k=4)] for q in queries]
     (tmp_path / "notes.txt").write_text("this is not a video")

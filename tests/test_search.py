@@ -1,6 +1,6 @@
 """Search: `vl index` on real mp4s (folders and shards), resumption, FAISS index types, `Searcher` on odd
-queries and from many threads, VTM re-ranking, upload checks, and a trained tiny model finding a held-out
-clip at rank 1."""
+queries and from many threads, VTM re-ranking (only for checkpoints that trained VTM), upload checks
+(decoding work included), and a trained tiny model finding a held-out clip at rank 1."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import tarfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -23,14 +24,45 @@ from vl.search.faiss_index import build_faiss, choose_spec
 QUIET = BuildOptions(progress=False)
 
 
-def write_untrained_checkpoint(path: Path, **overrides) -> Path:
-    """An untrained vl_tiny in the format `vl fit` writes (model config, state dict, data settings)."""
+def write_untrained_checkpoint(path: Path, hparams: Optional[dict] = None, **overrides) -> Path:
+    """An untrained vl_tiny in the format `vl fit` writes (model config, state dict, data settings, and the
+    LightningModule's hyper-parameters: by default a retrieval fine-tuning's, with VTM weight 1)."""
     from vl.models import create_model
 
     model = create_model("vl_tiny", **overrides)
     torch.save({"vl_model_config": model.config, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "vl_preprocess": {"num_frames": 4, "frame_size": 32, "tokenizer": "minilm", "max_text_len": 32}}, path)
+                "vl_preprocess": {"num_frames": 4, "frame_size": 32, "tokenizer": "minilm", "max_text_len": 32},
+                "hyper_parameters": {"vtm_weight": 1.0} if hparams is None else hparams}, path)
     return path
+
+
+def decode_bomb(size: int, frames: int, container: str = "mp4") -> bytes:
+    """A few KB of H.264 holding ``frames`` black frames of ``size`` x ``size``: one key frame, then the same
+    empty P-frame packet muxed again and again (instant to write, seconds to decode at 4096x4096)."""
+    import io
+
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=container) as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "ultrafast", "x264-params": "keyint=100000:scenecut=0:bframes=0"}
+        black = np.zeros((size, size, 3), np.uint8)
+        packets = []
+        for i in range(2):
+            frame = av.VideoFrame.from_ndarray(black, format="rgb24")
+            frame.pts = i
+            packets += stream.encode(frame)
+        packets += stream.encode()
+        key, repeat = bytes(packets[0]), bytes(packets[1])
+        for i in range(frames):
+            packet = av.Packet(key if i == 0 else repeat)
+            packet.pts = packet.dts = i
+            packet.time_base, packet.stream, packet.is_keyframe = stream.codec_context.time_base, stream, i == 0
+            out.mux(packet)
+    return buf.getvalue()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -295,6 +327,69 @@ def test_uploads_are_checked(searcher, video_folder, tmp_path):
     assert "not a video" in status and rows == [] and not any(u.get("visible") for u in slots)
     status, preview, rows, *slots = app.upload(str(video_folder / "synth.mp4"), 3)
     assert "Error" not in status and len(rows) == 5 and [u["visible"] for u in slots[:8]] == [True] * 6 + [False] * 2
+
+
+def test_upload_decode_work_is_capped_before_decoding(searcher, tmp_path, monkeypatch):
+    """Bytes do not bound decoding: 66 KB can hold 480 frames of 4096x4096. Frame size, frames and frames x
+    pixels are read from the container (packets counted, none decoded) and refused with a message."""
+    from vl.search.app import AppLimits, SearchApp, check_upload
+
+    bomb = tmp_path / "bomb.mp4"
+    bomb.write_bytes(decode_bomb(4096, 480))
+    assert bomb.stat().st_size < 100_000  # far below any byte limit
+    with pytest.raises(ValueError, match=r"bomb.mp4 has 4096x4096 frames: frames are limited to 8.3 megapixels"):
+        check_upload(str(bomb), AppLimits())
+
+    cases = [  # (size, frames, container, limits, message); Matroska states no frame count: packets are counted
+        (1024, 480, "mp4", AppLimits(max_decode_mpix=100), r"more than 95 frames of 1024x1024: .* 100 megapixels"),
+        (1024, 480, "matroska", AppLimits(max_decode_mpix=100), "more than 95 frames of 1024x1024"),
+        (64, 480, "mp4", AppLimits(max_frames=300), "more than 300 frames of 64x64"),
+    ]
+    for size, frames, container, limits, message in cases:
+        path = tmp_path / f"{size}x{frames}.{'mkv' if container == 'matroska' else 'mp4'}"
+        path.write_bytes(decode_bomb(size, frames, container))
+        with pytest.raises(ValueError, match=message):
+            check_upload(str(path), limits)
+        assert check_upload(str(path), AppLimits(max_decode_mpix=(size * size * frames + 1) / 1e6))  # at the limit
+
+    def decoded(*args, **kwargs):
+        raise AssertionError("the upload was decoded")
+
+    monkeypatch.setattr(searcher, "similar", decoded)
+    status, preview, rows, *slots = SearchApp(searcher, AppLimits()).upload(str(bomb), 3)
+    assert status.startswith("**Error:**") and "4096x4096 frames" in status and rows == []
+
+
+def test_vtm_reranking_only_for_checkpoints_that_trained_vtm(shard_index, tmp_path):
+    """vl_tiny has a VTM head whatever it trains: re-ranking is offered only when the checkpoint's
+    hyper-parameters record a VTM loss weight above 0 (PretrainModule's objectives.vtm, RetrievalModule's
+    vtm_weight)."""
+    from vl.lit.pretrain import Objectives
+    from vl.search.app import build_app
+
+    recorded = {"pretrain_vtm": {"objectives": Objectives(vtm=0.5)}, "pretrain_no_vtm": {"objectives": Objectives()},
+                "dict_objectives": {"objectives": {"vtm": 2.0}}, "retrieval_no_vtm": {"vtm_weight": 0.0},
+                "none_recorded": {}}
+    torch.manual_seed(0)
+    paths = {name: write_untrained_checkpoint(tmp_path / f"{name}.ckpt", hp) for name, hp in recorded.items()}
+    for name, offered in [("pretrain_no_vtm", False), ("pretrain_vtm", True)]:
+        encoder = Encoder.from_checkpoint(str(paths[name]))
+        assert encoder.model.vtm_head is not None and encoder.has_vtm is offered, name
+        searcher = Searcher(shard_index, encoder=encoder)
+        rerank = next(b for b in build_app(searcher).blocks.values() if getattr(b, "elem_id", None) == "rerank")
+        assert rerank.interactive is offered, name
+        if offered:
+            assert rerank.info is None and searcher.query("a red square", k=2, rerank=True)[0].vtm is not None
+        else:
+            assert "VTM head was never trained" in rerank.info
+            with pytest.raises(ValueError, match="VTM head was never trained.*search without re-ranking"):
+                searcher.query("a red square", rerank=True)
+
+    from vl.search.encoder import recorded_vtm_weight
+
+    assert {n: recorded_vtm_weight(p) for n, p in paths.items()} == {
+        "pretrain_vtm": 0.5, "pretrain_no_vtm": 0.0, "dict_objectives": 2.0, "retrieval_no_vtm": 0.0,
+        "none_recorded": 0.0}
 
 
 def test_cli_errors_are_clear(ckpt, tmp_path, capsys):

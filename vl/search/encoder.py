@@ -1,14 +1,17 @@
 """The model side of search: a checkpoint's model, tokenizer and clip settings behind one thread-safe object.
 
 ``Encoder`` turns text and decoded clips into the model's L2-normalised VTC embeddings, and scores
-(video, text) pairs with the VTM head for re-ranking. ``prepare_clip`` decodes one video the way the
-model saw its evaluation clips (``datapipes`` decode, sampling and eval transform).
+(video, text) pairs with the VTM head for re-ranking, offered only when the checkpoint trained that head
+(``recorded_vtm_weight``): a VTM head that never saw a VTM loss scores at random. ``prepare_clip`` decodes
+one video the way the model saw its evaluation clips (``datapipes`` decode, sampling and eval transform).
 """
 
 from __future__ import annotations
 
 import threading
 import unicodedata
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -45,6 +48,27 @@ def set_threads(threads: Optional[int]) -> None:
 
     torch.set_num_threads(max(1, threads))
     faiss.omp_set_num_threads(max(1, threads))
+
+
+def recorded_vtm_weight(path: str | Path) -> float:
+    """The VTM loss weight a ``vl fit`` checkpoint's hyper-parameters record: ``objectives.vtm`` of
+    ``PretrainModule`` or ``vtm_weight`` of ``RetrievalModule``; 0.0 where they record none (other tasks,
+    checkpoints written without a LightningModule).
+
+    A model config lists a ``vtm`` head whenever its preset has one (``vl_tiny`` does), trained or not, so
+    only the training objectives tell whether its scores mean anything. The tensors are memory-mapped,
+    not read: only the hyper-parameters are looked at.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except RuntimeError:  # a legacy (non-zip) file cannot be memory-mapped
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    hparams = (ckpt.get("hyper_parameters") if isinstance(ckpt, Mapping) else None) or {}
+    if "vtm_weight" in hparams:
+        return float(hparams["vtm_weight"] or 0.0)
+    objectives = hparams.get("objectives")
+    weight = objectives.get("vtm") if isinstance(objectives, Mapping) else getattr(objectives, "vtm", None)
+    return float(weight or 0.0)
 
 
 def clip_config_for(model: torch.nn.Module, preprocess: dict[str, Any]) -> ClipConfig:
@@ -93,9 +117,12 @@ class Encoder:
         model: a ``VideoLanguageModel`` (put in eval mode here).
         preprocess: the data settings it was trained with (``LoadedModel.preprocess``).
         device: where the model runs.
+        vtm_trained: whether training gave its VTM head a loss (``recorded_vtm_weight > 0``); VTM re-ranking
+            is offered only then.
     """
 
-    def __init__(self, model: torch.nn.Module, preprocess: dict[str, Any], device: str = "cpu") -> None:
+    def __init__(self, model: torch.nn.Module, preprocess: dict[str, Any], device: str = "cpu",
+                 vtm_trained: bool = False) -> None:
         from vl.models.hub import load_tokenizer
 
         self.device = torch.device(device)
@@ -103,15 +130,17 @@ class Encoder:
         self.clip_config = clip_config_for(model, preprocess)
         self.tokenizer_name = str(preprocess.get("tokenizer", "minilm"))
         self.tokenize = Tokenize(load_tokenizer(self.tokenizer_name), self.clip_config.max_text_len)
+        self.vtm_trained = bool(vtm_trained)
         self._lock = threading.Lock()  # one forward at a time: shared CPU, and no shared-state surprises
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str = "cpu") -> "Encoder":
-        """The model of a ``vl fit`` checkpoint (``vl.lit.checkpoint.load_checkpoint``)."""
+        """The model of a ``vl fit`` checkpoint (``vl.lit.checkpoint.load_checkpoint``), with VTM re-ranking
+        when its hyper-parameters record a VTM weight above 0."""
         from vl.lit.checkpoint import load_checkpoint
 
         loaded = load_checkpoint(path, map_location="cpu")
-        return cls(loaded.model, loaded.preprocess, device)
+        return cls(loaded.model, loaded.preprocess, device, vtm_trained=recorded_vtm_weight(path) > 0)
 
     @property
     def embed_dim(self) -> int:
@@ -119,12 +148,22 @@ class Encoder:
 
     @property
     def has_vtm(self) -> bool:
-        return getattr(self.model, "vtm_head", None) is not None
+        """True when VTM re-ranking is offered: the model has a VTM head and training gave it a loss."""
+        return self.vtm_unavailable is None
+
+    @property
+    def vtm_unavailable(self) -> Optional[str]:
+        """Why VTM re-ranking is not offered (None when it is)."""
+        if getattr(self.model, "vtm_head", None) is None:
+            return "this model has no VTM head (it was trained without the vtm objective)"
+        if not self.vtm_trained:
+            return "this model's VTM head was never trained (its checkpoint records no VTM loss weight above 0)"
+        return None
 
     @property
     def logit_scale(self) -> float:
         """The dual encoder's learned logit scale (its cosine x this is the logit VTC ranks by)."""
-        return float(self.model.get_logit_scale())
+        return float(self.model.get_logit_scale().detach())
 
     def _text(self, texts: list[str]) -> tuple[dict[str, Tensor], Tensor]:
         ids, mask = self.tokenize(texts)  # (N, L) each
@@ -153,8 +192,8 @@ class Encoder:
     def vtm_log_odds(self, video_tokens: Tensor, text: str) -> Tensor:
         """VTM match log-odds of one text against each of R videos' tokens (R, N, D) -> (R,) float32 on the
         CPU (the match probability is their sigmoid)."""
-        if not self.has_vtm:
-            raise ValueError("this model has no VTM head (it was trained without the vtm objective)")
+        if self.vtm_unavailable is not None:
+            raise ValueError(self.vtm_unavailable)
         r = video_tokens.shape[0]
         with self._lock:
             encoded, mask = self._text([text])
