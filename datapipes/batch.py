@@ -35,6 +35,7 @@ class Batch:
     meta: list[dict] = field(default_factory=list)  # (B,) the sample's json, for predictions files
     # Samples the pipeline skipped, by reason, since the previous batch of the same worker: the main
     # process sums these into `data/skipped/<reason>` metrics (DataLoader workers cannot share counters).
+    # `padded_clip` counts videos kept with padded frames (see frame_mask), not skipped ones.
     skipped: dict[str, int] = field(default_factory=dict)
 
     @property

@@ -1,6 +1,7 @@
 """``vl data``: make shards from a folder, inspect shards, write synthetic shards.
 
     vl data shards FOLDER ANNOTATIONS --out DIR [--maxcount N] [--maxsize 1G] [--prefix NAME]
+    vl data shards --videos FOLDER --annotations FILE --out DIR [...]   (the same, with flags)
     vl data inspect SHARDS [--limit N] [--decode] [--json]
     vl data synth --out DIR --train N --val N --test N [--frames 16 --size 64 --fps 8 --task all]
     vl data vq-targets SHARDS --tokenizer CKPT --out DIR --grid N [--frames 4 --size 224]   (MVM targets)
@@ -24,14 +25,20 @@ def _parser() -> argparse.ArgumentParser:
                        description="Write WebDataset shards (KEY.mp4, KEY.txt, KEY.json) from a folder of videos "
                        "or images and an annotation file: JSONL rows with `video` and any of caption/captions/"
                        "qa/start/end, or CSV with video,caption.")
-    p.add_argument("folder", help="folder the `video` paths of the annotations are relative to")
-    p.add_argument("annotations", help="annotation file (.jsonl or .csv)")
+    # Each input is given either positionally or by its flag (README's form): FOLDER ANNOTATIONS, or
+    # --videos FOLDER --annotations FILE.
+    p.add_argument("folder", nargs="?", help="folder the `video` paths of the annotations are relative to")
+    p.add_argument("annotations", nargs="?", help="annotation file (.jsonl or .csv)")
+    p.add_argument("--videos", metavar="FOLDER", help="the video folder (instead of the first positional argument)")
+    p.add_argument("--annotations", dest="annotations_file", metavar="FILE",
+                   help="the annotation file (instead of the second positional argument)")
     p.add_argument("--out", required=True, help="output folder for the shards")
     p.add_argument("--prefix", default="shard", help="shard file name prefix (default: shard)")
     p.add_argument("--maxcount", type=int, default=1000, help="samples per shard at most (default: 1000)")
     p.add_argument("--maxsize", default="1G", help="bytes per shard at most, e.g. 500M, 1G (default: 1G)")
     p.add_argument("--no-probe", action="store_true", help="do not read video headers (faster; no size/duration)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(shards_parser=p)  # reports usage errors of the inputs (see _shards_inputs)
 
     p = sub.add_parser("inspect", help="sample count, duration/resolution statistics, captions, failures",
                        description="Read shards and report what they hold and which samples would be skipped.")
@@ -67,6 +74,27 @@ def _parser() -> argparse.ArgumentParser:
                        help="precompute MVM vq targets (visual-tokenizer codes) into shards")
     p.add_argument("args", nargs=argparse.REMAINDER)
     return parser
+
+
+def _shards_inputs(args: argparse.Namespace) -> None:
+    """Resolve FOLDER and ANNOTATIONS from positional arguments or ``--videos``/``--annotations``.
+
+    A positional FILE after ``--videos`` alone is the annotation file; each input given twice, or
+    missing, is a usage error."""
+    parser: argparse.ArgumentParser = args.shards_parser
+    positional = [a for a in (args.folder, args.annotations) if a is not None]
+    slots: dict[str, Optional[str]] = {"--videos": args.videos, "--annotations": args.annotations_file}
+    for value in positional:  # positionals fill, in order, the inputs no flag gave
+        free = [flag for flag, v in slots.items() if v is None]
+        if not free:
+            parser.error(f"{value!r} given as well as --videos and --annotations")
+        slots[free[0]] = value
+    missing = [flag for flag, v in slots.items() if v is None]
+    if missing:
+        names = {"--videos": "the video FOLDER (or --videos)",
+                 "--annotations": "the ANNOTATIONS file (or --annotations)"}
+        parser.error("missing " + " and ".join(names[m] for m in missing))
+    args.folder, args.annotations = slots["--videos"], slots["--annotations"]
 
 
 def _cmd_shards(args: argparse.Namespace) -> int:
@@ -120,6 +148,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Run ``vl data`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     try:
         args = _parser().parse_args(argv)
+        if args.command == "shards":
+            _shards_inputs(args)
     except SystemExit as e:  # --help, or a usage error already printed by argparse
         return int(e.code or 0)
     handlers = {"shards": _cmd_shards, "inspect": _cmd_inspect, "synth": _cmd_synth, "vq-targets": _cmd_vq_targets}

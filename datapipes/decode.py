@@ -18,7 +18,9 @@ import numpy as np
 
 Backend = Literal["decord", "pyav"]
 BACKENDS: tuple[str, ...] = ("decord", "pyav")
-VIDEO_EXTENSIONS: tuple[str, ...] = ("mp4", "webm", "mkv", "avi", "mov", "m4v")
+# Containers decord and PyAV read (camera formats included: DiDeMo's Flickr videos are .mts, .3g2, .wmv, ...)
+VIDEO_EXTENSIONS: tuple[str, ...] = ("mp4", "webm", "mkv", "avi", "mov", "m4v", "mpg", "mpeg", "wmv", "3gp", "3g2",
+                                     "mts", "m2ts", "flv")
 IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
 
 # choose_indices(total_frames, fps) -> sorted frame indices to decode
@@ -36,7 +38,8 @@ class SkipSample(Exception):
 
 
 class SkipTally:
-    """Counts skipped samples by reason inside one process (each DataLoader worker has its own copy).
+    """Counts skipped samples by reason inside one process (each DataLoader worker has its own copy);
+    ``note`` counts samples kept but altered (``padded_clip``) in the same tallies.
 
     ``pop()`` hands the counts since the previous call to the next batch (``Batch.skipped``);
     ``totals()`` keeps everything seen. ``consecutive`` counts skips since the last good sample.
@@ -55,6 +58,14 @@ class SkipTally:
         if detail:
             self.last_detail[reason] = detail[:300]
         logger.debug("skipped (%s) %s", reason, detail)
+
+    def note(self, reason: str, detail: str = "") -> None:
+        """Count a sample that was kept but altered (e.g. ``padded_clip``): reported beside the skips,
+        without counting towards ``consecutive``."""
+        self.pending[reason] = self.pending.get(reason, 0) + 1
+        self.total[reason] = self.total.get(reason, 0) + 1
+        if detail:
+            self.last_detail[reason] = detail[:300]
 
     def ok(self) -> None:
         self.consecutive = 0

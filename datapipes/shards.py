@@ -19,12 +19,34 @@ from typing import IO, Optional, Union
 import braceexpand
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_iterator
+from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
 
-from datapipes.decode import SkipTally
+from datapipes.decode import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, SkipTally
 
 ShardSpec = Union[str, Sequence[str]]
 GLOB_CHARS = ("*", "?", "[")
+# Extensions a sample file may carry: media, text, metadata, video2dataset's audio, our MVM targets.
+# A tar member's key is its name minus the longest of these, so keys may hold dots (`a.b.mp4`).
+KNOWN_EXTENSIONS: frozenset[str] = frozenset(
+    VIDEO_EXTENSIONS + IMAGE_EXTENSIONS
+    + ("txt", "json", "cls", "npy", "vq.npy", "m4a", "mp3", "wav", "flac", "ogg", "opus")
+)
+
+
+def split_key(path: str) -> tuple[Optional[str], Optional[str]]:
+    """``(key, extension)`` of a tar member name: the extension is the longest known suffix.
+
+    ``videos/a.b.mp4`` -> ``("videos/a.b", "mp4")`` and ``x.vq.npy`` -> ``("x", "vq.npy")``. A name with no
+    known suffix is split at its first dot as webdataset does (``x.seg.xyz`` -> ``("x", "seg.xyz")``);
+    ``(None, None)`` when the name has no extension at all.
+    """
+    folder, slash, base = path.rpartition("/")
+    dot = base.find(".", 1)
+    while dot != -1:
+        if base[dot + 1 :].lower() in KNOWN_EXTENSIONS:
+            return folder + slash + base[:dot], base[dot + 1 :]
+        dot = base.find(".", dot + 1)
+    return base_plus_ext(path)
 
 
 def _scheme(url: str) -> str:
@@ -51,14 +73,18 @@ def _glob(pattern: str) -> list[str]:
 def expand_shards(spec: ShardSpec, check_local: bool = True) -> list[str]:
     """Expand a shard spec into the list of shard URLs it names.
 
-    Raises ``ValueError`` when the spec names no shard and ``FileNotFoundError`` when a local shard
-    (or every match of a local glob) is missing: both at start, never as a silent empty epoch.
+    Raises ``ValueError`` when the spec is empty, names no shard or names a local directory, and
+    ``FileNotFoundError`` when a local shard (or every match of a local glob) is missing: all at start,
+    never as a silent empty epoch or a traceback from inside a DataLoader worker.
     """
     specs = [spec] if isinstance(spec, str) else list(spec)
     if not specs:
         raise ValueError("the shard list is empty: give a path, brace pattern, glob or URL of .tar shards")
     urls: list[str] = []
     for entry in specs:
+        if not str(entry).strip():
+            raise ValueError(f"the shard spec {spec!r} has an empty entry: give a path, brace pattern, glob or "
+                             f"URL of .tar shards")
         for part in str(entry).split("::"):
             for url in braceexpand.braceexpand(part.strip()):
                 if not url:
@@ -78,6 +104,10 @@ def expand_shards(spec: ShardSpec, check_local: bool = True) -> list[str]:
         if missing:
             more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
             raise FileNotFoundError(f"{len(missing)} of {len(urls)} shards do not exist: {missing[:3]}{more}")
+        folders = [u for u in urls if _scheme(u) in ("", "file") and os.path.isdir(_local_path(u))]
+        if folders:
+            raise ValueError(f"the shard spec {spec!r} names a directory, not a .tar shard: {folders[0]!r}; give "
+                             f"the shards inside it, e.g. {os.path.join(folders[0], '*.tar')!r}")
     return urls
 
 
@@ -277,7 +307,8 @@ class _EndCheck:
 
 
 def _read_tar(stream: IO[bytes], url: str, counter: SkipTally) -> Iterator[dict]:
-    """Group the files of one open tar stream into samples; tar errors end the shard and are counted."""
+    """Group the files of one open tar stream into samples (keys by ``split_key``); tar errors end the
+    shard and are counted, as are members not named ``KEY.EXTENSION`` (``bad_file_name``)."""
     failed = []
     checked = _EndCheck(stream)
 
@@ -300,8 +331,14 @@ def _read_tar(stream: IO[bytes], url: str, counter: SkipTally) -> Iterator[dict]
         if not failed and checked.cut_short():
             counter.skip("truncated_tar", f"{url}: the tar ends without its end-of-archive blocks")
 
+    def keys(name: str) -> tuple[Optional[str], Optional[str]]:
+        key, ext = split_key(name)
+        if key is None:
+            counter.skip("bad_file_name", f"{url}: {name!r} is not named KEY.EXTENSION")
+        return key, ext
+
     try:
-        yield from group_by_keys(files(), handler=on_group_error)
+        yield from group_by_keys(files(), keys=keys, handler=on_group_error)
     finally:
         try:
             stream.close()

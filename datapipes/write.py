@@ -41,31 +41,86 @@ class WriteReport:
 def read_annotations(path: str) -> Iterator[tuple[int, dict]]:
     """(line number, row) of a ``.jsonl``/``.json`` (one object per line) or ``.csv`` annotation file.
 
-    A line that is not a JSON object yields ``(line, {"__error__": message})``, reported as ``bad_row``.
+    The file is opened and (CSV) its header checked before this returns, so a file that cannot be
+    read at all fails at once, naming the file and line, before any shard is opened. A line that is not
+    UTF-8 or not a JSON object yields ``(line, {"__error__": message})``, reported as ``bad_row``.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"annotation file not found: {path}")
     ext = os.path.splitext(path)[1].lower()
     if ext == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or "video" not in reader.fieldnames:
-                raise ValueError(f"{path}: a CSV needs a header with a `video` column, got {reader.fieldnames}")
-            for i, row in enumerate(reader, start=2):
-                yield i, {k: v for k, v in row.items() if k is not None and v not in (None, "")}
-        return
+        return _read_csv(path)
     if ext not in (".jsonl", ".json", ".ndjson"):
         raise ValueError(f"{path}: annotations must be .jsonl (one JSON object per line) or .csv")
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield i, {"__error__": f"not JSON: {e}"}
-                continue
-            yield i, row if isinstance(row, dict) else {"__error__": "not a JSON object"}
+    return _read_jsonl(path)
+
+
+def _not_utf8(text: str) -> Optional[str]:
+    """Where ``text`` (read with ``surrogateescape``) holds bytes that are not UTF-8, else None."""
+    for column, ch in enumerate(text, start=1):
+        if "\udc80" <= ch <= "\udcff":
+            return f"not UTF-8: byte 0x{ord(ch) - 0xDC00:02x} at column {column}"
+    return None
+
+
+def _read_csv(path: str) -> Iterator[tuple[int, dict]]:
+    """Rows of a CSV with a header naming at least a ``video`` column (checked now, not when iterated)."""
+    f = open(path, newline="", encoding="utf-8", errors="surrogateescape")
+    reader = csv.DictReader(f)
+    try:
+        fields = reader.fieldnames
+    except csv.Error as e:
+        f.close()
+        raise ValueError(f"{path}, line 1: not a CSV header: {e}") from e
+    if not fields or "video" not in fields:
+        f.close()
+        raise ValueError(f"{path}, line 1: a CSV needs a header with a `video` column, got columns {fields}")
+
+    def rows() -> Iterator[tuple[int, dict]]:
+        with f:
+            line = reader.line_num + 1
+            while True:
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as e:
+                    yield line, {"__error__": f"not CSV: {e}"}
+                    line = reader.line_num + 1
+                    continue
+                values = [v for v in row.values() if isinstance(v, str)]
+                problem = next((p for p in map(_not_utf8, values) if p), None)
+                if problem:
+                    yield line, {"__error__": problem}
+                else:
+                    yield line, {k: v for k, v in row.items() if k is not None and v not in (None, "")}
+                line = reader.line_num + 1
+
+    return rows()
+
+
+def _read_jsonl(path: str) -> Iterator[tuple[int, dict]]:
+    """Rows of a JSON-lines file; each line is decoded on its own, so one bad line spoils only itself."""
+    f = open(path, "rb")
+
+    def rows() -> Iterator[tuple[int, dict]]:
+        with f:
+            for i, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    yield i, {"__error__": f"not UTF-8: byte 0x{raw[e.start]:02x} at column {e.start + 1}"}
+                    continue
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield i, {"__error__": f"not JSON: {e.msg} at column {e.colno}"}
+                    continue
+                yield i, row if isinstance(row, dict) else {"__error__": "not a JSON object"}
+
+    return rows()
 
 
 def sample_key(video: str, start: Optional[float], end: Optional[float]) -> str:
@@ -113,8 +168,11 @@ def build_sample(folder: str, row: dict, probe: bool = True) -> dict:
     path = video if os.path.isabs(video) else os.path.join(folder, video)
     if not os.path.isfile(path):
         raise SkipSample("missing_file", path)
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:  # no permission, a folder named like a video, an I/O error
+        raise SkipSample("unreadable_file", f"{path}: {e.strerror or e}") from e
     if not data:
         raise SkipSample("empty_file", path)
     captions = _captions(row)
@@ -159,40 +217,61 @@ def parse_size(text: str) -> float:
     return float(match.group(1)) * 1000 ** " KMGT".index(match.group(2).upper() or " ")
 
 
+PARTIAL = ".partial"  # suffix of shards still being written
+
+
+def _remove(paths: list[str]) -> None:
+    """Delete the files of ``paths`` that exist."""
+    for path in dict.fromkeys(paths):
+        if path and os.path.exists(path):
+            os.remove(path)
+
+
 def write_shards(folder: str, annotations: str, out: str, *, prefix: str = "shard", maxcount: int = 1000,
                  maxsize: float = 1e9, probe: bool = True, progress: bool = True) -> WriteReport:
     """Write ``out/{prefix}-000000.tar ...`` from ``annotations`` about files under ``folder``.
 
     Returns a ``WriteReport`` (also saved as ``out/{prefix}-summary.json``). Duplicate keys (two rows
-    for the same clip) get ``-1``, ``-2`` suffixes in annotation order.
+    for the same clip) get ``-1``, ``-2`` suffixes in annotation order. Shards are written under a
+    ``.partial`` name and renamed when every row is done, so a run that fails or is interrupted leaves
+    no shard, complete or not, where a glob of ``*.tar`` would pick it up.
     """
     import webdataset as wds
     from tqdm import tqdm
 
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"video folder not found: {folder}")
+    rows = read_annotations(annotations)  # a file that cannot be read fails here, before any shard
     os.makedirs(out, exist_ok=True)
     report, seen = WriteReport(), {}
-    rows = read_annotations(annotations)
-    with wds.ShardWriter(os.path.join(out, f"{prefix}-%06d.tar"), maxcount=maxcount, maxsize=maxsize,
-                         verbose=0, post=report.shards.append) as writer:
-        for line, row in tqdm(rows, desc="vl data shards", unit="row", disable=not progress):
-            try:
-                sample = build_sample(folder, row, probe=probe)
-            except SkipSample as e:
-                report.skip(e.reason, f"line {line}: {row.get('video', '?')} {e.detail}".strip())
-                continue
-            key = sample["__key__"]
-            seen[key] = seen.get(key, 0) + 1
-            if seen[key] > 1:  # another row for the same clip (e.g. one row per caption)
-                sample["__key__"] = f"{key}-{seen[key] - 1}"
-                sample["json"] = json.dumps({**json.loads(sample["json"]), "key": sample["__key__"]}).encode()
-            writer.write(sample)
-            report.written += 1
+    partial: list[str] = []  # shards are written as NAME.tar.partial and renamed once every row is done
+    writer = wds.ShardWriter(os.path.join(out, f"{prefix}-%06d.tar{PARTIAL}"), maxcount=maxcount,
+                             maxsize=maxsize, verbose=0, post=partial.append)
+    try:
+        with writer:
+            for line, row in tqdm(rows, desc="vl data shards", unit="row", disable=not progress):
+                try:
+                    sample = build_sample(folder, row, probe=probe)
+                except SkipSample as e:
+                    video = f"{row['video']} " if isinstance(row.get("video"), str) else ""
+                    report.skip(e.reason, f"{annotations}, line {line}: {video}{e.detail}".strip())
+                    continue
+                key = sample["__key__"]
+                seen[key] = seen.get(key, 0) + 1
+                if seen[key] > 1:  # another row for the same clip (e.g. one row per caption)
+                    sample["__key__"] = f"{key}-{seen[key] - 1}"
+                    sample["json"] = json.dumps({**json.loads(sample["json"]), "key": sample["__key__"]}).encode()
+                writer.write(sample)
+                report.written += 1
+    except BaseException:  # an error or an interrupt: leave no shard behind, complete or not
+        _remove(partial + [writer.fname or ""])
+        raise
     if report.written == 0:  # the writer always opens one shard: do not leave an empty one behind
-        for path in report.shards:
-            os.remove(path)
-        report.shards = []
+        _remove(partial)
+    else:
+        for path in partial:
+            os.replace(path, path[: -len(PARTIAL)])
+            report.shards.append(path[: -len(PARTIAL)])
     if report.shards:
         report.pattern = os.path.join(out, f"{prefix}-{{000000..{len(report.shards) - 1:06d}}}.tar")
     with open(os.path.join(out, f"{prefix}-summary.json"), "w") as f:

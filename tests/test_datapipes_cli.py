@@ -143,3 +143,116 @@ def test_synth_writes_splits(tmp_path, capsys):
     assert main(args[:-1] + ["--skip-existing", "--seed", "3", "--quiet"]) == 0  # other settings: rewritten
     assert "clips/min" in capsys.readouterr().out
     assert main(["synth", "--out", str(out), "--size", "33", "--train", "1", "--quiet"]) == 1  # odd size
+
+
+def _readme_command(prefix: str) -> list[str]:
+    """The arguments of the README line that starts with ``prefix``, as a user would paste it."""
+    import shlex
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    (line,) = [ln for ln in readme.read_text().splitlines() if ln.startswith(prefix)]
+    return shlex.split(line.split("#")[0])[2:]  # drop `vl data`
+
+
+def test_readme_shards_command_runs_as_written(tmp_path, monkeypatch, capsys):
+    """README: `vl data shards --videos videos/ --annotations ann.jsonl --out shards/ ...` (flags form)."""
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "x.mp4").write_bytes(encode_indexed_clip())
+    (tmp_path / "ann.jsonl").write_text(json.dumps({"video": "x.mp4", "caption": "a clip"}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    argv = _readme_command("vl data shards")
+    assert "--videos" in argv and "--annotations" in argv
+    assert main(argv + ["--quiet"]) == 0
+    assert "wrote 1 samples in 1 shards" in capsys.readouterr().out
+    assert (tmp_path / "shards" / "shard-000000.tar").exists()
+    # A positional and its flag mixed, or an input missing: a usage error naming the input.
+    assert main(["shards", "videos", "--annotations", "ann.jsonl", "--out", "o2", "--quiet"]) == 0
+    assert main(["shards", "videos", "ann.jsonl", "--annotations", "ann.jsonl", "--out", "o3"]) == 2
+    assert "given as well as" in capsys.readouterr().err
+    assert main(["shards", "--videos", "videos", "--out", "o4"]) == 2
+    assert "missing the ANNOTATIONS file" in capsys.readouterr().err
+
+
+def test_non_utf8_annotation_line_is_named_and_counted(tmp_path, capsys):
+    folder = tmp_path / "v"
+    folder.mkdir()
+    (folder / "x.mp4").write_bytes(encode_indexed_clip())
+    ann = tmp_path / "ann.jsonl"
+    ann.write_bytes(b'{"video": "x.mp4", "caption": "fine"}\n{"video": "x.mp4", "caption": "caf\xe9"}\n')
+    assert main(["shards", str(folder), str(ann), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 1 samples" in out and f"{ann}, line 2: not UTF-8: byte 0xe9 at column 35" in out
+    csv_ann = tmp_path / "ann.csv"
+    csv_ann.write_bytes(b"video,caption\nx.mp4,fine\nx.mp4,caf\xe9\n")
+    assert main(["shards", str(folder), str(csv_ann), "--out", str(tmp_path / "c"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 1 samples" in out and f"{csv_ann}, line 3: not UTF-8: byte 0xe9 at column 4" in out
+
+
+def test_csv_without_video_column_names_the_file_and_leaves_no_shard(tmp_path, capsys):
+    folder = tmp_path / "v"
+    folder.mkdir()
+    (folder / "x.mp4").write_bytes(encode_indexed_clip())
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,caption\nx.mp4,hi\n")
+    out = tmp_path / "o"
+    assert main(["shards", str(folder), str(bad), "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{bad}, line 1" in err and "`video` column" in err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_failed_run_leaves_no_shard(tmp_path, monkeypatch):
+    """An error in the middle of a run removes the shards already written, complete or not."""
+    import datapipes.write as write
+
+    folder = tmp_path / "v"
+    folder.mkdir()
+    (folder / "x.mp4").write_bytes(encode_indexed_clip())
+    ann = tmp_path / "ann.jsonl"
+    ann.write_text("".join(json.dumps({"video": "x.mp4", "caption": f"row {i}"}) + "\n" for i in range(5)))
+    real, calls = write.build_sample, []
+
+    def failing(folder, row, probe=True):
+        calls.append(row)
+        if len(calls) == 4:
+            raise OSError("disk full")
+        return real(folder, row, probe=probe)
+
+    monkeypatch.setattr(write, "build_sample", failing)
+    out = tmp_path / "o"
+    with pytest.raises(OSError, match="disk full"):
+        write.write_shards(str(folder), str(ann), str(out), maxcount=2, probe=False, progress=False)
+    assert len(calls) == 4 and list(out.iterdir()) == []  # one full shard and one partial: both gone
+    report = write.write_shards(str(folder), str(ann), str(out), maxcount=2, probe=False, progress=False)
+    assert report.written == 5 and sorted(p.name for p in out.iterdir()) == [
+        "shard-000000.tar", "shard-000001.tar", "shard-000002.tar", "shard-summary.json"]
+
+
+def _encode_with_pyav(path: Path, container: str, codec: str, frames: int = 8) -> None:
+    """A small clip in ``container`` / ``codec``, written by PyAV (FFmpeg), as cameras and old encoders write them."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w", format=container) as out:
+        stream = out.add_stream(codec, rate=25)  # a frame rate every one of these codecs allows
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(frames):
+            image = np.full((48, 64, 3), 16 + 20 * i, dtype=np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(stream.encode())
+
+
+@pytest.mark.parametrize("name,container,codec", [("a.mpg", "mpeg", "mpeg1video"), ("b.wmv", "asf", "wmv2"),
+                                                  ("c.3gp", "3gp", "mpeg4"), ("d.mts", "mpegts", "mpeg2video")])
+def test_camera_and_legacy_formats_are_written_and_decoded(name, container, codec, tmp_path, tokenizer):
+    """Containers that benchmark datasets ship (DiDeMo's .mpg / .wmv / .3gp / .mts) go into shards and decode."""
+    folder = tmp_path / "v"
+    folder.mkdir()
+    _encode_with_pyav(folder / name, container, codec)
+    (tmp_path / "ann.jsonl").write_text(json.dumps({"video": name, "caption": "a clip"}) + "\n")
+    assert main(["shards", str(folder), str(tmp_path / "ann.jsonl"), "--out", str(tmp_path / "s"), "--quiet"]) == 0
+    shard = str(tmp_path / "s" / "shard-000000.tar")
+    assert any(n.endswith("." + name.rsplit(".", 1)[1]) for n in _tar_names(shard))
+    batch = next(iter(build_eval_loader(shard, tokenizer, ClipConfig(num_frames=4, size=32), batch_size=1)))
+    assert batch.video.shape == (1, 4, 3, 32, 32) and not batch.skipped

@@ -25,6 +25,7 @@ def test_each_fault_is_counted_once_in_evaluation(fault_shards, tokenizer):
     keys = [k for b in batches for k in b.keys]
     assert keys == ["good0", "short", "imageasvideo", "good1", "good2"]
     expected = Counter(reason for reason in FAULTS.values() if reason)
+    expected["padded_clip"] = 1  # "short": kept, padded from 3 to 8 frames, and counted
     assert _skipped(batches) == expected  # exact: every sample is read once
     by_key = {k: (b, i) for b in batches for i, k in enumerate(b.keys)}
     batch, i = by_key["short"]
@@ -136,3 +137,20 @@ def test_bad_clip_bounds_are_counted(tmp_path, tokenizer):
     shard = write_tar(tmp_path / "bounds.tar", samples)
     (batch,) = list(build_eval_loader(shard, tokenizer, CFG, batch_size=4))
     assert batch.keys == ["ok"] and batch.skipped == {"bad_clip_bounds": 3}
+
+
+def test_padded_clips_are_counted_and_do_not_stop_training(tmp_path, tokenizer):
+    """Short videos are kept, padded, and counted as ``padded_clip`` beside the skips; they are good
+    samples, so a stream of them is not 'too many skips in a row'."""
+    from conftest import encode_indexed_clip
+
+    shard = write_tar(tmp_path / "short.tar", [
+        {"__key__": f"s{i}", "mp4": encode_indexed_clip(num_frames=3), "txt": "three frames"} for i in range(4)])
+    loader = build_train_loader(shard, tokenizer, CFG, batch_size=2, batches_per_epoch=3, shuffle_buffer=1,
+                                max_consecutive_skips=2)
+    batches = list(loader)
+    assert len(batches) == 3 and all(b.frame_mask.sum(1).tolist() == [3, 3] for b in batches)
+    assert _skipped(batches)["padded_clip"] >= 6 and set(_skipped(batches)) == {"padded_clip"}
+    from datapipes.pipeline import SKIP_REASONS
+
+    assert "padded_clip" in SKIP_REASONS  # so the Lightning SkipCounter reports it by name

@@ -197,3 +197,56 @@ def test_random_caption_in_training(tmp_path, tokenizer):
     drawn = [c for b in loader for c in b.captions]
     assert set(drawn) <= set(captions) and len(set(drawn)) >= 3
     assert all(b.references == [captions] * 4 and b.text_video_index is None for b in loader)
+
+
+def test_keys_with_dots_load(tmp_path, tokenizer):
+    """`a.b.mp4`: the key is the name minus the longest known extension, not the text before the first dot."""
+    samples = [good_sample("clip.v2", caption="a dotted key"), good_sample("plain"),
+               good_sample("videos/2021.05.01.take.3", caption="a dated key")]
+    samples.append({"__key__": "notes.v1", "xyz": b"unknown extension"})  # no known suffix: webdataset's split
+    shard = write_tar(tmp_path / "dots.tar", samples)
+    batches = list(build_eval_loader(shard, tokenizer, CFG, batch_size=8))
+    keys = [k for b in batches for k in b.keys]
+    assert keys == ["clip.v2", "plain", "videos/2021.05.01.take.3"]
+    captions = {k: c for b in batches for k, c in zip(b.keys, b.captions)}
+    assert captions["clip.v2"] == "a dotted key" and captions["videos/2021.05.01.take.3"] == "a dated key"
+    skipped = Counter()
+    for b in batches:
+        skipped.update(b.skipped)
+    assert skipped == {"no_video": 1}  # the member with an unknown extension is counted, not lost
+
+
+def test_member_without_extension_is_counted(tmp_path, tokenizer):
+    import io
+    import tarfile
+
+    shard = tmp_path / "noext.tar"
+    write_tar(shard, [good_sample("ok")])
+    data = shard.read_bytes()
+    with tarfile.open(shard, "w") as tar:  # the good sample, then a file with no extension
+        with tarfile.open(fileobj=io.BytesIO(data)) as src:
+            for member in src.getmembers():
+                tar.addfile(member, src.extractfile(member))
+        info = tarfile.TarInfo("README")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"hello"))
+    batches = list(build_eval_loader(str(shard), tokenizer, CFG, batch_size=8))
+    assert [k for b in batches for k in b.keys] == ["ok"]
+    assert sum(b.skipped.get("bad_file_name", 0) for b in batches) == 1
+
+
+@pytest.mark.parametrize("spec", ["", "  ", "DIR", ["DIR"], ["SHARD", ""]])
+def test_directory_or_empty_spec_is_a_one_line_error(small_shards, tokenizer, spec):
+    """A folder or an empty string is refused at start, in one line naming the spec."""
+    d, shard = str(small_shards["dir"]), small_shards["paths"][0]
+    is_folder = "DIR" in str(spec)
+
+    def fill(s: str) -> str:
+        return s.replace("DIR", d).replace("SHARD", shard)
+
+    spec = [fill(s) for s in spec] if isinstance(spec, list) else fill(spec)
+    with pytest.raises(ValueError) as info:
+        build_train_loader(spec, tokenizer, CFG, batch_size=2, batches_per_epoch=1)
+    message = str(info.value)
+    assert "\n" not in message and repr(spec) in message
+    assert ("directory" in message) == is_folder and ("empty" in message) != is_folder

@@ -558,3 +558,83 @@ def test_text_mean_pooling_averages_the_real_tokens_only():
     torch.testing.assert_close(enc.pool(tokens, mask), torch.stack([tokens[0, :2].mean(0), tokens[1].mean(0)]))
     with pytest.raises(ValueError, match="pool_type"):
         create_text_encoder("bert_tiny", pool_type="max")
+
+
+# -- padded frames (Batch.frame_mask) -------------------------------------------------------------
+PADDED = torch.tensor([[True] * 3 + [False] * 5, [True] * 8])  # (2, 8): 3 real frames padded to 8; a full clip
+FRAME_MASK_CASES = [("vit_st_tiny", dict(temporal=t, tubelet_size=k)) for t in TEMPORAL_MODES for k in (1, 2)]
+FRAME_MASK_CASES += [("swin3d_tiny", {}), ("clip_st_tiny", {})]
+
+
+def clip_of(frames: int) -> torch.Tensor:
+    """(2, frames, 3, S, S) random clip."""
+    return torch.randn(2, frames, 3, S, S, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("name,options", FRAME_MASK_CASES, ids=lambda c: c if isinstance(c, str) else str(c))
+def test_padded_frames_do_not_change_the_pooled_embedding(name, options):
+    """With frame_mask, the pixels of padded frames cannot change the pooled embedding; a full clip's
+    embedding is the one it has without a mask; the pooled mean is over real frames only."""
+    torch.manual_seed(0)
+    enc = create_video_encoder(name, num_frames=8, **options).eval()
+    video = torch.randn(2, 8, 3, S, S, generator=torch.Generator().manual_seed(1))
+    other = video.clone()
+    other[0, 3:] = 5 * torch.randn(5, 3, S, S, generator=torch.Generator().manual_seed(2))  # new padding pixels
+    with torch.no_grad():
+        pooled = enc(video, frame_mask=PADDED)  # (2, D)
+        torch.testing.assert_close(enc(other, frame_mask=PADDED), pooled, rtol=0, atol=1e-6)
+        torch.testing.assert_close(pooled[1], enc(video)[1], rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(enc(other)[0], enc(video)[0], atol=1e-3)  # without the mask, padding counts
+        tokens = enc.forward_features(video, frame_mask=PADDED)
+        keep = enc.token_keep(PADDED)  # (2, N)
+        real = tokens[0, keep[0]][enc.num_prefix_tokens if name != "clip_st_tiny" else 0:]
+        expected = tokens[0, :enc.num_prefix_tokens][PADDED[0]].mean(0) if name == "clip_st_tiny" else real.mean(0)
+        torch.testing.assert_close(pooled[0], expected)
+
+
+@pytest.mark.parametrize("name,options", [c for c in FRAME_MASK_CASES if c[0] != "swin3d_tiny"
+                                          and c[1].get("temporal") != "none"],
+                         ids=lambda c: c if isinstance(c, str) else str(c))
+def test_attention_ignores_padded_frames(name, options):
+    """Real tokens do not attend to padded ones: changing what the padded time steps hold (their time
+    position) leaves every real token unchanged. (swin3d does not mask its windows; see its docstring.)"""
+    torch.manual_seed(0)
+    enc = create_video_encoder(name, num_frames=8, **options).eval()
+    table = enc.pos_embed_time if name.startswith("vit_st") else enc.frame_pos_embed  # (1, T' or T, D)
+    video = clip_of(8)
+    padded_cells = ~enc.frame_keep(PADDED)[0]  # (T',)
+    with torch.no_grad():
+        before = enc.forward_features(video, frame_mask=PADDED)
+        unmasked = enc.forward_features(video)
+        table[:, padded_cells] += torch.randn(table[:, padded_cells].shape)  # (not a constant: LayerNorm drops those)
+        after = enc.forward_features(video, frame_mask=PADDED)
+        assert not torch.allclose(enc.forward_features(video)[0], unmasked[0], atol=1e-3)  # the change matters
+    keep = enc.token_keep(PADDED)[0]
+    torch.testing.assert_close(after[0, keep], before[0, keep], rtol=0, atol=1e-5)
+
+
+def test_frame_mask_reaches_the_fusion_and_the_embeddings():
+    """VideoLanguageModel.forward(frame_mask=...): the video embedding, the fused outputs and the VTM
+    logits of a short clip do not depend on its padded frames."""
+    torch.manual_seed(0)
+    model = create_model("vl_tiny", video={"num_frames": 8}).eval()
+    ids, mask = text_batch()
+    video = clip_of(8)
+    with torch.no_grad():
+        before = model(video, ids, mask, frame_mask=PADDED)
+        table, padded_cells = model.video_encoder.pos_embed_time, ~model.video_encoder.frame_keep(PADDED)[0]
+        table[:, padded_cells] += torch.randn(table[:, padded_cells].shape)
+        after = model(video, ids, mask, frame_mask=PADDED)
+        encoded = model.encode_video(video, frame_mask=PADDED)
+    for key in ("video_embeds", "fused_pooled", "fused_text_tokens", "vtm_logits"):
+        torch.testing.assert_close(after[key][0], before[key][0], rtol=0, atol=1e-5, msg=key)
+    assert encoded["token_mask"].shape == encoded["tokens"].shape[:2]
+    assert encoded["token_mask"][0].sum() < encoded["token_mask"][1].sum()
+
+
+def test_frame_mask_errors_are_clear():
+    enc = create_video_encoder("vit_st_tiny", num_frames=8)
+    with pytest.raises(ValueError, match=r"rows \[0\] are all padding"):
+        enc(clip_of(8), frame_mask=torch.tensor([[False] * 8, [True] * 8]))
+    with pytest.raises(ValueError, match=r"frame_mask must be \(B, T\) with T = 8"):
+        enc(clip_of(8), frame_mask=torch.ones(2, 4, dtype=torch.bool))

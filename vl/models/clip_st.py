@@ -8,6 +8,10 @@ initialisation the video embedding is the mean of the CLIP image embeddings.
 
 Tokens: ``[T temporal CLS tokens, T*P patch tokens]`` (B, T + T*P, output_dim); ``num_prefix_tokens = T``;
 ``pool`` = mean of the temporal CLS tokens. Masks (B, T*P) replace patch embeddings by a learned token.
+
+A ``frame_mask`` (B, T), False for the padded frames of a short clip, is honoured fully: frames pass the
+image tower one by one (padded frames blanked), the temporal transformer does not attend to padded
+frames' CLS tokens, and ``pool`` averages the real frames' CLS tokens only.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from .hub import load_open_clip_weights
-from .layers import VideoEncoder, check_mask, replace_masked
+from .layers import VideoEncoder, blank_padded_frames, check_mask, masked_mean, replace_masked
 from .registry import VIDEO_ENCODERS, build
 
 
@@ -98,17 +102,39 @@ class ClipST(VideoEncoder):
         x = self.visual.ln_post(x) @ self.visual.proj  # (B*T, 1 + P, output_dim)
         return x.view(B, T, x.shape[1], -1)
 
-    def forward_features(self, video: Tensor, mask: Tensor | None = None) -> Tensor:
-        """video (B, T, C, H, W), mask (B, T*P) True = masked -> tokens (B, T + T*P, output_dim)."""
+    def token_keep(self, frame_mask: Tensor | None, mask: Tensor | None = None) -> Tensor | None:
+        """(B, T + T*P) True for the CLS and patch tokens of real frames (None: all)."""
+        keep = super().token_keep(frame_mask)
+        if keep is not None:
+            keep[:, :self.num_prefix_tokens] = frame_mask.bool()
+        return keep
+
+    def temporal_mask(self, frame_mask: Tensor | None) -> Tensor | None:
+        """frame_mask (B, T) -> additive mask (B*heads, T, T) of the temporal transformer: -inf at padded keys."""
+        if frame_mask is None:
+            return None
+        self.frame_keep(frame_mask)  # validates the shape and that every clip has a real frame
+        heads = self.temporal.resblocks[0].attn.num_heads
+        B, T = frame_mask.shape
+        padded = ~frame_mask.bool()[:, None, None]  # (B, 1, 1, T)
+        bias = torch.zeros(B, 1, 1, T, device=frame_mask.device).masked_fill(padded, float("-inf"))
+        return bias.expand(B, heads, T, T).reshape(B * heads, T, T)  # (B*heads, T, T), batch-major
+
+    def forward_features(self, video: Tensor, mask: Tensor | None = None,
+                         frame_mask: Tensor | None = None) -> Tensor:
+        """video (B, T, C, H, W), mask (B, T*P) True = masked, frame_mask (B, T) True = real frame -> tokens
+        (B, T + T*P, output_dim)."""
         self.check_video(video)
-        x = self.encode_frames(video, mask)  # (B, T, 1 + P, E)
-        cls = self.temporal(x[:, :, 0] + self.frame_pos_embed)  # (B, T, E)
+        attn_mask = self.temporal_mask(frame_mask)  # (B*heads, T, T) | None
+        x = self.encode_frames(blank_padded_frames(video, frame_mask), mask)  # (B, T, 1 + P, E)
+        cls = self.temporal(x[:, :, 0] + self.frame_pos_embed, attn_mask=attn_mask)  # (B, T, E)
         patches = x[:, :, 1:].flatten(1, 2)  # (B, T*P, E)
         return torch.cat([cls, patches], dim=1)
 
-    def pool(self, tokens: Tensor) -> Tensor:
-        """tokens (B, T + T*P, E) -> (B, E): mean of the temporal CLS tokens."""
-        return tokens[:, :self.num_prefix_tokens].mean(dim=1)
+    def pool(self, tokens: Tensor, keep: Tensor | None = None) -> Tensor:
+        """tokens (B, T + T*P, E), keep (B, T + T*P) | None -> (B, E): mean of the real frames' temporal CLS tokens."""
+        T = self.num_prefix_tokens
+        return masked_mean(tokens[:, :T], None if keep is None else keep[:, :T])
 
 
 @VIDEO_ENCODERS.register(ClipST)

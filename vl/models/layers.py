@@ -187,14 +187,25 @@ def keep_visible(tokens: Tensor, mask: Tensor) -> Tensor:
     return tokens[~mask].view(B, int(counts[0]), D)  # boolean indexing keeps row-major order
 
 
+def blank_padded_frames(video: Tensor, frame_mask: Tensor | None) -> Tensor:
+    """video (B, T, C, H, W), frame_mask (B, T) True = real -> the video with padded frames set to 0 (the
+    normalised mean), so that nothing downstream depends on what the data pipeline filled them with."""
+    if frame_mask is None:
+        return video
+    return video * frame_mask.to(video.dtype)[:, :, None, None, None]
+
+
 class VideoEncoder(nn.Module):
     """The contract every video encoder keeps (DESIGN §4).
 
-    ``forward_features(video (B, T, C, H, W), mask (B, N_grid) bool | None) -> tokens (B, N, D)``: the
-    first ``num_prefix_tokens`` tokens are summary tokens (none for ``vit_st`` and ``swin3d``, one per
-    frame for ``clip_st``), the rest lie on ``grid`` = (T', H', W') in (t, h, w) row-major order, each
-    covering ``token_size`` = (frames, pixels, pixels) of the clip. ``mask`` marks grid cells, True =
-    masked. ``pool(tokens) -> (B, D)``.
+    ``forward_features(video (B, T, C, H, W), mask (B, N_grid) bool | None, frame_mask (B, T) bool | None)
+    -> tokens (B, N, D)``: the first ``num_prefix_tokens`` tokens are summary tokens (none for ``vit_st``
+    and ``swin3d``, one per frame for ``clip_st``), the rest lie on ``grid`` = (T', H', W') in (t, h, w)
+    row-major order, each covering ``token_size`` = (frames, pixels, pixels) of the clip. ``mask`` marks
+    grid cells, True = masked. ``frame_mask`` (``Batch.frame_mask``) marks real frames, False = padding
+    of a short clip: padded frames are blanked, and each family says in its docstring whether its
+    attention also ignores them. ``token_keep(frame_mask, mask)`` -> (B, N) True for tokens of real
+    frames; ``pool(tokens, keep) -> (B, D)`` averages only those.
     """
 
     embed_dim: int
@@ -232,11 +243,42 @@ class VideoEncoder(nn.Module):
                 f"num_frames/img_size when creating it), got {tuple(video.shape)}"
             )
 
-    def pool(self, tokens: Tensor) -> Tensor:
-        """tokens (B, N, D) -> (B, D): mean over the grid tokens."""
-        return tokens[:, self.num_prefix_tokens:].mean(dim=1)
+    def frame_keep(self, frame_mask: Tensor) -> Tensor:
+        """frame_mask (B, T) True = real frame -> (B, T') True for time cells holding a real frame."""
+        B = frame_mask.shape[0]
+        if frame_mask.dim() != 2 or frame_mask.shape[1] != self.num_frames:
+            raise ValueError(f"{type(self).__name__}: frame_mask must be (B, T) with T = {self.num_frames}, "
+                             f"got {tuple(frame_mask.shape)}")
+        frame_mask = frame_mask.bool()
+        if not bool(frame_mask.any(dim=1).all()):
+            raise ValueError(f"{type(self).__name__}: every clip needs a real frame; frame_mask rows "
+                             f"{(~frame_mask.any(dim=1)).nonzero().flatten().tolist()} are all padding")
+        return frame_mask.view(B, self.grid[0], -1).any(dim=2)  # (B, T')
 
-    def forward(self, video: Tensor, mask: Tensor | None = None) -> Tensor:
+    def token_keep(self, frame_mask: Tensor | None, mask: Tensor | None = None) -> Tensor | None:
+        """(B, N) True for the tokens ``forward_features`` returns that belong to real frames (None: all)."""
+        if frame_mask is None:
+            return None
+        cells = self.frame_keep(frame_mask)  # (B, T')
+        grid = cells[:, :, None].expand(-1, -1, self.grid[1] * self.grid[2]).flatten(1)  # (B, N_grid)
+        prefix = cells.new_ones(cells.shape[0], self.num_prefix_tokens)
+        return torch.cat([prefix, grid], dim=1)  # (B, prefix + N_grid)
+
+    def pool(self, tokens: Tensor, keep: Tensor | None = None) -> Tensor:
+        """tokens (B, N, D), keep (B, N) True = real (None: all) -> (B, D): mean over the real grid tokens."""
+        return masked_mean(tokens[:, self.num_prefix_tokens:],
+                           None if keep is None else keep[:, self.num_prefix_tokens:])
+
+    def forward(self, video: Tensor, mask: Tensor | None = None, frame_mask: Tensor | None = None) -> Tensor:
         """video (B, T, C, H, W) -> pooled (B, D)."""
-        return self.pool(self.forward_features(video, mask))
+        tokens = self.forward_features(video, mask, frame_mask)
+        return self.pool(tokens, self.token_keep(frame_mask, mask))
+
+
+def masked_mean(tokens: Tensor, keep: Tensor | None) -> Tensor:
+    """tokens (B, N, D), keep (B, N) bool | None -> (B, D): the mean over the kept tokens of each row."""
+    if keep is None:
+        return tokens.mean(dim=1)
+    kept = tokens.masked_fill(~keep.bool()[..., None], 0.0)  # (B, N, D); a dropped token cannot leak, even as NaN
+    return kept.sum(dim=1) / keep.sum(dim=1, keepdim=True).clamp(min=1).to(tokens.dtype)
 

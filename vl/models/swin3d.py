@@ -7,6 +7,12 @@ is written here; Mlp, DropPath, trunc_normal_ and PatchMerging come from timm.
 
 Masks (B, T'*H'*W') index the *output* token grid; each masked cell hides the block of input patches
 it covers, replaced by a learned mask token.
+
+A ``frame_mask`` (B, T), False for the padded frames of a short clip, is honoured only in part: padded
+frames are blanked before the patch embedding (so no output depends on what the pipeline filled them
+with) and ``pool`` averages the tokens of real frames only, but window attention is not masked. A
+window spanning real and padded frames mixes them, so real tokens near the end of a short clip do see
+the blank padding; masking keys per window would leave all-padding windows with no key to attend.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models.swin_transformer import PatchMerging
 from torch import Tensor, nn
 
-from .layers import PatchEmbed3D, VideoEncoder, check_mask, drop_path_rates, init_weights, replace_masked, run_blocks
+from .layers import (PatchEmbed3D, VideoEncoder, blank_padded_frames, check_mask, drop_path_rates, init_weights,
+                     replace_masked, run_blocks)
 from .registry import VIDEO_ENCODERS, build
 
 Size3 = tuple[int, int, int]
@@ -220,10 +227,11 @@ class SwinTransformer3D(VideoEncoder):
         tables = {n for n, _ in self.named_parameters() if n.endswith("relative_position_bias_table")}
         return {"mask_token", *tables}
 
-    def embed(self, video: Tensor, mask: Tensor | None) -> Tensor:
-        """video (B, T, C, H, W) -> patch embeddings (B, T', H/p, W/p, C), masked cells replaced."""
+    def embed(self, video: Tensor, mask: Tensor | None, frame_mask: Tensor | None = None) -> Tensor:
+        """video (B, T, C, H, W) -> patch embeddings (B, T', H/p, W/p, C), masked cells replaced and padded
+        frames (``frame_mask`` False) blanked."""
         self.check_video(video)
-        x = self.patch_embed(video)  # (B, T', H/p, W/p, C)
+        x = self.patch_embed(blank_padded_frames(video, frame_mask))  # (B, T', H/p, W/p, C)
         if mask is None:
             return x
         B = x.shape[0]
@@ -232,9 +240,13 @@ class SwinTransformer3D(VideoEncoder):
         mask = mask.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)  # (B, T', H/p, W/p)
         return replace_masked(x.flatten(1, 3), mask.flatten(1), self.mask_token).view_as(x)
 
-    def forward_features(self, video: Tensor, mask: Tensor | None = None) -> Tensor:
-        """video (B, T, C, H, W), mask (B, T'*H'*W') True = masked -> tokens (B, T'*H'*W', D)."""
-        x = self.embed(video, mask)
+    def forward_features(self, video: Tensor, mask: Tensor | None = None,
+                         frame_mask: Tensor | None = None) -> Tensor:
+        """video (B, T, C, H, W), mask (B, T'*H'*W') True = masked, frame_mask (B, T) True = real frame ->
+        tokens (B, T'*H'*W', D)."""
+        if frame_mask is not None:
+            self.frame_keep(frame_mask)  # validates its shape and that every clip has a real frame
+        x = self.embed(video, mask, frame_mask)
         for stage in self.stages:
             x = stage(x)  # (B, T', h, w, c)
         return self.norm(x.flatten(1, 3))  # (B, N, D)

@@ -15,6 +15,13 @@
 
 In every mode but ``joint``, masked tokens are replaced by a learned mask token.
 
+A ``frame_mask`` (B, T), False for the padded frames of a short clip, is honoured in every mode: padded
+frames are blanked before the patch embedding and ``pool`` averages the tokens of real frames only;
+``joint`` masks the attention keys of padded tokens, ``divided`` masks padded time steps in its time
+attention, ``rolling`` rolls no token in from a padded frame, and ``none`` attends within each frame
+anyway. Real tokens therefore never depend on padded frames (a tubelet holding both a real and a padded
+frame counts as real; its padded half is blank).
+
 ``pos_init`` is where the learned space and time position tables start: ``random`` (0.02-std normal, as
 timm's ViT) or ``sincos`` (2D sin-cos over the patch grid, 1D over time, as MAE/VideoMAE). From a
 random start, positions are drowned by the patch embeddings and a model trained from scratch takes
@@ -35,39 +42,56 @@ from timm.layers import Attention, build_sincos2d_pos_embed, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from .layers import (PatchEmbed3D, VideoEncoder, check_mask, drop_path_rates, init_weights, keep_visible,
-                     replace_masked, run_blocks, sincos_1d)
+from .layers import (PatchEmbed3D, VideoEncoder, blank_padded_frames, check_mask, drop_path_rates, init_weights,
+                     keep_visible, replace_masked, run_blocks, sincos_1d)
 from .registry import VIDEO_ENCODERS, build
 
 Temporal = Literal["none", "joint", "divided", "rolling"]
 TEMPORAL_MODES: tuple[str, ...] = ("none", "joint", "divided", "rolling")
 
 
-class JointBlock(Block):
-    """timm ViT block over all space-time tokens: (B, N, D) -> (B, N, D)."""
+# Every block takes x (B, N, D), the grid (T', H', W') and keep (B, N) bool | None: True for tokens of real
+# frames (see VideoViT.token_keep); blocks never let a real token attend to a padded one.
 
-    def forward(self, x: Tensor, grid: tuple[int, int, int]) -> Tensor:  # type: ignore[override]
-        return super().forward(x)
+
+def time_keep(keep: Tensor | None, T: int) -> Tensor | None:
+    """Token keep (B, T'*S) over the full grid -> (B, T') keep per time step (None stays None)."""
+    return None if keep is None else keep.view(keep.shape[0], T, -1)[:, :, 0]
+
+
+class JointBlock(Block):
+    """timm ViT block over all space-time tokens: (B, N, D) -> (B, N, D); padded tokens are not attended."""
+
+    def forward(self, x: Tensor, grid: tuple[int, int, int],  # type: ignore[override]
+                keep: Tensor | None = None) -> Tensor:
+        return super().forward(x, attn_mask=None if keep is None else keep[:, None, None, :])  # (B, 1, 1, N)
 
 
 class FrameBlock(Block):
     """timm ViT block applied to each frame separately: (B, T'*S, D) -> (B, T'*S, D)."""
 
-    def forward(self, x: Tensor, grid: tuple[int, int, int]) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, grid: tuple[int, int, int],  # type: ignore[override]
+                keep: Tensor | None = None) -> Tensor:
         B, N, D = x.shape
         T = grid[0]
         x = super().forward(x.reshape(B * T, N // T, D))  # (B*T', S, D)
         return x.reshape(B, N, D)
 
 
-def roll_tokens(x: Tensor, ratio: float) -> Tensor:
+def roll_tokens(x: Tensor, ratio: float, frames: Tensor | None = None) -> Tensor:
     """x (B, T', S, D) -> same shape, the first ``ratio/2`` of positions taken from the previous frame
-    and the next ``ratio/2`` from the following frame (cyclic in time)."""
+    and the next ``ratio/2`` from the following frame (cyclic in time). ``frames`` (B, T') True = real:
+    a position whose neighbour frame is padding keeps its own token."""
     fold = int(x.shape[2] * ratio) // 2
     if fold == 0 or x.shape[1] == 1:
         return x
     from_prev = x[:, :, :fold].roll(1, dims=1)  # (B, T', fold, D)
     from_next = x[:, :, fold:2 * fold].roll(-1, dims=1)  # (B, T', fold, D)
+    if frames is not None:
+        prev_real = frames.roll(1, dims=1)[:, :, None, None]  # (B, T', 1, 1)
+        next_real = frames.roll(-1, dims=1)[:, :, None, None]
+        from_prev = torch.where(prev_real, from_prev, x[:, :, :fold])
+        from_next = torch.where(next_real, from_next, x[:, :, fold:2 * fold])
     return torch.cat([from_prev, from_next, x[:, :, 2 * fold:]], dim=2)
 
 
@@ -78,10 +102,11 @@ class RollingBlock(Block):
         super().__init__(*args, **kwargs)
         self.roll_ratio = roll_ratio
 
-    def forward(self, x: Tensor, grid: tuple[int, int, int]) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, grid: tuple[int, int, int],  # type: ignore[override]
+                keep: Tensor | None = None) -> Tensor:
         B, N, D = x.shape
         T = grid[0]
-        rolled = roll_tokens(x.view(B, T, N // T, D), self.roll_ratio)  # (B, T', S, D)
+        rolled = roll_tokens(x.view(B, T, N // T, D), self.roll_ratio, time_keep(keep, T))  # (B, T', S, D)
         rolled = rolled.reshape(B * T, N // T, D)  # (B*T', S, D)
         x = x.reshape(B * T, N // T, D)  # (B*T', S, D)
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(rolled))))
@@ -98,11 +123,14 @@ class DividedBlock(Block):
         self.attn_t = Attention(dim, num_heads=num_heads, qkv_bias=True)
         self.temporal_fc = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, grid: tuple[int, int, int]) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, grid: tuple[int, int, int],  # type: ignore[override]
+                keep: Tensor | None = None) -> Tensor:
         B, N, D = x.shape
         T, S = grid[0], N // grid[0]
+        frames = time_keep(keep, T)  # (B, T') | None
+        time_mask = None if frames is None else frames.repeat_interleave(S, dim=0)[:, None, None, :]  # (B*S, 1, 1, T')
         xt = x.view(B, T, S, D).transpose(1, 2).reshape(B * S, T, D)  # (B*S, T', D)
-        xt = xt + self.drop_path1(self.temporal_fc(self.attn_t(self.norm_t(xt))))
+        xt = xt + self.drop_path1(self.temporal_fc(self.attn_t(self.norm_t(xt), attn_mask=time_mask)))
         xs = xt.view(B, S, T, D).transpose(1, 2).reshape(B * T, S, D)  # (B*T', S, D)
         xs = super().forward(xs)  # space attention + MLP
         return xs.reshape(B, N, D)
@@ -196,11 +224,19 @@ class VideoViT(VideoEncoder):
             pos = pos + self.pos_embed_time[:, :, None, :]
         return pos.flatten(1, 2)  # (1, N, D)
 
-    def embed(self, video: Tensor, mask: Tensor | None) -> Tensor:
+    def token_keep(self, frame_mask: Tensor | None, mask: Tensor | None = None) -> Tensor | None:
+        """(B, N or N_visible) True for tokens of real frames, in the order ``forward_features`` returns them."""
+        keep = super().token_keep(frame_mask)  # (B, N)
+        if keep is None or mask is None or self.mask_token is not None:
+            return keep
+        mask = check_mask(mask, keep.shape[0], keep.shape[1], "vit_st")
+        return keep_visible(keep[..., None], mask)[..., 0]  # (B, N_visible)
+
+    def embed(self, video: Tensor, mask: Tensor | None, frame_mask: Tensor | None = None) -> Tensor:
         """video (B, T, C, H, W) -> embedded tokens with positions (B, N, D); masked ones replaced, or
-        dropped for ``joint`` (then (B, N_visible, D))."""
+        dropped for ``joint`` (then (B, N_visible, D)). Padded frames (``frame_mask`` False) are blanked."""
         self.check_video(video)
-        x = self.patch_embed(video).flatten(1, 3)  # (B, N, D)
+        x = self.patch_embed(blank_padded_frames(video, frame_mask)).flatten(1, 3)  # (B, N, D)
         if mask is None:
             return x + self.pos_embed()
         mask = check_mask(mask, x.shape[0], x.shape[1], "vit_st")
@@ -208,10 +244,13 @@ class VideoViT(VideoEncoder):
             return keep_visible(x + self.pos_embed(), mask)  # (B, N_visible, D)
         return replace_masked(x, mask, self.mask_token) + self.pos_embed()
 
-    def forward_features(self, video: Tensor, mask: Tensor | None = None) -> Tensor:
-        """video (B, T, C, H, W), mask (B, N) True = masked -> tokens (B, N or N_visible, D)."""
-        x = self.embed(video, mask)
-        x = run_blocks(self.blocks, x, self.grad_checkpointing, self.grid)
+    def forward_features(self, video: Tensor, mask: Tensor | None = None,
+                         frame_mask: Tensor | None = None) -> Tensor:
+        """video (B, T, C, H, W), mask (B, N) True = masked, frame_mask (B, T) True = real frame -> tokens
+        (B, N or N_visible, D)."""
+        keep = self.token_keep(frame_mask, mask)  # (B, N or N_visible) | None
+        x = self.embed(video, mask, frame_mask)
+        x = run_blocks(self.blocks, x, self.grad_checkpointing, self.grid, keep)
         return self.norm(x)
 
 

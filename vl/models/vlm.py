@@ -86,10 +86,19 @@ class VideoLanguageModel(nn.Module):
         return copy.deepcopy(self._config)
 
     # -- encoders -------------------------------------------------------------------------------
-    def encode_video(self, video: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
-        """video (B, T, C, H, W), mask (B, N_grid) True = masked -> tokens (B, N, Dv), pooled (B, Dv)."""
-        tokens = self.video_encoder.forward_features(video, mask)
-        return {"tokens": tokens, "pooled": self.video_encoder.pool(tokens)}
+    def encode_video(self, video: Tensor, mask: Tensor | None = None,
+                     frame_mask: Tensor | None = None) -> dict[str, Tensor]:
+        """video (B, T, C, H, W), mask (B, N_grid) True = masked, frame_mask (B, T) True = real frame
+        (``Batch.frame_mask``; None: every frame is real) -> tokens (B, N, Dv), pooled (B, Dv) over the
+        real frames only and, with a ``frame_mask``, token_mask (B, N) True for tokens of real frames (the
+        ``video_mask`` to give ``fuse``)."""
+        encoder = self.video_encoder
+        tokens = encoder.forward_features(video, mask, frame_mask)
+        keep = encoder.token_keep(frame_mask, mask)  # (B, N) | None
+        out = {"tokens": tokens, "pooled": encoder.pool(tokens, keep)}
+        if keep is not None:
+            out["token_mask"] = keep
+        return out
 
     def encode_text(self, ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """ids (B, L), mask (B, L) -> tokens (B, L, Dt), pooled (B, Dt)."""
@@ -128,17 +137,19 @@ class VideoLanguageModel(nn.Module):
         return logits[:, 1] - logits[:, 0]  # (P,)
 
     def forward(self, video: Tensor, text_ids: Tensor, text_mask: Tensor,
-                video_token_mask: Tensor | None = None) -> dict[str, Tensor]:
-        """One pass over matched pairs -> embeddings and logits (no losses).
+                video_token_mask: Tensor | None = None, frame_mask: Tensor | None = None) -> dict[str, Tensor]:
+        """One pass over matched pairs -> embeddings and logits (no losses). ``frame_mask`` (B, T) False
+        marks padded frames: the video embedding averages real frames and the fusion does not attend to
+        padded frames' tokens.
 
         Returns ``video_tokens`` (B, N, Dv), ``text_tokens`` (B, L, Dt), ``video_embeds`` / ``text_embeds``
         (B, E) normalised, ``logit_scale`` (the log-space parameter, as ``VTCLoss`` takes it),
         ``fused_text_tokens`` (B, L, D), ``fused_cls`` (B, D), ``fused_pooled`` (B, D) (by the fusion's
         ``pool``) and, with a VTM head, ``vtm_logits`` (B, 2) of ``fused_pooled`` for these (positive) pairs.
         """
-        v = self.encode_video(video, video_token_mask)
+        v = self.encode_video(video, video_token_mask, frame_mask)
         t = self.encode_text(text_ids, text_mask)
-        fused = self.fuse(v["tokens"], t["tokens"], text_mask)
+        fused = self.fuse(v["tokens"], t["tokens"], text_mask, v.get("token_mask"))
         out = {
             "video_tokens": v["tokens"], "text_tokens": t["tokens"],
             "video_embeds": self.embed_video(v["pooled"]), "text_embeds": self.embed_text(t["pooled"]),
