@@ -106,3 +106,120 @@ def test_fit_then_resume_continues_the_step(tmp_path, synth_dir):
     rows = [json.loads(line) for line in next(tmp_path.rglob("test_predictions.jsonl")).read_text().splitlines()]
     assert len(rows) >= 12 and {"caption", "video", "rank", "top"} <= set(rows[0])
     assert all(1 <= r["rank"] <= 12 and r["caption"] for r in rows)
+
+
+def vl_in_process(capsys, *args: str) -> tuple[int, str]:
+    """`vl ARGS` in this process (no 20 s interpreter start): (exit status, stderr)."""
+    from vl.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def no_traceback(err: str) -> bool:
+    """No traceback in `err` but those of logging handlers left writing to an earlier test's closed capture."""
+    return err.count("Traceback (most recent call last)") == err.count("--- Logging error ---")
+
+
+def train_rows(run: Path) -> list[tuple[int, str, str]]:
+    """(step, epoch, train/loss) of every logged training step in `run`'s metrics.csv files."""
+    import csv
+
+    rows = []
+    for path in sorted(run.rglob("metrics.csv")):
+        rows += [(int(r["step"]), r["epoch"], r["train/loss"]) for r in csv.DictReader(path.open()) if r.get("train/loss")]
+    return rows
+
+
+def test_resume_mid_epoch_matches_an_uninterrupted_run(tmp_path, synth_dir, capsys):
+    """Stopped inside an epoch and resumed with --ckpt_path last: the same steps, epochs, losses (dropout
+    included) and final weights as one uninterrupted run."""
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    full.mkdir(), cut.mkdir()
+    code, err = vl_in_process(capsys, "fit", "-c", str(tiny_config(full, synth_dir)), "--trainer.max_steps", "5")
+    assert code == 0, err[-2000:]
+    cfg = str(tiny_config(cut, synth_dir))
+    assert vl_in_process(capsys, "fit", "-c", cfg, "--trainer.max_steps", "3")[0] == 0  # 3 = epoch 1's first batch
+    code, err = vl_in_process(capsys, "fit", "-c", cfg, "--trainer.max_steps", "5", "--ckpt_path", "last")
+    assert code == 0, err[-2000:]
+
+    expected, resumed = train_rows(full), train_rows(cut)
+    assert [r[0] for r in expected] == [0, 1, 2, 3, 4]
+    assert resumed == expected  # step column, epoch and loss of every step
+    weights = [torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+               for run in (full, cut)]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        torch.testing.assert_close(weights[1][name], weights[0][name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_ckpt_path_last_without_a_checkpoint_is_an_error(tmp_path, synth_dir, capsys):
+    code, err = vl_in_process(capsys, "fit", "-c", str(tiny_config(tmp_path, synth_dir)), "--ckpt_path", "last",
+                              "--trainer.max_steps", "1")
+    assert code == 1
+    assert "--ckpt_path last: no last.ckpt in" in err and "leave out --ckpt_path" in err
+    assert not (tmp_path / "checkpoints" / "last.ckpt").exists()  # nothing trained
+
+
+@pytest.mark.parametrize("command", ["test", "validate"])
+def test_evaluation_without_weights_is_an_error(tmp_path, synth_dir, capsys, command):
+    code, err = vl_in_process(capsys, command, "-c", str(tiny_config(tmp_path, synth_dir)))
+    assert code == 1
+    assert f"`vl {command}` needs trained weights: give --ckpt_path" in err and "init_from" in err
+    assert not list(tmp_path.rglob("test_metrics.json"))
+
+
+def test_checkpoint_problems_are_one_line_errors(tmp_path, synth_dir, capsys, monkeypatch):
+    """Overrides the checkpoint would replace, missing, truncated and non-checkpoint files: one line each
+    (`vl: error: ...`) naming the option or the file, no traceback unless VL_DEBUG=1."""
+    cfg = str(tiny_config(tmp_path, synth_dir))
+    assert vl_in_process(capsys, "fit", "-c", cfg, "--trainer.max_steps", "1")[0] == 0
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    truncated, text = tmp_path / "cut.ckpt", tmp_path / "notes.ckpt"
+    truncated.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    text.write_text("not a checkpoint\n")
+    cases = {
+        ("--ckpt_path", str(last), "--model.init_args.embed_dim", "64"): "--model.init_args.embed_dim 64 cannot apply",
+        ("--ckpt_path", str(last), "--model.init_args.video", "{temporal: joint}"): "--model.init_args.video",
+        ("--ckpt_path", str(last), "--model.init_args.model", "vl_base"): "--model.init_args.model 'vl_base'",
+        ("--ckpt_path", str(tmp_path / "missing.ckpt")): f"checkpoint not found: {tmp_path / 'missing.ckpt'}",
+        ("--ckpt_path", str(truncated)): f"{truncated} is a truncated or damaged checkpoint",
+        ("--ckpt_path", str(text)): f"{text} is not a checkpoint",
+    }
+    for args, message in cases.items():
+        code, err = vl_in_process(capsys, "test", "-c", cfg, *args)
+        errors = [line for line in err.splitlines() if line.startswith("vl: error:")]
+        assert code == 1 and len(errors) == 1 and message in errors[0], (args, err[-1500:])
+        assert no_traceback(err) and "weights_only" not in err
+    monkeypatch.setenv("VL_DEBUG", "1")
+    with pytest.raises(ValueError, match="is not a checkpoint"):
+        vl_in_process(capsys, "test", "-c", cfg, "--ckpt_path", str(text))
+
+
+def test_user_errors_are_one_line(tmp_path, synth_dir, capsys):
+    cfg = str(tiny_config(tmp_path, synth_dir))
+    cases = {
+        ("--model.init_args.optim.lr", "-0.1"): "model.init_args.optim.lr must be > 0, got -0.1",
+        ("--data.init_args.train_shards", str(tmp_path / "nope-{0..3}.tar")): "4 of 4 shards do not exist",
+    }
+    for args, message in cases.items():
+        code, err = vl_in_process(capsys, "fit", "-c", cfg, "--trainer.max_steps", "1", *args)
+        errors = [line for line in err.splitlines() if line.startswith("vl: error:")]
+        assert code == 1 and len(errors) == 1 and message in errors[0], (args, err[-1500:])
+        assert no_traceback(err)
+
+
+def test_misspelled_nested_option_is_named_in_full(tmp_path, synth_dir, capsys):
+    code, err = vl_in_process(capsys, "fit", "-c", str(tiny_config(tmp_path, synth_dir)),
+                              "--model.init_args.optim.lrr", "0.1")
+    assert code == 2
+    assert "unrecognized arguments: --model.init_args.optim.lrr" in err
+
+
+def test_usage_documents_vl_debug():
+    from vl.cli import _usage
+
+    assert "VL_DEBUG=1" in _usage()

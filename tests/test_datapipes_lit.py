@@ -95,3 +95,64 @@ def test_root_and_splits_json(synth_dir, tmp_path):
     assert dm.shards("train") == [os.path.join(root, "train-000000.tar"), "pipe:cat x.tar"]
     with pytest.raises(ValueError, match="test_shards"):
         VideoTextDataModule(root=str(tmp_path)).setup("test")  # no splits.json there
+
+
+def _keys_and_weights_run(dm_kwargs: dict, tmp, max_steps: int, ckpt_path=None) -> tuple[list, torch.Tensor]:
+    """Fit TinyModule (Adam) for `max_steps` with a last.ckpt in `tmp`; returns (keys per step, final weights)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from vl.lit.callbacks import SaveLastOnTrainEnd
+
+    class AdamModule(TinyModule):
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=0.05)
+
+    pl.seed_everything(0)
+    model = AdamModule()
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                         max_steps=max_steps,
+                         callbacks=[ModelCheckpoint(dirpath=tmp, save_last=True), SaveLastOnTrainEnd()])
+    trainer.fit(model, VideoTextDataModule(**dm_kwargs), ckpt_path=ckpt_path)
+    keys = model.seen["train"]
+    return [keys[i:i + 4] for i in range(0, len(keys), 4)], model.layer.weight.detach().clone()
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_from_a_mid_epoch_checkpoint_continues_the_data(synth_dir, tmp_path, num_workers):
+    """Stopped after 3 of an epoch's 4 batches (with 2 workers: mid-turn), then resumed: the resumed run
+    trains on exactly the batches the uninterrupted run had next, to the same weights."""
+    dm = dict(train_shards=synth_dir["train"], num_frames=2, frame_size=32, batch_size=4, batches_per_epoch=4,
+              num_workers=num_workers, persistent_workers=False, max_text_len=8, shuffle_buffer=10)
+    full_keys, full_weights = _keys_and_weights_run(dm, tmp_path / "full", 6)
+    _keys_and_weights_run(dm, tmp_path / "cut", 3)
+    resumed_keys, resumed_weights = _keys_and_weights_run(dm, tmp_path / "cut", 6, ckpt_path="last")
+    assert len(full_keys) == 6
+    assert resumed_keys == full_keys[3:]
+    torch.testing.assert_close(resumed_weights, full_weights, rtol=0, atol=1e-6)
+
+
+def test_loader_resumes_without_decoding_the_batches_it_skips(synth_dir, tokenizer, monkeypatch):
+    """A loader given `position(k)` of another yields that loader's batches from k on, and decodes only
+    the clips of the batches it yields (plus the one it reads ahead), none of the k skipped batches."""
+    import datapipes.pipeline as pipeline
+    from datapipes.pipeline import ClipConfig, build_train_loader
+
+    cfg = ClipConfig(num_frames=2, size=32, sampling="random_segment", max_text_len=8)
+    kwargs = dict(batch_size=3, batches_per_epoch=5, shuffle_buffer=8, seed=3)
+    first = build_train_loader(synth_dir["train"], tokenizer, cfg, **kwargs)
+    batches = list(first)
+    position = first.position(3)
+    assert position["epoch"] == 0 and position["batches"] == [3]
+
+    decoded = []
+    real_decode = pipeline.decode_clip
+    monkeypatch.setattr(pipeline, "decode_clip", lambda *a, **k: decoded.append(1) or real_decode(*a, **k))
+    resumed = build_train_loader(synth_dir["train"], tokenizer, cfg, resume=position, **kwargs)
+    rest = list(resumed)
+    assert [b.keys for b in rest] == [b.keys for b in batches[3:]]
+    for got, want in zip(rest, batches[3:]):  # same crops, frames and captions: per-sample random streams
+        assert torch.equal(got.video, want.video) and torch.equal(got.text_ids, want.text_ids)
+    assert len(decoded) <= 2 * 3 + 1
+    assert resumed.position(5)["batches"] == [5]
+    assert [b.keys for b in resumed] != [b.keys for b in batches]  # the next epoch: a new stream

@@ -7,13 +7,16 @@
 Configs are YAML in LightningCLI's `class_path`/`init_args` form, parsed in omegaconf mode so `${...}`
 interpolation works. A key may name another YAML file (`trainer: ../trainer/cpu.yaml`), resolved relative
 to the file that names it, so a new run overrides only what differs. Unknown keys and wrong types exit
-with status 2 and one line naming the key.
+with status 2 and one line naming the key. Other errors a user can fix (a missing shard or checkpoint, a
+file that is not a checkpoint, a bad setting) exit with status 1 and one line; `VL_DEBUG=1` shows the
+traceback instead.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import pickle
 import sys
 from typing import Callable, Sequence
 
@@ -44,6 +47,8 @@ def _usage() -> str:
         "  vl fit -c configs/pretrain/demo.yaml --trainer.max_steps 5",
         "  vl fit -c configs/pretrain/demo.yaml --ckpt_path last      # resume",
         "  vl test -c configs/pretrain/demo.yaml --ckpt_path runs/demo/checkpoints/last.ckpt",
+        "",
+        "Errors are one line; set VL_DEBUG=1 for the full traceback (VL_DEBUG=1 vl fit ...).",
     ]
     return "\n".join(lines)
 
@@ -53,11 +58,35 @@ def _tool_main(name: str) -> Callable[[list[str]], int]:
     return module.main
 
 
+# Errors with a message that says what to fix: shown as one line (the traceback with VL_DEBUG=1).
+USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, pickle.UnpicklingError)
+
+
+def one_line(error: BaseException) -> str:
+    """``error`` as one line: its type and message, whitespace collapsed; for an error that jsonargparse
+    wrapped while building a class, the error the class raised; for an error re-raised from a DataLoader
+    worker, the original error's last line rather than the worker's traceback."""
+    while isinstance(error.__cause__, USER_ERRORS) and "Does not validate against" in str(error):
+        error = error.__cause__
+    text = str(error)
+    if "Original Traceback" in text:
+        text = [line for line in text.splitlines() if line.strip()][-1]
+        return " ".join(text.split())
+    return f"{type(error).__name__}: {' '.join(text.split())}"
+
+
 def run_lightning(argv: list[str] | None) -> int:
     """Parse `argv` (None: sys.argv) with LightningCLI and run the subcommand; returns an exit status."""
     from vl.lit.cli import VLLightningCLI
+    from vl.lit.safety import NonFiniteLossError
 
-    VLLightningCLI(args=argv)
+    try:
+        VLLightningCLI(args=argv)
+    except (*USER_ERRORS, NonFiniteLossError) as e:
+        if os.environ.get("VL_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"vl: error: {one_line(e)} (VL_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -14,17 +14,29 @@ class SaveLastOnTrainEnd(pl.Callback):
 
     Lightning's ModelCheckpoint updates `last.ckpt` only after validation (or at an epoch end); a run that
     stops between two of those would otherwise resume from an older step with `--ckpt_path last`.
+    A run stopped inside an epoch (`max_steps`, `max_time`) is saved at that epoch's end hook, before
+    Lightning counts the cut epoch as completed: saved later, the checkpoint would resume in the next
+    epoch and repeat batches (and their logged steps) instead of finishing the cut one.
     """
+
+    def __init__(self) -> None:
+        self._saved_at: dict[str, int] = {}  # last.ckpt path -> global step this callback saved it at
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.fit_loop.epoch_loop.batch_progress.current.processed < trainer.num_training_batches:
+            self.on_train_end(trainer, pl_module)  # the epoch was cut short: the run is stopping
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for cb in trainer.checkpoint_callbacks:
             if not isinstance(cb, ModelCheckpoint) or not cb.save_last or not cb.dirpath:
                 continue
             path = os.path.join(cb.dirpath, f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}")
-            if cb.last_model_path == path and getattr(cb, "_last_global_step_saved", -1) == trainer.global_step:
+            if cb.last_model_path == path and trainer.global_step in (
+                    getattr(cb, "_last_global_step_saved", -1), self._saved_at.get(path)):
                 continue  # already saved at this step
             trainer.save_checkpoint(path)
             cb.last_model_path = path
+            self._saved_at[path] = trainer.global_step
             rank_zero_info(f"saved {path} at step {trainer.global_step}")
 
 

@@ -1,11 +1,16 @@
-"""Rebuilding a trained model (and how its inputs were prepared) from a `vl fit` checkpoint."""
+"""Rebuilding a trained model (and how its inputs were prepared) from a `vl fit` checkpoint, and the
+global random state that rides in every checkpoint so that a resumed run draws what it would have."""
 
 from __future__ import annotations
 
+import random
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
+import numpy as np
 import torch
 
 # Data settings a model was trained with, recorded in checkpoints so that search and inference prepare
@@ -28,16 +33,46 @@ def preprocess_from_datamodule(datamodule: Any) -> dict[str, Any]:
     return {k: hparams[k] for k in PREPROCESS_KEYS if k in hparams}
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read; the message names the file and says why."""
+
+
+def check_checkpoint_file(path: str | Path) -> Path:
+    """``path`` when it is a whole PyTorch checkpoint file; else CheckpointError (FileNotFoundError when
+    missing), one line naming the file, so that torch's unpickling advice never stands in for "wrong file".
+
+    A checkpoint is a zip archive (torch.save) or, from old torch versions, a pickle. A zip cut short has
+    lost its central directory, which sits at the end of the file; opening the archive finds that.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint: give the .ckpt file inside it")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                archive.namelist()
+        except (zipfile.BadZipFile, OSError) as e:
+            raise CheckpointError(f"{path} is a truncated or damaged checkpoint ({e}); use another checkpoint, "
+                                  "e.g. the best-*.ckpt beside it") from e
+    elif not head.startswith(b"\x80"):
+        kind = "an empty file" if not head else f"a file starting with {head!r}"
+        raise CheckpointError(f"{path} is not a checkpoint (it is {kind}); give a .ckpt file written by `vl fit`")
+    return path
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the VideoLanguageModel saved by a vl LightningModule checkpoint.
 
-    Raises FileNotFoundError for a missing file and ValueError for a checkpoint that vl did not write.
+    Raises FileNotFoundError for a missing file, CheckpointError for a file that is no (whole) checkpoint
+    and ValueError for a checkpoint that vl did not write.
     """
     from vl.models import create_model
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    path = check_checkpoint_file(path)
     ckpt = torch.load(path, map_location=map_location, weights_only=False)
     config = ckpt.get("vl_model_config")
     if config is None:
@@ -49,3 +84,34 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing or unexpected:
         raise ValueError(f"{path} does not match its model config: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return LoadedModel(model=model.eval(), preprocess=dict(ckpt.get("vl_preprocess", {})), path=path)
+
+
+class RandomState(pl.Callback):
+    """Saves the process's global random generators in each checkpoint and restores them on resume.
+
+    Lightning restores weights, optimiser, schedule, loops and data position, but not the torch, CUDA,
+    NumPy and Python generators that dropout and random masking draw from; without them a resumed run
+    draws other dropout masks than the uninterrupted run from the first step on. Every rank restores
+    the state rank 0 saved, as ``seed_everything`` gives every rank the same seed.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors, lists and ints only, so that checkpoints still load with torch's ``weights_only``."""
+        kind, key, pos, has_gauss, gauss = np.random.get_state()
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": [kind, key.tolist(), pos, has_gauss, gauss],
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        kind, key, pos, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state((kind, np.asarray(key, dtype=np.uint32), pos, has_gauss, gauss))
+        version, internal, gauss = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss))
+        if "cuda" in state_dict and torch.cuda.is_available() and len(state_dict["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])

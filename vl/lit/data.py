@@ -18,7 +18,14 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from datapipes.pipeline import SKIP_REASONS, ClipConfig, build_eval_loader, build_train_loader, resolve_datasets
+from datapipes.pipeline import (
+    SKIP_REASONS,
+    ClipConfig,
+    EpochDataLoader,
+    build_eval_loader,
+    build_train_loader,
+    resolve_datasets,
+)
 
 ShardArg = Optional[Union[str, list[str]]]
 
@@ -96,8 +103,13 @@ class VideoTextDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self._tokenizer = None
+        self._train_loader: Optional[EpochDataLoader] = None
+        self._resume: Optional[dict] = None  # the data position of the checkpoint being resumed
         # Each worker yields a fixed number of batches, so the loader's length is exact.
         warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+        # The training loader resumes mid-epoch through this module's state_dict, which Lightning's check
+        # (a `state_dict` on the loader itself) does not see.
+        warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
 
     def shards(self, split: Literal["train", "val", "test", "predict"]) -> ShardArg:
         """The shard spec of ``split``: as given (relative paths under ``root``), else from ``root/splits.json``."""
@@ -163,13 +175,42 @@ class VideoTextDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         h = self.hparams
         rank, _ = self._rank_world()
-        start_epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        return build_train_loader(
+        trainer = self.trainer
+        resume, self._resume = self._resume, None
+        self._train_loader = build_train_loader(
             self.shards("train"), self.tokenizer, self.clip_config("train"), batch_size=h.batch_size,
             batches_per_epoch=h.batches_per_epoch, weights=h.train_weights, shuffle_buffer=h.shuffle_buffer,
-            seed=h.seed, rank=rank, start_epoch=start_epoch, max_consecutive_skips=h.max_consecutive_skips,
+            seed=h.seed, rank=rank, max_consecutive_skips=h.max_consecutive_skips, resume=resume,
             **self._loader_kwargs(),
         )
+        if trainer is not None:  # epochs as the fit loop counts them, restored ones included
+            self._train_loader.epoch_fn = lambda: trainer.current_epoch
+        return self._train_loader
+
+    def state_dict(self) -> dict:
+        """The training data position, saved in every checkpoint: ``{"train_position": ...}``.
+
+        It is the loader's position after the batches of the current epoch that the fit loop has run
+        (``batch_progress.current.processed``), not after those its workers have already prefetched,
+        so that a run resumed from a mid-epoch checkpoint continues with the very next batch.
+        """
+        trainer, loader = self.trainer, self._train_loader
+        if trainer is None or loader is None or trainer.state.fn != TrainerFn.FITTING:
+            return {}
+        position = loader.position(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        if position is None or position["epoch"] != trainer.current_epoch:
+            return {}
+        return {"train_position": position}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Resume from the checkpoint's data position: the training loader's next epoch starts there when
+        it is the checkpoint's epoch. Lightning may have built the loader already (to count the steps of
+        the LR schedule); its epochs start lazily, so setting the position on it still takes effect."""
+        position = state_dict.get("train_position")
+        if self._train_loader is not None:
+            self._train_loader.resume = position
+        else:
+            self._resume = position
 
     def _eval_loader(self, shards: ShardArg, stage: Literal["val", "test"]) -> DataLoader:
         h = self.hparams
@@ -258,7 +299,12 @@ class SkipCounter(pl.Callback):
     @staticmethod
     def _summarise(by_stage: dict[str, dict[str, int]]) -> None:
         lines = []
+        from datapipes.pipeline import KEPT_REASONS  # counted but kept (padded_clip): not in the skipped total
+
         for stage, counts in by_stage.items():
+            kept = {r: n for r, n in counts.items() if r in KEPT_REASONS}
+            counts = {r: n for r, n in counts.items() if r not in KEPT_REASONS}
             detail = ", ".join(f"{r}={n}" for r, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-            lines.append(f"  {stage}: {sum(counts.values())} skipped" + (f" ({detail})" if detail else ""))
+            lines.append(f"  {stage}: {sum(counts.values())} skipped" + (f" ({detail})" if detail else "")
+                         + "".join(f"; {n} kept as {r}" for r, n in kept.items()))
         rank_zero_info("Data pipeline: samples skipped (all ranks)\n" + "\n".join(lines))

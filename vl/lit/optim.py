@@ -22,6 +22,19 @@ class OptimConfig:
     min_lr_ratio: float = 0.01  # cosine decays to lr * this at the last step
     fused: bool = False  # torch's fused AdamW kernel (CUDA and CPU)
 
+    def __post_init__(self) -> None:
+        """Reject impossible settings when the config is read, naming the key as a config writes it."""
+        checks = {
+            "lr": self.lr > 0, "pretrained_lr_scale": self.pretrained_lr_scale >= 0,
+            "weight_decay": self.weight_decay >= 0, "eps": self.eps > 0, "warmup_steps": self.warmup_steps >= 0,
+            "min_lr_ratio": 0 <= self.min_lr_ratio <= 1, "betas": all(0 <= b < 1 for b in self.betas),
+        }
+        bounds = {"lr": "> 0", "eps": "> 0", "min_lr_ratio": "in [0, 1]", "betas": "each in [0, 1)"}
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"model.init_args.optim.{name} must be {bounds.get(name, '>= 0')}, "
+                                 f"got {getattr(self, name)!r}")
+
 
 def _no_decay(name: str, param: nn.Parameter, explicit: set[str]) -> bool:
     """Norm weights, biases, embeddings and scalars take no weight decay."""
