@@ -223,3 +223,20 @@ def test_usage_documents_vl_debug():
     from vl.cli import _usage
 
     assert "VL_DEBUG=1" in _usage()
+
+
+def test_a_callback_the_cli_adds_is_not_added_twice(tmp_path, synth_dir):
+    """A config that lists ``vl.lit.SkipCounter`` (which the CLI adds to every run) gets one, not two: two
+    would count every skip twice and print the summary twice."""
+    from vl.lit.cli import VLLightningCLI
+    from vl.lit.data import SkipCounter
+
+    path = tiny_config(tmp_path, synth_dir)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["trainer"]["callbacks"].append({"class_path": "vl.lit.SkipCounter"})
+    path.write_text(yaml.safe_dump(cfg))
+    cli = VLLightningCLI(args=["-c", str(path)], run=False)
+    assert sum(isinstance(cb, SkipCounter) for cb in cli.trainer.callbacks) == 1
+    (tmp_path / "plain").mkdir()
+    plain = VLLightningCLI(args=["-c", str(tiny_config(tmp_path / "plain", synth_dir))], run=False)
+    assert sum(isinstance(cb, SkipCounter) for cb in plain.trainer.callbacks) == 1

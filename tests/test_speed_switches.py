@@ -90,6 +90,7 @@ def test_unknown_attention_kernel_is_a_clear_error():
         PretrainModule(model="vl_tiny", attention="flashy")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the memory-efficient kernel is a GPU kernel")
 def test_memory_efficient_attention_kernel_cuda(baseline):
     # Memory-efficient rather than flash: the fusion and text attention carry padding masks, which the
@@ -114,6 +115,7 @@ def test_torch_compile(baseline):
     check_close("torch.compile", final_loss(fixed_batches(), compile=True), baseline, 0.05)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: fp16 mixed precision with a grad scaler")
 def test_fp16_mixed_precision_cuda(baseline):
     batches = fixed_batches()

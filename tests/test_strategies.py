@@ -35,11 +35,12 @@ def test_deepspeed_strategy_builds(stage: int) -> None:
     assert strategy.config["zero_optimization"]["stage"] == stage
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: DeepSpeed ZeRO and FSDP shard over GPUs")
 @pytest.mark.parametrize("name", SHARDED)
 def test_sharded_strategy_trains_the_demo_model(name: str, tmp_path: Path, synth_dir: dict) -> None:
     cfg = tiny_config(tmp_path, synth_dir, max_steps=3)
-    out = run_vl("fit", "-c", str(cfg), "-c", str(ROOT / "configs" / "trainer" / f"{name}.yaml"),
+    out = run_vl("fit", "-c", str(cfg), "--trainer", str(ROOT / "configs" / "trainer" / f"{name}.yaml"),
                  "--trainer.devices", "1", "--trainer.max_steps", "3")
     print(out.stderr[-3000:])
     assert out.returncode == 0

@@ -70,6 +70,18 @@ class VLLightningCLI(LightningCLI):
             **kwargs,
         )
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[pl.Callback]) -> pl.Trainer:
+        """Lightning's, with each of the CLI's own callbacks added only when the config lists none of its
+        type: a config that also lists ``vl.lit.SkipCounter`` would count every skip twice."""
+        listed = config.get("callbacks") or []
+        listed = listed if isinstance(listed, list) else [listed]
+        have = {type(cb) for cb in [*listed, *callbacks]}
+        defaults = self.trainer_defaults.get("callbacks", [])
+        defaults = defaults if isinstance(defaults, list) else [defaults]
+        self.trainer_defaults = {**self.trainer_defaults,
+                                 "callbacks": [cb for cb in defaults if type(cb) not in have]}
+        return super()._instantiate_trainer(config, callbacks)
+
     # ---- checks of --ckpt_path and of where an evaluated model's weights come from -------------------
 
     def _parse_ckpt_path(self) -> None:
