@@ -436,3 +436,120 @@ def test_rerank_refuses_nan_match_scores() -> None:
     scores = torch.full_like(sim, float("nan"))
     scores.scatter_(1, sim.topk(2, dim=1).indices, 1.0)  # outside the top k scores are never read
     assert torch.isfinite(rerank_topk(sim, scores, 2)).all()
+
+
+# ---------------------------------------------------------------- padded frames (Batch.frame_mask)
+# Clip 0 is full, clip 1 has 3 real frames of 8, clip 2 one: with 2-frame tubelets clip 1's second tubelet
+# holds one real and one padded frame, and its last two time steps are all padding.
+FRAME_MASK = torch.tensor([[True] * 8, [True] * 3 + [False] * 5, [True] + [False] * 7])
+
+
+def padded_batch(seed: int = 0, choices: int = 0, repad: bool = False) -> Batch:
+    """``batch`` with ``FRAME_MASK``; ``repad``: its padded frames filled with other noise."""
+    b = batch(seed, choices)
+    b.frame_mask = FRAME_MASK.clone()
+    if repad:
+        noise = torch.randn(b.video.shape, generator=torch.Generator().manual_seed(seed + 100)) * 3.0
+        b.video = torch.where(FRAME_MASK[:, :, None, None, None], b.video, noise)
+    return b
+
+
+class NoisyPaddedTokens:
+    """Context: the model's video encoder adds large noise to the tokens of padded frames, as if it put
+    anything there; a task that ignores padded frames (pooling and fusion) gives the same result. The
+    noise has its own generator, so the global RNG (VTM negatives) draws the same either way."""
+
+    def __init__(self, model) -> None:
+        self.encoder = model.video_encoder
+
+    def __enter__(self) -> None:
+        encoder, real = self.encoder, self.encoder.forward_features
+
+        def forward_features(video, mask=None, frame_mask=None):
+            tokens = real(video, mask, frame_mask)
+            keep = encoder.token_keep(frame_mask, mask)
+            if keep is None:
+                return tokens
+            noise = torch.randn(tokens.shape, generator=torch.Generator().manual_seed(7)) * 10.0
+            return torch.where(keep[..., None], tokens, tokens + noise)
+
+        encoder.forward_features = forward_features
+
+    def __exit__(self, *exc) -> None:
+        del self.encoder.forward_features
+
+
+def same_whatever_the_padding(module, run):
+    """``run(batch)`` on a padded batch, then on one whose padded frames (pixels and tokens) differ -> both."""
+    with torch.no_grad():
+        torch.manual_seed(0)
+        before = run(padded_batch(1, choices=4))
+        with NoisyPaddedTokens(module.model):
+            torch.manual_seed(0)
+            after = run(padded_batch(1, choices=4, repad=True))
+    return before, after
+
+
+def test_retrieval_training_and_reranking_ignore_padded_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    """VTC/VTM training, the dual-encoder embeddings and the VTM re-ranking scores of a split do not depend on
+    padded frames: the frame mask reaches the encoder and each video's token mask travels with its tokens."""
+    module = RetrievalModule(video=VIDEO, rerank_k=2).eval()
+    scored: list[torch.Tensor] = []
+    real = retrieval.vtm_pair_scores
+    monkeypatch.setattr(retrieval, "vtm_pair_scores", lambda *a, **k: scored.append(real(*a, **k)) or scored[-1])
+
+    def run(b: Batch) -> dict:
+        losses = module.compute_losses(b)
+        b.text_video_index = torch.arange(B)
+        module.eval_step(b, "test")
+        data = module.eval_state.gathered()
+        module.eval_state.reset()
+        metrics, _ = module.evaluate(data)
+        assert not bool(data["video_token_mask"].all())  # the padding was recorded with the tokens
+        return {"vtc": losses["vtc_loss"], "vtm": losses["vtm_loss"], "video": data["video"],
+                "log_odds": scored[-1], "rerank_R@1": torch.tensor(metrics["rerank/t2v_R@1"])}
+
+    before, after = same_whatever_the_padding(module, run)
+    for name in before:
+        torch.testing.assert_close(after[name], before[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_qa_ignores_padded_frames(tmp_path: Path) -> None:
+    vocab_file = tmp_path / "vocab.json"
+    AnswerVocab(["left", "right", "up", "down"]).save(vocab_file)
+    module = QAModule(video=VIDEO, answer_vocab=str(vocab_file), num_answers=4).eval()
+    before, after = same_whatever_the_padding(module, module.answer_logits)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("score", ["vtm", "vtm+vtc"])
+def test_multiple_choice_ignores_padded_frames(score: str) -> None:
+    module = MultipleChoiceModule(video=VIDEO, score=score).eval()
+    before, after = same_whatever_the_padding(module, module.scores)
+    assert before[0, -1] == -math.inf and torch.isfinite(before[1:]).all()
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+
+
+def test_captioning_training_and_generation_ignore_padded_frames() -> None:
+    """The caption loss and every decoder step of beam search (``eval_step``) ignore padded frames."""
+    module = CaptioningModule(video=VIDEO, max_len=4, beam_size=2).eval()
+    steps: list[torch.Tensor] = []
+    real = module.decode_logits
+    module.decode_logits = lambda *a, **k: steps.append(real(*a, **k)) or steps[-1]
+
+    def run(b: Batch) -> dict:
+        steps.clear()
+        loss = module.compute_losses(b)["caption_loss"]
+        module.eval_step(b, "test")
+        captions = [o["prediction"] for o in module._outputs]
+        module._outputs.clear()
+        return {"loss": loss, "steps": [s.clone() for s in steps], "captions": captions}
+
+    try:
+        before, after = same_whatever_the_padding(module, run)
+    finally:
+        del module.decode_logits
+    torch.testing.assert_close(after["loss"], before["loss"], rtol=0, atol=1e-5)
+    assert after["captions"] == before["captions"] and len(after["steps"]) == len(before["steps"]) > 0
+    for b_step, a_step in zip(before["steps"], after["steps"]):
+        torch.testing.assert_close(a_step, b_step, rtol=0, atol=1e-5)

@@ -129,6 +129,7 @@ class PretrainModule(pl.LightningModule):
         text = self.model.encode_text(batch.text_ids, batch.text_mask)  # tokens (B, L, Dt)
         v_emb = self.model.embed_video(video["pooled"])  # (B, E)
         t_emb = self.model.embed_text(text["pooled"])  # (B, E)
+        video_mask = video.get("token_mask")  # (B, N) True for tokens of real frames; None: no padding known
         out: dict[str, Tensor] = {}
         if self.objectives.vtc > 0:
             keys = self.match_keys(batch) if self.objectives.vtc_multi_positive else None
@@ -136,12 +137,13 @@ class PretrainModule(pl.LightningModule):
         if self.vtm is not None:
             sim = VTCLoss.similarity(v_emb, t_emb, self.model.logit_scale).detach()  # (B, B) for hard negatives
             positives = vtm_positives(batch.text_ids, batch.references, batch.captions)  # (B, B)
-            out.update(self.vtm(self.model, video["tokens"], text["tokens"], batch.text_mask, sim, positives))
+            out.update(self.vtm(self.model, video["tokens"], text["tokens"], batch.text_mask, sim, positives,
+                                video_mask=video_mask))
         if self.mlm is not None:
-            out.update(self.mlm(self.model, video["tokens"], batch.text_ids, batch.text_mask))
+            out.update(self.mlm(self.model, video["tokens"], batch.text_ids, batch.text_mask, video_mask=video_mask))
         if self.mvm is not None:  # masks (scored by the unmasked pass), re-encodes the masked clip, predicts targets
             out.update(self.mvm(self.model, batch.video, video["tokens"], text["tokens"], batch.text_mask, t_emb,
-                                keys=batch.keys))
+                                keys=batch.keys, frame_mask=batch.frame_mask))
         return out
 
     def match_keys(self, batch: Batch) -> tuple[Tensor, Tensor]:

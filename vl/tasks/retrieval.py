@@ -78,9 +78,10 @@ def rerank_topk(sim: Tensor, scores: Tensor, k: int) -> Tensor:
 
 @torch.no_grad()
 def vtm_pair_scores(model: VideoLanguageModel, video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor,
-                    pairs: Tensor, batch_size: int) -> Tensor:
+                    pairs: Tensor, batch_size: int, video_mask: Optional[Tensor] = None) -> Tensor:
     """VTM match log-odds of (text, video) ``pairs`` (P, 2): video_tokens (Nv, N, Dv), text_tokens (Nt, L, Dt),
-    text_mask (Nt, L) -> (P,). Under DDP each rank scores a contiguous slice and the slices are gathered."""
+    text_mask (Nt, L), video_mask (Nv, N) True for tokens of real frames (None: all) -> (P,). Under DDP each
+    rank scores a contiguous slice and the slices are gathered."""
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     rank = dist.get_rank() if world > 1 else 0
     per_rank = -(-pairs.shape[0] // world)  # ceil
@@ -88,7 +89,8 @@ def vtm_pair_scores(model: VideoLanguageModel, video_tokens: Tensor, text_tokens
     scores = []
     for chunk in mine.split(batch_size):
         t, v = chunk[:, 0], chunk[:, 1]
-        scores.append(model.vtm_log_odds(video_tokens[v], text_tokens[t], text_mask[t]))  # (P_chunk,)
+        vmask = None if video_mask is None else video_mask[v]  # (P_chunk, N)
+        scores.append(model.vtm_log_odds(video_tokens[v], text_tokens[t], text_mask[t], vmask))  # (P_chunk,)
     local = torch.cat(scores) if scores else video_tokens.new_zeros(0, dtype=torch.float32)
     return gather_rows(local)
 
@@ -136,7 +138,9 @@ def ranking_rows(sim_t2v: Tensor, sim_v2t: Tensor, index: Tensor, keys: list[str
 
 class RetrievalEvalState:
     """What one evaluation pass collects: embeddings (``RetrievalAccumulator``), query texts and, when the
-    pass re-ranks, the encoders' tokens (kept on the device: Nv x N x Dv video tokens for the whole split)."""
+    pass re-ranks, the encoders' tokens (kept on the device: Nv x N x Dv video tokens for the whole split)
+    with each video's token mask (True for tokens of real frames), so that re-ranking fuses a short clip
+    without its padded frames."""
 
     def __init__(self) -> None:
         self.embeddings = RetrievalAccumulator()
@@ -148,25 +152,33 @@ class RetrievalEvalState:
         self.video_tokens: list[Tensor] = []
         self.text_tokens: list[Tensor] = []
         self.text_mask: list[Tensor] = []
+        self.video_token_mask: list[Tensor] = []
 
     def add(self, v_emb: Tensor, t_emb: Tensor, index: Tensor, keys: list[str], texts: list[str],
-            tokens: Optional[tuple[Tensor, Tensor, Tensor]] = None) -> None:
+            tokens: Optional[tuple[Tensor, Tensor, Tensor]] = None, video_mask: Optional[Tensor] = None) -> None:
         """v_emb (B, E), t_emb (Nt, E), index (Nt,), keys (B,), texts (Nt,), tokens: video (B, N, Dv),
-        text (Nt, L, Dt) and text mask (Nt, L) when re-ranking."""
+        text (Nt, L, Dt) and text mask (Nt, L) when re-ranking, with video_mask (B, N) True for tokens of
+        real frames (None: every token is real)."""
         self.embeddings.add(v_emb, t_emb, index, keys)
         self.texts.extend(texts)
         if tokens is not None:
             for store, t in zip((self.video_tokens, self.text_tokens, self.text_mask), tokens):
                 store.append(t.detach())
+            video = tokens[0]  # (B, N, Dv)
+            if video_mask is None:
+                video_mask = torch.ones(video.shape[:2], dtype=torch.bool, device=video.device)
+            self.video_token_mask.append(video_mask.detach().to(torch.uint8))  # uint8: every backend all-gathers it
 
     def gathered(self) -> dict:
-        """Everything over all ranks: video (Nv, E), text (Nt, E), index (Nt,), keys, texts, and tokens if kept."""
+        """Everything over all ranks: video (Nv, E), text (Nt, E), index (Nt,), keys, texts, and tokens if kept
+        (``video_tokens``, ``text_tokens``, ``text_mask``, ``video_token_mask`` (Nv, N) bool)."""
         video, text, index, keys = self.embeddings.gathered()
         out = {"video": video, "text": text, "index": index, "keys": keys, "texts": gather_objects(self.texts)}
         if self.video_tokens:
             out["video_tokens"] = gather_rows(torch.cat(self.video_tokens))
             out["text_tokens"] = gather_rows(torch.cat(self.text_tokens))
             out["text_mask"] = gather_rows(torch.cat(self.text_mask))
+            out["video_token_mask"] = gather_rows(torch.cat(self.video_token_mask)).bool()  # (Nv, N)
         return out
 
 
@@ -264,7 +276,7 @@ class RetrievalModule(FinetuneModule):
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
         """VTC over the batch's (video, caption) pairs and VTM on hard negatives: ``{"vtc_loss", "vtm_loss", ...}``."""
         ids, mask, _, _ = self.texts(batch)
-        video = self.model.encode_video(batch.video)  # tokens (B, N, Dv), pooled (B, Dv)
+        video = self.model.encode_video(batch.video, frame_mask=batch.frame_mask)  # tokens (B, N, Dv), pooled (B, Dv)
         text = self.model.encode_text(ids, mask)  # tokens (B, L, Dt), pooled (B, Dt)
         v_emb, t_emb = self.model.embed_video(video["pooled"]), self.model.embed_text(text["pooled"])  # (B, E)
         out = self.vtc(v_emb, t_emb, self.model.logit_scale)
@@ -272,7 +284,8 @@ class RetrievalModule(FinetuneModule):
             sim = VTCLoss.similarity(v_emb, t_emb, self.model.logit_scale).detach()  # (B, B)
             captions = None if self.hparams.paragraph else batch.captions  # a paragraph is no single caption
             positives = vtm_positives(ids, batch.references, captions)  # (B, B)
-            out.update(self.vtm(self.model, video["tokens"], text["tokens"], mask, sim, positives))
+            out.update(self.vtm(self.model, video["tokens"], text["tokens"], mask, sim, positives,
+                                video_mask=video.get("token_mask")))
         return out
 
     # ---- evaluation -------------------------------------------------------------------------------
@@ -282,11 +295,11 @@ class RetrievalModule(FinetuneModule):
 
     def eval_step(self, batch: Batch, split: str) -> None:
         ids, mask, index, strings = self.texts(batch)
-        video = self.model.encode_video(batch.video)
+        video = self.model.encode_video(batch.video, frame_mask=batch.frame_mask)
         text = self.model.encode_text(ids, mask)
         v_emb, t_emb = self.model.embed_video(video["pooled"]), self.model.embed_text(text["pooled"])
         tokens = (video["tokens"], text["tokens"], mask) if self._reranks(split) else None
-        self.eval_state.add(v_emb, t_emb, index, batch.keys, strings, tokens)
+        self.eval_state.add(v_emb, t_emb, index, batch.keys, strings, tokens, video.get("token_mask"))
 
     def finish_eval(self, split: str) -> None:
         if not self.eval_state.texts and not self.eval_state.embeddings.video:
@@ -328,8 +341,11 @@ class RetrievalModule(FinetuneModule):
             k = self.rerank_k
             pairs = rerank_candidates(sim, k).nonzero()  # (P, 2): (text, video)
             log_odds = torch.full_like(sim, float("nan"))
+            # an all-real mask is left out: the fusion then keeps its unmasked (fastest) attention kernel
+            video_mask = data["video_token_mask"]  # (Nv, N)
+            masked = {} if bool(video_mask.all()) else {"video_mask": video_mask}
             pair_log_odds = vtm_pair_scores(self.model, data["video_tokens"], data["text_tokens"], data["text_mask"],
-                                            pairs, self.rerank_batch_size)  # (P,)
+                                            pairs, self.rerank_batch_size, **masked)  # (P,)
             require_finite(pair_log_odds, "VTM match scores of the re-ranked (text, video) pairs")
             log_odds[pairs[:, 0], pairs[:, 1]] = pair_log_odds.to(sim.dtype)
             scores = match_score(log_odds, sim, self.model.get_logit_scale().float(), self.rerank_score)
