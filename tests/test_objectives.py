@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import noisy_padded_tokens
 
 from vl.models import create_model
 from vl.models.hub import load_tokenizer
@@ -315,33 +316,6 @@ def repad(video: torch.Tensor, frame_mask: torch.Tensor, seed: int = 1) -> torch
     return torch.where(frame_mask[:, :, None, None, None], video, noise)
 
 
-def noisy_padded_tokens(encoder):
-    """Context: ``encoder.forward_features`` adds large noise to the tokens of padded frames, as if the
-    encoder put anything there; a result that ignores padded frames cannot change. The noise comes from
-    its own generator, so the global RNG (VTM negatives, MLM masking) draws the same either way."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def patched():
-        real = encoder.forward_features
-
-        def forward_features(video, mask=None, frame_mask=None):
-            tokens = real(video, mask, frame_mask)
-            keep = encoder.token_keep(frame_mask, mask)
-            if keep is None:
-                return tokens
-            noise = torch.randn(tokens.shape, generator=torch.Generator().manual_seed(2)) * 10.0
-            return torch.where(keep[..., None], tokens, tokens + noise)
-
-        encoder.forward_features = forward_features
-        try:
-            yield
-        finally:
-            del encoder.forward_features
-
-    return patched()
-
-
 def test_fill_padded_frames_copies_the_latest_real_frame():
     from vl.objectives.mvm import fill_padded_frames
 
@@ -376,7 +350,7 @@ def test_mvm_loss_ignores_padded_frames(source, masking):
 
     with torch.no_grad():
         before = loss(video)
-        with noisy_padded_tokens(enc):
+        with noisy_padded_tokens(enc, seed=2):
             after = loss(repad(video, FRAME_MASK))
     assert torch.isfinite(before)
     torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
@@ -404,7 +378,7 @@ def test_pretraining_objectives_ignore_padded_frames():
 
     with torch.no_grad():
         before = losses(video)
-        with noisy_padded_tokens(module.model.video_encoder):
+        with noisy_padded_tokens(module.model.video_encoder, seed=2):
             after = losses(repad(video, FRAME_MASK))
     assert set(before) == {"vtc_loss", "vtm_loss", "mlm_loss", "mvm_loss"}
     for name in before:

@@ -13,6 +13,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import noisy_padded_tokens
 
 from datapipes.batch import Batch
 from vl.lit.data import VideoTextDataModule
@@ -454,37 +455,12 @@ def padded_batch(seed: int = 0, choices: int = 0, repad: bool = False) -> Batch:
     return b
 
 
-class NoisyPaddedTokens:
-    """Context: the model's video encoder adds large noise to the tokens of padded frames, as if it put
-    anything there; a task that ignores padded frames (pooling and fusion) gives the same result. The
-    noise has its own generator, so the global RNG (VTM negatives) draws the same either way."""
-
-    def __init__(self, model) -> None:
-        self.encoder = model.video_encoder
-
-    def __enter__(self) -> None:
-        encoder, real = self.encoder, self.encoder.forward_features
-
-        def forward_features(video, mask=None, frame_mask=None):
-            tokens = real(video, mask, frame_mask)
-            keep = encoder.token_keep(frame_mask, mask)
-            if keep is None:
-                return tokens
-            noise = torch.randn(tokens.shape, generator=torch.Generator().manual_seed(7)) * 10.0
-            return torch.where(keep[..., None], tokens, tokens + noise)
-
-        encoder.forward_features = forward_features
-
-    def __exit__(self, *exc) -> None:
-        del self.encoder.forward_features
-
-
 def same_whatever_the_padding(module, run):
     """``run(batch)`` on a padded batch, then on one whose padded frames (pixels and tokens) differ -> both."""
     with torch.no_grad():
         torch.manual_seed(0)
         before = run(padded_batch(1, choices=4))
-        with NoisyPaddedTokens(module.model):
+        with noisy_padded_tokens(module.model.video_encoder, seed=7):
             torch.manual_seed(0)
             after = run(padded_batch(1, choices=4, repad=True))
     return before, after
