@@ -529,3 +529,61 @@ def test_captioning_training_and_generation_ignore_padded_frames() -> None:
     assert after["captions"] == before["captions"] and len(after["steps"]) == len(before["steps"]) > 0
     for b_step, a_step in zip(before["steps"], after["steps"]):
         torch.testing.assert_close(a_step, b_step, rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------- time order: reversal and shuffle accuracy
+ORDER_BLIND = {**VIDEO, "temporal": "none", "tubelet_size": 1}  # pools a re-ordered clip to the same embedding
+
+
+def test_retrieval_reversal_accuracy_of_an_order_blind_model_is_exactly_chance() -> None:
+    """Reversal and shuffle accuracy of an order-blind encoder are exactly 50% on padded clips (only their
+    real frames are re-ordered; a one-frame clip has no other order and is left out); with the true clip
+    and its reversal swapped by the model, every caption prefers the wrong order; ``reversal_eval=False``
+    reports neither."""
+    torch.manual_seed(0)
+    module = RetrievalModule(video=ORDER_BLIND, rerank_k=0).eval()
+    with torch.no_grad():
+        module.eval_step(padded_batch(1), "test")
+    metrics, _ = module.evaluate(module.eval_state.gathered())
+    assert metrics["reversal_acc"] == 50.0 and metrics["shuffle_acc"] == 50.0
+    assert metrics["reversal_captions"] == 2 == metrics["shuffle_captions"]  # clips of 8 and 3 real frames
+    assert not any(k.endswith("temporal") for k in metrics)  # the batch's json says nothing
+
+    seeing = RetrievalModule(video={**VIDEO, "tubelet_size": 1}, rerank_k=0).eval()  # joint attention sees order
+    with torch.no_grad():
+        seeing.eval_step(padded_batch(1), "test")
+    data = seeing.eval_state.gathered()
+    right, _ = seeing.evaluate(data)
+    true = (data["text"] * data["video"]).sum(-1)[:2]  # (2,) one caption per clip; clip 2 has one frame
+    reversed_ = (data["text"] * data["order"]["altered"]["reversal"]).sum(-1)[:2]
+    assert bool(((true - reversed_).abs() > 10 * data["order"]["tie_tol"]).all())  # no tie: it sees the order
+    assert right["reversal_acc"] == 100.0 * (true > reversed_).float().mean().item()
+    data["video"], data["order"]["altered"]["reversal"] = data["order"]["altered"]["reversal"], data["video"]
+    wrong, _ = seeing.evaluate(data)  # the true and reversed clips swapped: every preference flips
+    assert wrong["reversal_acc"] == 100.0 - right["reversal_acc"]
+
+    off = RetrievalModule(video=ORDER_BLIND, rerank_k=0, reversal_eval=False).eval()
+    with torch.no_grad():
+        off.eval_step(padded_batch(1), "test")
+    assert off.reversal_eval is False and "reversal_eval" not in off.hparams  # an evaluation option
+    assert not any(k.startswith(("reversal", "shuffle")) for k in off.evaluate(off.eval_state.gathered())[0])
+
+
+def test_retrieval_test_writes_and_prints_reversal_accuracy(tmp_path: Path, synth_dir: dict, monkeypatch) -> None:
+    """``vl test`` of a retrieval model: ``reversal_acc`` / ``shuffle_acc`` (and their caption counts) in
+    test_metrics.json, and beside R@1 in the printed summary."""
+    import vl.tasks.base as base
+
+    printed: list[str] = []
+    monkeypatch.setattr(base, "rank_zero_info", lambda msg, *a, **k: printed.append(str(msg)))
+    torch.manual_seed(0)
+    module = RetrievalModule(video=ORDER_BLIND, rerank_k=0)
+    data = VideoTextDataModule(root=synth_dir["dir"], text_field="caption", num_frames=T, frame_size=S, max_text_len=16,
+                               eval_batch_size=8, num_workers=0, persistent_workers=False)
+    quiet_trainer(tmp_path).test(module, datamodule=data, verbose=False)
+    metrics = json.loads((tmp_path / "test_metrics.json").read_text())
+    assert metrics["reversal_acc"] == 50.0 and metrics["shuffle_acc"] == 50.0
+    assert metrics["reversal_captions"] == 48 == metrics["shuffle_captions"]  # 12 test clips, 4 captions each
+    summary = next(p for p in printed if "text-to-video retrieval over 12 clips" in p)
+    r1 = next(line for line in summary.splitlines() if line.strip().startswith("R@1 "))
+    assert "reversal 50.00% (48 captions), shuffle 50.00% (48 captions) (chance 50%)" in r1

@@ -19,6 +19,12 @@ replacing the dual-encoder figures:
 - ``dsl/``: dual-softmax (CAMoE): similarities multiplied by a softmax over the other direction's
   queries. It uses the statistics of the whole test set, so it is off unless ``dual_softmax=True``.
 
+Beside them (unless ``reversal_eval=False``), whether the model uses the order of the frames: every clip is
+embedded again from the same decoded frames reversed and shuffled, and ``reversal_acc`` / ``shuffle_acc``
+are the percent of queries that score their clip in true order higher (chance 50%; an order-blind model
+scores exactly 50%), per temporal / non-temporal caption where the data flags them
+(``vl.lit.evaluation.time_order_metrics``).
+
 Metrics: text-to-video and video-to-text R@1/5/10, median and mean rank (``vl.metrics``).
 """
 
@@ -34,7 +40,8 @@ from torch import Tensor
 
 from datapipes.batch import Batch
 from datapipes.text import Tokenize
-from vl.lit.evaluation import RetrievalAccumulator, gather_objects, gather_rows, retrieval_summary
+from vl.lit.evaluation import (FrameOrderProbe, RetrievalAccumulator, caption_temporal_flags, frame_order_embeddings,
+                                gather_objects, gather_rows, retrieval_summary, time_order_metrics)
 from vl.lit.optim import OptimConfig
 from vl.metrics import gt_ranks, rank_changes, require_finite, retrieval_metrics, retrieval_ranks
 from vl.models import VideoLanguageModel
@@ -155,11 +162,12 @@ class RetrievalEvalState:
         self.video_token_mask: list[Tensor] = []
 
     def add(self, v_emb: Tensor, t_emb: Tensor, index: Tensor, keys: list[str], texts: list[str],
-            tokens: Optional[tuple[Tensor, Tensor, Tensor]] = None, video_mask: Optional[Tensor] = None) -> None:
+            tokens: Optional[tuple[Tensor, Tensor, Tensor]] = None, video_mask: Optional[Tensor] = None,
+            order: Optional[FrameOrderProbe] = None) -> None:
         """v_emb (B, E), t_emb (Nt, E), index (Nt,), keys (B,), texts (Nt,), tokens: video (B, N, Dv),
         text (Nt, L, Dt) and text mask (Nt, L) when re-ranking, with video_mask (B, N) True for tokens of
-        real frames (None: every token is real)."""
-        self.embeddings.add(v_emb, t_emb, index, keys)
+        real frames (None: every token is real); order: the clips embedded in other frame orders."""
+        self.embeddings.add(v_emb, t_emb, index, keys, order=order)
         self.texts.extend(texts)
         if tokens is not None:
             for store, t in zip((self.video_tokens, self.text_tokens, self.text_mask), tokens):
@@ -170,10 +178,12 @@ class RetrievalEvalState:
             self.video_token_mask.append(video_mask.detach().to(torch.uint8))  # uint8: every backend all-gathers it
 
     def gathered(self) -> dict:
-        """Everything over all ranks: video (Nv, E), text (Nt, E), index (Nt,), keys, texts, and tokens if kept
+        """Everything over all ranks: video (Nv, E), text (Nt, E), index (Nt,), keys, texts, ``order`` (the
+        frame-order data, ``RetrievalAccumulator.gathered_order``, or None), and tokens if kept
         (``video_tokens``, ``text_tokens``, ``text_mask``, ``video_token_mask`` (Nv, N) bool)."""
         video, text, index, keys = self.embeddings.gathered()
-        out = {"video": video, "text": text, "index": index, "keys": keys, "texts": gather_objects(self.texts)}
+        out = {"video": video, "text": text, "index": index, "keys": keys, "texts": gather_objects(self.texts),
+               "order": self.embeddings.gathered_order()}
         if self.video_tokens:
             out["video_tokens"] = gather_rows(torch.cat(self.video_tokens))
             out["text_tokens"] = gather_rows(torch.cat(self.text_tokens))
@@ -186,7 +196,7 @@ class RetrievalEvalState:
 
 
 EVALUATION_OPTIONS = ("rerank_k", "rerank_on_val", "rerank_batch_size", "rerank_score", "dual_softmax",
-                      "dual_softmax_temperature", "predictions_top")
+                      "dual_softmax_temperature", "predictions_top", "reversal_eval")
 
 
 class RetrievalModule(FinetuneModule):
@@ -206,6 +216,8 @@ class RetrievalModule(FinetuneModule):
         dual_softmax: also report dual-softmax ranking under ``dsl/``.
         dual_softmax_temperature: temperature of its softmax over cosine similarities.
         predictions_top: candidates written per query to the predictions file.
+        reversal_eval: also score every query against its clip reversed and shuffled in time
+            (``reversal_acc``, ``shuffle_acc``; two more video-encoder passes per evaluation batch).
     """
 
     uses_vtc = True
@@ -231,6 +243,7 @@ class RetrievalModule(FinetuneModule):
         dual_softmax: bool = False,
         dual_softmax_temperature: float = 0.01,
         predictions_top: int = 10,
+        reversal_eval: bool = True,
         optim: OptimConfig = OptimConfig(),
         max_consecutive_nonfinite: int = 5,
         grad_checkpointing: bool = False,
@@ -299,7 +312,14 @@ class RetrievalModule(FinetuneModule):
         text = self.model.encode_text(ids, mask)
         v_emb, t_emb = self.model.embed_video(video["pooled"]), self.model.embed_text(text["pooled"])
         tokens = (video["tokens"], text["tokens"], mask) if self._reranks(split) else None
-        self.eval_state.add(v_emb, t_emb, index, batch.keys, strings, tokens, video.get("token_mask"))
+        order = None
+        if self.reversal_eval:  # the same decoded frames, reversed and shuffled
+            def embed_video(clip: Tensor) -> Tensor:  # (B, T, C, H, W) -> (B, E)
+                return self.model.embed_video(self.model.encode_video(clip, frame_mask=batch.frame_mask)["pooled"])
+
+            temporal = caption_temporal_flags(batch.meta, strings, index.cpu(), joined=self.hparams.paragraph)
+            order = frame_order_embeddings(embed_video, batch.video, batch.frame_mask, temporal)
+        self.eval_state.add(v_emb, t_emb, index, batch.keys, strings, tokens, video.get("token_mask"), order)
 
     def finish_eval(self, split: str) -> None:
         if not self.eval_state.texts and not self.eval_state.embeddings.video:
@@ -334,6 +354,7 @@ class RetrievalModule(FinetuneModule):
         sim = data["text"] @ data["video"].T  # (Nt, Nv) cosine
         index, keys, texts, top = data["index"], data["keys"], data["texts"], self.predictions_top
         metrics = retrieval_metrics(sim, index)
+        metrics.update(time_order_metrics(data["text"], data["video"], index, data.get("order")))
         rows = ranking_rows(sim, sim.T, index, keys, texts, top, "dual")
         if "video_tokens" in data and self.model.vtm_head is None:
             rank_zero_warn("VTM re-ranking skipped: this model has no VTM head (trained with vtm_weight 0)")
