@@ -150,12 +150,14 @@ def test_demo_deletes_its_files_when_stopped(served):
 
     def stop_when_serving() -> None:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and "folder" not in seen:
+        while not returned.is_set() and time.monotonic() < deadline and "folder" not in seen:
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
                     seen["folder"] = os.environ.get("GRADIO_TEMP_DIR")
             except httpx.HTTPError:
                 time.sleep(0.2)
+        if returned.is_set():  # the demo already returned (it failed to start): nothing to stop
+            return
         os.kill(os.getpid(), signal.SIGTERM)
         if not returned.wait(30):  # SIGTERM did not stop it: stop it as Ctrl-C would, so that the test can fail
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
@@ -169,6 +171,7 @@ def test_demo_deletes_its_files_when_stopped(served):
         seen["rc"] = "interrupted"
     finally:
         returned.set()
+        stopper.join(timeout=60)  # a SIGTERM it sends lands on a handler, never on the default (exit)
         signal.signal(signal.SIGTERM, before)
     assert seen["rc"] == 0 and "sigterm_ignored" not in seen
     assert seen["folder"] and "vl-demo-" in seen["folder"] and not Path(seen["folder"]).parent.exists()
