@@ -23,26 +23,13 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
+from datapipes.decode import VIDEO_EXTENSIONS
+
 Record = dict[str, Any]
-# Suffixes a benchmark video may carry (TGIF-QA ships GIFs; DiDeMo's Flickr videos are also .mts,
-# .m2ts, .3g2 camera files). Earlier suffixes are preferred when two files share a name.
-VIDEO_SUFFIXES: tuple[str, ...] = (
-    ".mp4",
-    ".webm",
-    ".mkv",
-    ".avi",
-    ".mov",
-    ".m4v",
-    ".gif",
-    ".3gp",
-    ".3g2",
-    ".mpg",
-    ".mpeg",
-    ".wmv",
-    ".flv",
-    ".mts",
-    ".m2ts",
-)
+# Suffixes a benchmark video may carry: the containers the shard writer and decoders read
+# (datapipes.decode.VIDEO_EXTENSIONS, camera formats included), then TGIF-QA's GIFs. Earlier suffixes are
+# preferred when two files share a name (an mp4 over its source GIF).
+VIDEO_SUFFIXES: tuple[str, ...] = tuple(f".{ext}" for ext in VIDEO_EXTENSIONS) + (".gif",)
 MAX_EXAMPLES = 3  # examples kept per skip reason for the summary
 
 
