@@ -235,7 +235,10 @@ def fit_argv(config: str, strategy: str, data: Path, weights: Path, max_steps: i
         bert = str(weights / "bert-base-uncased")
         argv += ["--model.init_args.text", f"{{name: bert, pretrained: {bert}}}", "--model.init_args.tokenizer", bert,
                  "--data.init_args.tokenizer", bert,
-                 "--model.init_args.objectives.mvm_config.vq.path", str(weights / "dalle_encoder.pkl")]
+                 "--model.init_args.objectives.mvm_config.vq.path", str(weights / "dalle_encoder.pkl"),
+                 "--model.init_args.video.pretrained", str(weights / "swin3d_b.pth")]
+    if config == "allinone_base":
+        argv += ["--model.init_args.video.pretrained", str(weights / "vit_base_patch16_224.safetensors")]
     return argv + (["--ckpt_path", "last"] if resume else [])
 
 
@@ -245,10 +248,14 @@ def fit_plan(quick: bool) -> list[tuple[str, str]]:
 
 
 def write_stand_in_weights(weights: Path) -> None:
-    """Random-weight stand-ins, in the formats violet_base.yaml expects, for the user's weights it names: a
-    BERT-base directory in Hugging Face format (with the packaged uncased WordPiece tokenizer) and a DALL-E
-    dVAE encoder state dict (``vl.models.dalle`` loads either that or OpenAI's pickle)."""
+    """Random-weight stand-ins, in the formats the base configs expect, for the user's weights they name: a
+    BERT-base directory in Hugging Face format (with the packaged uncased WordPiece tokenizer), a DALL-E dVAE
+    encoder state dict (``vl.models.dalle`` loads either that or OpenAI's pickle), torchvision's Video
+    Swin-B state dict (violet_base) and timm's ViT-B/16 with its 21k-class head (allinone_base)."""
+    import timm
     import torch
+    import torchvision
+    from safetensors.torch import save_file
     from transformers import BertConfig, BertModel
 
     from vl.models.dalle import DalleEncoder
@@ -258,6 +265,9 @@ def write_stand_in_weights(weights: Path) -> None:
     BertModel(BertConfig()).save_pretrained(bert)
     load_tokenizer("minilm").save_pretrained(bert)
     torch.save(DalleEncoder().state_dict(), weights / "dalle_encoder.pkl")
+    torch.save(torchvision.models.video.swin3d_b().state_dict(), weights / "swin3d_b.pth")
+    vit = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=21843)
+    save_file(vit.state_dict(), str(weights / "vit_base_patch16_224.safetensors"))
 
 
 def run_command(cmd: list[str], cwd: Path, timeout: float) -> tuple[int, str]:

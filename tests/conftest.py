@@ -3,6 +3,7 @@ shards in video2dataset's layout or full of faults. Everything is written once p
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -40,6 +41,31 @@ def encode_indexed_clip(num_frames: int = 24, fps: int = 8, width: int = 64, hei
 def frame_index(frame: np.ndarray) -> int:
     """The index an indexed clip's frame encodes (frame: (H, W, 3) uint8 or (3, H, W) float in [0, 255])."""
     return int(round((float(np.asarray(frame).mean()) - LEVEL0) / LEVEL_STEP))
+
+
+@contextlib.contextmanager
+def noisy_padded_tokens(encoder, seed: int):
+    """Context: ``encoder.forward_features`` adds large noise to the tokens of padded frames, as if the
+    encoder put anything there; a result that ignores padded frames (pooling, fusion, losses) cannot change.
+    The noise comes from its own generator (``seed``), so the global RNG (VTM negatives, MLM masking)
+    draws the same either way."""
+    import torch
+
+    real = encoder.forward_features
+
+    def forward_features(video, mask=None, frame_mask=None):
+        tokens = real(video, mask, frame_mask)
+        keep = encoder.token_keep(frame_mask, mask)
+        if keep is None:
+            return tokens
+        noise = torch.randn(tokens.shape, generator=torch.Generator().manual_seed(seed)) * 10.0
+        return torch.where(keep[..., None], tokens, tokens + noise)
+
+    encoder.forward_features = forward_features
+    try:
+        yield
+    finally:
+        del encoder.forward_features
 
 
 def jpeg_bytes(width: int = 40, height: int = 30, seed: int = 0) -> bytes:

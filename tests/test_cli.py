@@ -240,3 +240,18 @@ def test_a_callback_the_cli_adds_is_not_added_twice(tmp_path, synth_dir):
     (tmp_path / "plain").mkdir()
     plain = VLLightningCLI(args=["-c", str(tiny_config(tmp_path / "plain", synth_dir))], run=False)
     assert sum(isinstance(cb, SkipCounter) for cb in plain.trainer.callbacks) == 1
+
+
+def test_a_run_prints_no_dependency_advertisements_or_deprecations(tmp_path, synth_dir, capsys, caplog):
+    """Lightning's "💡 Tip: ... litlogger / litmodels" lines and the FutureWarning of its own use of torch's
+    deprecated LeafSpec say nothing about the user's run: a run shows neither. Other messages still pass."""
+    import logging
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        code, err = vl_in_process(capsys, "fit", "-c", str(tiny_config(tmp_path, synth_dir)), "--trainer.max_steps", "2")
+    assert code == 0, err[-2000:]
+    assert "Tip" not in caplog.text and "Tip" not in err
+    assert not [w for w in caught if "LeafSpec" in str(w.message)]
+    assert "max_steps=2" in caplog.text  # Lightning's own notices about the run are kept

@@ -23,7 +23,6 @@ from vl.models import (
     list_video_encoders,
 )
 from vl.models.hub import PretrainedNotFoundError, load_tokenizer
-from vl.models.swin3d import shifted_window_mask, window_partition, window_reverse
 from vl.models.vit_st import TEMPORAL_MODES, roll_tokens
 
 B, T, S = 2, 4, 32  # tiny clip: (2, 4, 3, 32, 32)
@@ -172,15 +171,17 @@ def test_divided_adds_temporal_attention_parameters():
     assert divided == rolling + depth * (2 * D + 3 * D * D + 3 * D + D * D + D + D * D + D)
 
 
-def test_swin3d_windows_round_trip_and_shift_mask():
-    x = torch.randn(2, 4, 8, 8, 3)
-    windows = window_partition(x, (2, 4, 4))
-    assert windows.shape == (2, 8, 32, 3)
-    torch.testing.assert_close(window_reverse(windows, (2, 4, 4), (4, 8, 8)), x)
-    mask = shifted_window_mask((4, 8, 8), (2, 4, 4), (1, 2, 2), torch.device("cpu"))
-    assert mask.shape == (8, 32, 32)
-    assert mask[0].all()  # the first window holds one region only
-    assert not mask[-1].all()  # the last one mixes wrapped-around regions
+def test_swin3d_is_torchvisions_video_swin():
+    """swin3d's blocks are torchvision's (windows shifted by half in every other block), merged between stages."""
+    from torchvision.models.swin_transformer import PatchMerging, SwinTransformerBlock
+    from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d
+
+    enc = create_video_encoder("swin3d_tiny")
+    for i, stage in enumerate(enc.stages):
+        assert all(isinstance(b, SwinTransformerBlock) and isinstance(b.attn, ShiftedWindowAttention3d)
+                   for b in stage.blocks)
+        assert [b.attn.shift_size for b in stage.blocks] == [[0, 0, 0], [1, 2, 2]]
+        assert isinstance(stage.downsample, PatchMerging) == (i < len(enc.stages) - 1)
 
 
 def test_swin3d_mask_covers_the_patches_of_each_output_token():

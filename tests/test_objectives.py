@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import noisy_padded_tokens
 
 from vl.models import create_model
 from vl.models.hub import load_tokenizer
@@ -301,3 +302,84 @@ def test_multi_positive_vtc_is_clip_loss_without_duplicates_and_soft_with_them()
     assert not torch.allclose(got, loss(v, t, scale)["vtc_loss"])  # duplicates are no longer negatives
     with pytest.raises(ValueError, match="one text per clip"):
         caption_keys(["a cat"], [["a cat"], ["a dog"]])
+
+
+# -- padded frames (Batch.frame_mask) -------------------------------------------------------------
+# Clip 0 is full, clip 1 has 2 real frames of 4, clip 2 one: vl_tiny's 2-frame tubelets make clip 1's second
+# time step all padding, and clip 2's first tubelet half padding.
+FRAME_MASK = torch.tensor([[True] * 4, [True, True, False, False], [True, False, False, False]])
+
+
+def repad(video: torch.Tensor, frame_mask: torch.Tensor, seed: int = 1) -> torch.Tensor:
+    """``video`` (B, T, C, H, W) with its padded frames (``frame_mask`` False) refilled with other noise."""
+    noise = torch.randn(video.shape, generator=torch.Generator().manual_seed(seed)) * 3.0
+    return torch.where(frame_mask[:, :, None, None, None], video, noise)
+
+
+def test_fill_padded_frames_copies_the_latest_real_frame():
+    from vl.objectives.mvm import fill_padded_frames
+
+    video = torch.arange(3 * 4, dtype=torch.float).view(3, 4, 1, 1, 1).expand(3, 4, 3, 2, 2)
+    mask = torch.tensor([[True] * 4, [True, True, False, False], [False, True, False, True]])
+    out = fill_padded_frames(video, mask)[:, :, 0, 0, 0]
+    assert out.tolist() == [[0, 1, 2, 3], [4, 5, 5, 5], [9, 9, 9, 11]]  # a leading pad takes the first real frame
+    assert fill_padded_frames(video, None) is video
+
+
+@pytest.mark.parametrize("source,masking", [("encoder", "tube"), ("fusion", "attended"), ("encoder", "motion")])
+def test_mvm_loss_ignores_padded_frames(source, masking):
+    """MVM with ``frame_mask``: neither the padded frames' pixels nor the tokens made of them change the loss
+    (encoder, fusion, decoder, motion scores and targets all leave them out)."""
+    from vl.objectives.masking import MaskSpec
+    from vl.objectives.mvm import MVMLoss
+    from vl.objectives.mvm_targets import PixelTarget
+
+    torch.manual_seed(0)
+    model = create_model("vl_tiny").eval()
+    enc = model.video_encoder
+    in_dim = model.fusion.dim if source == "fusion" else enc.embed_dim
+    mvm = MVMLoss(PixelTarget(enc.grid, enc.token_size), [MaskSpec(masking, 0.5)], enc.grid, in_dim, source,
+                  decoder_depth=1, decoder_dim=64, decoder_heads=2).eval()
+    video, ids, mask = pairs(B=3)
+
+    def loss(clips: torch.Tensor) -> torch.Tensor:
+        text = model.encode_text(ids, mask)
+        v = model.encode_video(clips, frame_mask=FRAME_MASK)
+        return mvm(model, clips, v["tokens"], text["tokens"], mask, model.embed_text(text["pooled"]),
+                   torch.Generator().manual_seed(0), frame_mask=FRAME_MASK)["mvm_loss"]
+
+    with torch.no_grad():
+        before = loss(video)
+        with noisy_padded_tokens(enc, seed=2):
+            after = loss(repad(video, FRAME_MASK))
+    assert torch.isfinite(before)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+
+
+def test_pretraining_objectives_ignore_padded_frames():
+    """PretrainModule.compute_losses on a batch with padded clips: VTC, VTM, MLM and MVM are the same whatever
+    the padded frames hold and whatever tokens the encoder makes of them (VTM and MLM fuse with the
+    encoder's token mask)."""
+    from datapipes.batch import Batch
+    from vl.lit.pretrain import Objectives, PretrainModule
+    from vl.objectives.masking import MaskSpec
+    from vl.objectives.mvm import MVMConfig
+
+    torch.manual_seed(0)
+    mvm = MVMConfig(masking=[MaskSpec("tube", 0.5)], decoder_dim=64, decoder_heads=2)
+    module = PretrainModule("vl_tiny", objectives=Objectives(vtm=1.0, mlm=1.0, mlm_prob=0.5, mvm=1.0,
+                                                             mvm_config=mvm)).eval()
+    video, ids, mask = pairs(B=3)
+
+    def losses(clips: torch.Tensor) -> dict[str, torch.Tensor]:
+        torch.manual_seed(5)  # the same VTM negatives, MLM and MVM masks
+        b = Batch(video=clips, text_ids=ids, text_mask=mask, keys=["a", "b", "c"], frame_mask=FRAME_MASK)
+        return {k: v for k, v in module.compute_losses(b).items() if k.endswith("_loss")}
+
+    with torch.no_grad():
+        before = losses(video)
+        with noisy_padded_tokens(module.model.video_encoder, seed=2):
+            after = losses(repad(video, FRAME_MASK))
+    assert set(before) == {"vtc_loss", "vtm_loss", "mlm_loss", "mvm_loss"}
+    for name in before:
+        torch.testing.assert_close(after[name], before[name], rtol=0, atol=1e-5, msg=name)

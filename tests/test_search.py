@@ -450,3 +450,40 @@ def test_trained_tiny_model_finds_held_out_clip_at_rank_1(tmp_path):
     assert len(captions) == len(set(captions)) == 4
     for item, caption in zip(searcher.items, captions):
         assert searcher.query(caption, k=4)[0].key == item["key"], caption
+
+
+def test_short_videos_are_indexed_and_reranked_from_their_real_frames(ckpt, encoder, tmp_path):
+    """A video shorter than the model's frame count is padded (``prepare_clip``'s frame mask): its index
+    embedding, its VTM re-ranking score and ``similar`` do not depend on the padded frames' pixels, nor on
+    the tokens the encoder makes of them (the token mask is cached with the tokens)."""
+    from datapipes.synth import SynthConfig, make_sample
+    from vl.search.encoder import prepare_clip
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    short = make_sample("test", 0, SynthConfig(frames=2, size=32))["mp4"]  # 2 frames; the model takes 4
+    (folder / "short.mp4").write_bytes(short)
+    (folder / "full.mp4").write_bytes(make_sample("test", 1, SynthConfig(frames=8, size=32))["mp4"])
+    build_index(ckpt, [str(folder)], tmp_path / "index", QUIET, encoder=encoder)
+    s = Searcher(tmp_path / "index", encoder=encoder)
+    row = next(i for i, item in enumerate(s.items) if item["key"] == "short")
+
+    clip, frame_mask = prepare_clip(short, encoder.clip_config)
+    assert frame_mask.tolist() == [True, True, False, False]
+    noise = torch.randn(clip.shape, generator=torch.Generator().manual_seed(0)) * 3.0
+    repadded = torch.where(frame_mask[:, None, None, None], clip, noise)[None]  # (1, T, C, H, W)
+    emb, tokens, keep = encoder.encode_clips(repadded, frame_mask[None])
+    assert not bool(keep.all())
+    np.testing.assert_allclose(s.index.reconstruct(row), emb[0], atol=1e-5)
+    assert s.similar(folder / "short.mp4", k=1).videos[0].similarity == pytest.approx(1.0, abs=1e-5)
+
+    query = "a red square moves from left to right"
+    expected = float(torch.sigmoid(encoder.vtm_log_odds(tokens, query, keep))[0])
+    first = {h.key: h.vtm for h in s.query(query, k=2, rerank=True, rerank_depth=2)}
+    assert first["short"] == pytest.approx(expected, abs=1e-5)
+    cached, cached_keep = s._tokens[row]
+    noisy = cached.clone()
+    noisy[~cached_keep] += 10.0  # whatever sits at the padded frames' tokens is never attended
+    s._tokens[row] = (noisy, cached_keep)
+    again = {h.key: h.vtm for h in s.query(query, k=2, rerank=True, rerank_depth=2)}
+    assert again == pytest.approx(first, abs=1e-5)

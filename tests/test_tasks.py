@@ -13,6 +13,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import noisy_padded_tokens
 
 from datapipes.batch import Batch
 from vl.lit.data import VideoTextDataModule
@@ -436,3 +437,153 @@ def test_rerank_refuses_nan_match_scores() -> None:
     scores = torch.full_like(sim, float("nan"))
     scores.scatter_(1, sim.topk(2, dim=1).indices, 1.0)  # outside the top k scores are never read
     assert torch.isfinite(rerank_topk(sim, scores, 2)).all()
+
+
+# ---------------------------------------------------------------- padded frames (Batch.frame_mask)
+# Clip 0 is full, clip 1 has 3 real frames of 8, clip 2 one: with 2-frame tubelets clip 1's second tubelet
+# holds one real and one padded frame, and its last two time steps are all padding.
+FRAME_MASK = torch.tensor([[True] * 8, [True] * 3 + [False] * 5, [True] + [False] * 7])
+
+
+def padded_batch(seed: int = 0, choices: int = 0, repad: bool = False) -> Batch:
+    """``batch`` with ``FRAME_MASK``; ``repad``: its padded frames filled with other noise."""
+    b = batch(seed, choices)
+    b.frame_mask = FRAME_MASK.clone()
+    if repad:
+        noise = torch.randn(b.video.shape, generator=torch.Generator().manual_seed(seed + 100)) * 3.0
+        b.video = torch.where(FRAME_MASK[:, :, None, None, None], b.video, noise)
+    return b
+
+
+def same_whatever_the_padding(module, run):
+    """``run(batch)`` on a padded batch, then on one whose padded frames (pixels and tokens) differ -> both."""
+    with torch.no_grad():
+        torch.manual_seed(0)
+        before = run(padded_batch(1, choices=4))
+        with noisy_padded_tokens(module.model.video_encoder, seed=7):
+            torch.manual_seed(0)
+            after = run(padded_batch(1, choices=4, repad=True))
+    return before, after
+
+
+def test_retrieval_training_and_reranking_ignore_padded_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    """VTC/VTM training, the dual-encoder embeddings and the VTM re-ranking scores of a split do not depend on
+    padded frames: the frame mask reaches the encoder and each video's token mask travels with its tokens."""
+    module = RetrievalModule(video=VIDEO, rerank_k=2).eval()
+    scored: list[torch.Tensor] = []
+    real = retrieval.vtm_pair_scores
+    monkeypatch.setattr(retrieval, "vtm_pair_scores", lambda *a, **k: scored.append(real(*a, **k)) or scored[-1])
+
+    def run(b: Batch) -> dict:
+        losses = module.compute_losses(b)
+        b.text_video_index = torch.arange(B)
+        module.eval_step(b, "test")
+        data = module.eval_state.gathered()
+        module.eval_state.reset()
+        metrics, _ = module.evaluate(data)
+        assert not bool(data["video_token_mask"].all())  # the padding was recorded with the tokens
+        return {"vtc": losses["vtc_loss"], "vtm": losses["vtm_loss"], "video": data["video"],
+                "log_odds": scored[-1], "rerank_R@1": torch.tensor(metrics["rerank/t2v_R@1"])}
+
+    before, after = same_whatever_the_padding(module, run)
+    for name in before:
+        torch.testing.assert_close(after[name], before[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_qa_ignores_padded_frames(tmp_path: Path) -> None:
+    vocab_file = tmp_path / "vocab.json"
+    AnswerVocab(["left", "right", "up", "down"]).save(vocab_file)
+    module = QAModule(video=VIDEO, answer_vocab=str(vocab_file), num_answers=4).eval()
+    before, after = same_whatever_the_padding(module, module.answer_logits)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("score", ["vtm", "vtm+vtc"])
+def test_multiple_choice_ignores_padded_frames(score: str) -> None:
+    module = MultipleChoiceModule(video=VIDEO, score=score).eval()
+    before, after = same_whatever_the_padding(module, module.scores)
+    assert before[0, -1] == -math.inf and torch.isfinite(before[1:]).all()
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+
+
+def test_captioning_training_and_generation_ignore_padded_frames() -> None:
+    """The caption loss and every decoder step of beam search (``eval_step``) ignore padded frames."""
+    module = CaptioningModule(video=VIDEO, max_len=4, beam_size=2).eval()
+    steps: list[torch.Tensor] = []
+    real = module.decode_logits
+    module.decode_logits = lambda *a, **k: steps.append(real(*a, **k)) or steps[-1]
+
+    def run(b: Batch) -> dict:
+        steps.clear()
+        loss = module.compute_losses(b)["caption_loss"]
+        module.eval_step(b, "test")
+        captions = [o["prediction"] for o in module._outputs]
+        module._outputs.clear()
+        return {"loss": loss, "steps": [s.clone() for s in steps], "captions": captions}
+
+    try:
+        before, after = same_whatever_the_padding(module, run)
+    finally:
+        del module.decode_logits
+    torch.testing.assert_close(after["loss"], before["loss"], rtol=0, atol=1e-5)
+    assert after["captions"] == before["captions"] and len(after["steps"]) == len(before["steps"]) > 0
+    for b_step, a_step in zip(before["steps"], after["steps"]):
+        torch.testing.assert_close(a_step, b_step, rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------- time order: reversal and shuffle accuracy
+ORDER_BLIND = {**VIDEO, "temporal": "none", "tubelet_size": 1}  # pools a re-ordered clip to the same embedding
+
+
+def test_retrieval_reversal_accuracy_of_an_order_blind_model_is_exactly_chance() -> None:
+    """Reversal and shuffle accuracy of an order-blind encoder are exactly 50% on padded clips (only their
+    real frames are re-ordered; a one-frame clip has no other order and is left out); with the true clip
+    and its reversal swapped by the model, every caption prefers the wrong order; ``reversal_eval=False``
+    reports neither."""
+    torch.manual_seed(0)
+    module = RetrievalModule(video=ORDER_BLIND, rerank_k=0).eval()
+    with torch.no_grad():
+        module.eval_step(padded_batch(1), "test")
+    metrics, _ = module.evaluate(module.eval_state.gathered())
+    assert metrics["reversal_acc"] == 50.0 and metrics["shuffle_acc"] == 50.0
+    assert metrics["reversal_captions"] == 2 == metrics["shuffle_captions"]  # clips of 8 and 3 real frames
+    assert not any(k.endswith("temporal") for k in metrics)  # the batch's json says nothing
+
+    seeing = RetrievalModule(video={**VIDEO, "tubelet_size": 1}, rerank_k=0).eval()  # joint attention sees order
+    with torch.no_grad():
+        seeing.eval_step(padded_batch(1), "test")
+    data = seeing.eval_state.gathered()
+    right, _ = seeing.evaluate(data)
+    true = (data["text"] * data["video"]).sum(-1)[:2]  # (2,) one caption per clip; clip 2 has one frame
+    reversed_ = (data["text"] * data["order"]["altered"]["reversal"]).sum(-1)[:2]
+    assert bool(((true - reversed_).abs() > 10 * data["order"]["tie_tol"]).all())  # no tie: it sees the order
+    assert right["reversal_acc"] == 100.0 * (true > reversed_).float().mean().item()
+    data["video"], data["order"]["altered"]["reversal"] = data["order"]["altered"]["reversal"], data["video"]
+    wrong, _ = seeing.evaluate(data)  # the true and reversed clips swapped: every preference flips
+    assert wrong["reversal_acc"] == 100.0 - right["reversal_acc"]
+
+    off = RetrievalModule(video=ORDER_BLIND, rerank_k=0, reversal_eval=False).eval()
+    with torch.no_grad():
+        off.eval_step(padded_batch(1), "test")
+    assert off.reversal_eval is False and "reversal_eval" not in off.hparams  # an evaluation option
+    assert not any(k.startswith(("reversal", "shuffle")) for k in off.evaluate(off.eval_state.gathered())[0])
+
+
+def test_retrieval_test_writes_and_prints_reversal_accuracy(tmp_path: Path, synth_dir: dict, monkeypatch) -> None:
+    """``vl test`` of a retrieval model: ``reversal_acc`` / ``shuffle_acc`` (and their caption counts) in
+    test_metrics.json, and beside R@1 in the printed summary."""
+    import vl.tasks.base as base
+
+    printed: list[str] = []
+    monkeypatch.setattr(base, "rank_zero_info", lambda msg, *a, **k: printed.append(str(msg)))
+    torch.manual_seed(0)
+    module = RetrievalModule(video=ORDER_BLIND, rerank_k=0)
+    data = VideoTextDataModule(root=synth_dir["dir"], text_field="caption", num_frames=T, frame_size=S, max_text_len=16,
+                               eval_batch_size=8, num_workers=0, persistent_workers=False)
+    quiet_trainer(tmp_path).test(module, datamodule=data, verbose=False)
+    metrics = json.loads((tmp_path / "test_metrics.json").read_text())
+    assert metrics["reversal_acc"] == 50.0 and metrics["shuffle_acc"] == 50.0
+    assert metrics["reversal_captions"] == 48 == metrics["shuffle_captions"]  # 12 test clips, 4 captions each
+    summary = next(p for p in printed if "text-to-video retrieval over 12 clips" in p)
+    r1 = next(line for line in summary.splitlines() if line.strip().startswith("R@1 "))
+    assert "reversal 50.00% (48 captions), shuffle 50.00% (48 captions) (chance 50%)" in r1

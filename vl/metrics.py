@@ -125,3 +125,34 @@ def rank_changes(before: Tensor, after: Tensor, prefix: str = "") -> dict[str, f
     return {f"{prefix}queries_up": float(up), f"{prefix}queries_down": float(down),
             f"{prefix}p_worse": sign_test_worse(down, up), f"{prefix}hits_gained": float(gained),
             f"{prefix}hits_lost": float(lost), f"{prefix}hits_p_worse": sign_test_worse(lost, gained)}
+
+
+def order_tie_tolerance(*dtypes: torch.dtype) -> float:
+    """The score difference below which a caption's scores against a clip in two frame orders count as a tie,
+    for embeddings computed in ``dtypes``: the machine epsilon of the least precise of them, and at least
+    1e-6. An order-blind encoder pools a reordered clip to the same embedding up to the rounding of its sums
+    taken in another order (about 1e-8 in float32, 1e-3 in bfloat16); such a difference is no preference."""
+    return max([1e-6] + [torch.finfo(d).eps for d in dtypes if d.is_floating_point])
+
+
+def order_outcomes(true_scores: Tensor, altered_scores: Tensor, tie_tol: float = 0.0) -> Tensor:
+    """Per caption, whether it prefers its clip in true frame order: 1 where ``true_scores`` beats
+    ``altered_scores`` (the same frames reversed or shuffled) by more than ``tie_tol``, 0 where it loses by
+    more, 1/2 for a tie. true_scores, altered_scores: (N,) -> (N,) float. Raises ``NonFiniteError`` when a
+    score is NaN or infinite (NaN compares false and would count as a loss, or a tie)."""
+    if true_scores.shape != altered_scores.shape:
+        raise ValueError(f"order_outcomes: {tuple(true_scores.shape)} true-order scores, "
+                         f"{tuple(altered_scores.shape)} altered-order scores")
+    require_finite(true_scores, "true-order scores")
+    require_finite(altered_scores, "altered-order scores")
+    diff = true_scores.float() - altered_scores.float()  # (N,)
+    return torch.where(diff.abs() <= tie_tol, torch.full_like(diff, 0.5), (diff > 0).float())
+
+
+def order_accuracy(true_scores: Tensor, altered_scores: Tensor, tie_tol: float = 0.0) -> float:
+    """Percent of captions that score their clip in true frame order above the same frames in an altered
+    order (``order_outcomes``: a tie counts one half). Chance is 50%, and an encoder blind to frame order
+    scores exactly 50% (every caption ties). true_scores, altered_scores: (N,), N >= 1."""
+    if true_scores.numel() == 0:
+        raise ValueError("order_accuracy: no captions to score")
+    return 100.0 * order_outcomes(true_scores, altered_scores, tie_tol).double().mean().item()

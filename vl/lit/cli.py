@@ -4,7 +4,9 @@ is silently replaced by a checkpoint's."""
 
 from __future__ import annotations
 
+import logging
 import sys
+import warnings
 from copy import deepcopy
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
@@ -16,6 +18,25 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from vl.lit.callbacks import SaveLastOnTrainEnd
 from vl.lit.checkpoint import RandomState, check_checkpoint_file
 from vl.lit.data import SkipCounter
+
+
+class _DropAdvertisements(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... try installing litlogger / litmodels" lines (advertisements for cloud
+    services, printed on every run); every other message passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_dependency_notices() -> None:
+    """Silence the notices of dependencies that say nothing about the user's run, each by its exact text:
+    Lightning's advertisements, and the FutureWarning that Lightning's own use of torch's deprecated
+    ``LeafSpec`` raises on every step (a call inside Lightning, which a user cannot change)."""
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropAdvertisements) for f in rank_zero_log.filters):
+        rank_zero_log.addFilter(_DropAdvertisements())
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
 
 
 class VLArgumentParser(LightningArgumentParser):
@@ -53,6 +74,7 @@ class VLLightningCLI(LightningCLI):
     """
 
     def __init__(self, args: list[str] | None = None, **kwargs: Any) -> None:
+        quiet_dependency_notices()
         VLArgumentParser.argv = list(sys.argv[1:] if args is None else args)
         kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf"})
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})

@@ -1,12 +1,23 @@
-"""Collecting embeddings over an evaluation pass (across DDP ranks) and scoring retrieval."""
+"""Collecting embeddings over an evaluation pass (across DDP ranks) and scoring retrieval.
+
+Beside R@K, every retrieval evaluation measures whether the model uses the order of the frames (DESIGN
+§10): each clip is embedded a second and third time from the same decoded frames, reversed in time and in
+a fixed shuffled order (``frame_order_embeddings``), and each caption's score against the true order is
+compared with its score against the altered one (``time_order_metrics``): ``reversal_acc`` and
+``shuffle_acc``, the percent of captions that prefer the true order (chance 50%).
+"""
 
 from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from vl.metrics import gt_ranks, require_finite, retrieval_metrics
+from vl.metrics import gt_ranks, order_accuracy, order_tie_tolerance, require_finite, retrieval_metrics
 
 
 def gather_rows(x: Tensor) -> Tensor:
@@ -33,6 +44,135 @@ def gather_objects(items: list) -> list:
     return [x for part in out for x in part]
 
 
+# ---------------------------------------------------------------- frame order
+
+SHUFFLE_SEED = 0  # seed of the shuffled frame order: the same on every run, rank and checkpoint
+
+
+def reversed_order(n: int) -> Tensor:
+    """(n,) the frame order of n frames played backwards."""
+    return torch.arange(n - 1, -1, -1)
+
+
+@functools.lru_cache(maxsize=None)
+def shuffled_order(n: int) -> Tensor:
+    """(n,) a fixed permutation of n frames (seeded by ``SHUFFLE_SEED``) that is neither the identity nor the
+    reversal. Fewer than 3 frames have no such order: the identity then (``MIN_FRAMES`` leaves them out)."""
+    identity = torch.arange(n)
+    if n < 3:
+        return identity
+    g = torch.Generator().manual_seed(SHUFFLE_SEED)
+    while True:  # n >= 3: at least 4 of the n! orders qualify
+        perm = torch.randperm(n, generator=g)
+        if not (torch.equal(perm, identity) or torch.equal(perm, reversed_order(n))):
+            return perm
+
+
+FRAME_ORDERS: dict[str, Callable[[int], Tensor]] = {"reversal": reversed_order, "shuffle": shuffled_order}
+MIN_FRAMES = {"reversal": 2, "shuffle": 3}  # real frames a clip needs for the altered order to differ
+
+
+def reorder_frames(video: Tensor, frame_mask: Optional[Tensor], order: Callable[[int], Tensor]) -> Tensor:
+    """video (B, T, C, H, W) with the n real frames of each clip (``frame_mask`` (B, T) True; None: every
+    frame) put in ``order(n)``, and padded frames kept where they are (at the end), so that the frame mask
+    still describes the result -> (B, T, C, H, W). A copy: ``video`` is left unchanged."""
+    B, T = video.shape[:2]
+    mask = torch.ones(B, T, dtype=torch.bool) if frame_mask is None else frame_mask.detach().bool().cpu()
+    index = torch.arange(T).repeat(B, 1)  # (B, T) source frame of each position
+    for i in range(B):
+        real = mask[i].nonzero().flatten()  # (n,) positions of the real frames
+        index[i, real] = real[order(len(real))]
+    rows = torch.arange(B, device=video.device)[:, None]  # (B, 1)
+    return video[rows, index.to(video.device)]  # (B, T, C, H, W)
+
+
+def real_frame_counts(video: Tensor, frame_mask: Optional[Tensor]) -> Tensor:
+    """(B,) long: the number of real frames of each clip of video (B, T, ...)."""
+    if frame_mask is None:
+        return torch.full((video.shape[0],), video.shape[1], dtype=torch.long, device=video.device)
+    return frame_mask.long().sum(dim=1)
+
+
+def caption_temporal_flags(meta: list[dict], captions: list[str], index: Tensor, joined: bool = False) -> Tensor:
+    """(Nt,) int8 per text row: 1 where its clip's json says the caption takes time to understand, 0 where
+    it says it does not, -1 where it says nothing. Only the json says so, never the caption's words.
+
+    The field is ``temporal``: a bool for every caption of the clip, or a list of bools, one per entry of
+    ``captions``. meta: (B,) the clips' json (``Batch.meta``; missing rows say nothing); captions: (Nt,) the
+    text rows; index: (Nt,) the clip of each. ``joined``: each text row is all its clip's captions joined
+    (paragraph retrieval), temporal if any of them is. Raises ``ValueError`` for a malformed field."""
+    out = torch.full((len(captions),), -1, dtype=torch.int8)
+    for j, (caption, clip) in enumerate(zip(captions, index.tolist())):
+        info = meta[clip] if clip < len(meta) and isinstance(meta[clip], dict) else {}
+        flag = info.get("temporal")
+        if flag is None:
+            continue
+        if isinstance(flag, bool):
+            out[j] = int(flag)
+            continue
+        listed = info.get("captions")
+        if not (isinstance(flag, list) and all(isinstance(f, bool) for f in flag) and isinstance(listed, list)
+                and len(flag) == len(listed)):
+            raise ValueError(f"sample {info.get('key', clip)!r}: json 'temporal' must be a bool or a list of bools "
+                             f"with one entry per caption of 'captions'; got {flag!r}")
+        if joined:
+            out[j] = int(any(flag))
+            continue
+        match = [f for c, f in zip(listed, flag) if isinstance(c, str) and c.strip() == caption]
+        if match:
+            out[j] = int(match[0])
+    return out
+
+
+@dataclass
+class FrameOrderProbe:
+    """One batch's clips embedded with their frames re-ordered, and what scoring them needs."""
+
+    video: dict[str, Tensor]  # order name ("reversal", "shuffle") -> (B, E) embeddings of the re-ordered clips
+    frames: Tensor  # (B,) long: real frames of each clip (a clip with too few has no altered order)
+    temporal: Tensor  # (Nt,) int8 per text row: 1 temporal caption, 0 not, -1 unknown (caption_temporal_flags)
+
+
+def frame_order_embeddings(embed: Callable[[Tensor], Tensor], video: Tensor, frame_mask: Optional[Tensor],
+                           temporal: Tensor) -> FrameOrderProbe:
+    """Embed the batch's decoded clips (B, T, C, H, W) again in every order of ``FRAME_ORDERS`` with
+    ``embed`` (a re-ordered clip (B, T, C, H, W) -> (B, E); the frame mask is unchanged by re-ordering). No
+    second decode: the same frames, re-ordered in memory. temporal: (Nt,) as ``caption_temporal_flags``."""
+    altered = {name: embed(reorder_frames(video, frame_mask, order)) for name, order in FRAME_ORDERS.items()}
+    return FrameOrderProbe(altered, real_frame_counts(video, frame_mask), temporal)
+
+
+TEMPORAL_GROUPS = ((1, "temporal"), (0, "nontemporal"))
+
+
+def time_order_metrics(text: Tensor, video: Tensor, index: Tensor, order: Optional[dict]) -> dict[str, float]:
+    """``<order>_acc`` (percent of captions that score their clip in true frame order above it in ``order``,
+    ties one half: ``vl.metrics.order_accuracy``) and ``<order>_captions`` (how many were scored), over
+    captions whose clip has at least ``MIN_FRAMES[order]`` real frames; with ``_temporal`` and
+    ``_nontemporal`` suffixes, the same over the captions the data flags so (``caption_temporal_flags``).
+
+    text (Nt, E), video (Nv, E) true-order embeddings; index (Nt,) each caption's clip; order: as
+    ``RetrievalAccumulator.gathered_order`` (None: no metrics). An order no clip can take is left out.
+    Raises ``NonFiniteError`` for a NaN or infinite re-ordered embedding.
+    """
+    if order is None:
+        return {}
+    true = (text * video[index]).sum(dim=-1)  # (Nt,) each caption against its clip in true order
+    frames = order["frames"].to(index.device)[index]  # (Nt,) real frames of each caption's clip
+    temporal, tie_tol = order["temporal"].to(index.device), order["tie_tol"]  # (Nt,)
+    out: dict[str, float] = {}
+    for name, alt in order["altered"].items():
+        require_finite(alt, f"{name} video embeddings")
+        score = (text * alt[index]).sum(dim=-1)  # (Nt,) against the same clip re-ordered
+        valid = frames >= MIN_FRAMES[name]  # (Nt,)
+        groups = [("", valid)] + [(f"_{g}", valid & (temporal == flag)) for flag, g in TEMPORAL_GROUPS]
+        for suffix, keep in groups:
+            if bool(keep.any()):
+                out[f"{name}_acc{suffix}"] = order_accuracy(true[keep], score[keep], tie_tol)
+                out[f"{name}_captions{suffix}"] = float(keep.sum())
+    return out
+
+
 class RetrievalAccumulator:
     """Accumulates video and text embeddings of one evaluation pass and scores text-to-video retrieval."""
 
@@ -46,16 +186,44 @@ class RetrievalAccumulator:
         self.keys: list[str] = []
         self.captions: list[str] = []
         self._num_videos = 0
+        self.order_video: dict[str, list[Tensor]] = {}  # order name -> [(B, E)] re-ordered clips' embeddings
+        self.order_frames: list[Tensor] = []  # [(B,)] real frames per clip
+        self.order_temporal: list[Tensor] = []  # [(Nt,)] int8 temporal flag per caption
+        self.tie_tol = order_tie_tolerance()  # grows to the precision of the least precise embeddings added
 
     def add(self, video_emb: Tensor, text_emb: Tensor, text_video_index: Tensor, keys: list[str],
-            captions: list[str] | None = None) -> None:
-        """video_emb (B, E), text_emb (Nt, E), text_video_index (Nt,) into this batch's videos."""
+            captions: list[str] | None = None, order: Optional[FrameOrderProbe] = None) -> None:
+        """video_emb (B, E), text_emb (Nt, E), text_video_index (Nt,) into this batch's videos; ``order``: the
+        same clips embedded in other frame orders (``frame_order_embeddings``), given with every batch or
+        with none."""
+        if self.video and (order is None) != (not self.order_frames):
+            raise ValueError("RetrievalAccumulator.add: frame-order embeddings must come with every batch or none")
+        if order is not None:
+            for name, emb in order.video.items():
+                self.order_video.setdefault(name, []).append(emb.detach().float())
+            self.order_frames.append(order.frames.detach().long())
+            self.order_temporal.append(order.temporal.detach().to(torch.int8))
+            dtypes = [video_emb.dtype, text_emb.dtype, *(e.dtype for e in order.video.values())]
+            self.tie_tol = max(self.tie_tol, order_tie_tolerance(*dtypes))
         self.video.append(video_emb.detach().float())
         self.text.append(text_emb.detach().float())
         self.text_video.append(text_video_index.detach().long() + self._num_videos)
         self.keys.extend(keys)
         self.captions.extend(captions if captions is not None else [""] * text_emb.shape[0])
         self._num_videos += video_emb.shape[0]
+
+    def gathered_order(self) -> Optional[dict]:
+        """The frame-order data over all ranks, in the row order of ``gathered``: ``altered`` (order name ->
+        (Nv, E)), ``frames`` (Nv,), ``temporal`` (Nt,) int8 and ``tie_tol`` (the largest of any rank); None
+        when no batch brought any."""
+        if not self.order_frames:
+            return None
+        device = self.video[0].device
+        tol = gather_rows(torch.tensor([self.tie_tol], device=device)).max().item()
+        altered = {name: gather_rows(torch.cat(embs)) for name, embs in self.order_video.items()}
+        frames = gather_rows(torch.cat(self.order_frames).to(device))
+        temporal = gather_rows(torch.cat(self.order_temporal).to(device).long())  # long: every backend gathers it
+        return {"altered": altered, "frames": frames, "temporal": temporal, "tie_tol": tol}
 
     def gathered(self) -> tuple[Tensor, Tensor, Tensor, list[str]]:
         """(Nv, E) videos, (Nt, E) texts, (Nt,) global video index, keys — over all ranks."""
@@ -71,7 +239,8 @@ class RetrievalAccumulator:
     def compute(self, topk: int = 0, split: str = "eval") -> tuple[dict[str, float], int, int, list[dict]]:
         """Retrieval metrics over everything added (all ranks), the numbers of videos and texts, and with
         `topk` > 0 one readable ranking per text query (its caption, its video, that video's rank, the top
-        `topk` video keys).
+        `topk` video keys). With frame-order embeddings added, the metrics include ``reversal_acc`` and
+        ``shuffle_acc`` (``time_order_metrics``).
 
         Raises ``vl.metrics.NonFiniteError`` naming the ``split`` and how many video or text embeddings hold
         a NaN or infinity: such a model has no ranking (NaN compares false and would rank first). The check
@@ -89,19 +258,36 @@ class RetrievalAccumulator:
             top = sim.topk(min(topk, sim.shape[1]), dim=1).indices  # (Nt, k)
             rankings = [{"caption": captions[i], "video": keys[int(index[i])], "rank": int(ranks[i]),
                          "top": [keys[int(j)] for j in top[i]]} for i in range(sim.shape[0])]
-        return retrieval_metrics(sim, index), video.shape[0], text.shape[0], rankings
+        metrics = retrieval_metrics(sim, index)
+        metrics.update(time_order_metrics(text, video, index, self.gathered_order()))
+        return metrics, video.shape[0], text.shape[0], rankings
 
 
 def retrieval_summary(split: str, metrics: dict[str, float], num_videos: int, num_texts: int) -> str:
-    """A few lines a person reads at the end of an evaluation: R@k next to chance, and the ratio."""
+    """A few lines a person reads at the end of an evaluation: R@k next to chance, and the ratio; beside
+    R@1 the time-order accuracies (chance 50%), then the same per temporal / non-temporal captions."""
     lines = [f"{split}: text-to-video retrieval over {num_videos} clips, {num_texts} captions"]
     for k in (1, 5, 10):
         got, chance = metrics.get(f"t2v_R@{k}"), metrics.get(f"t2v_chance_R@{k}")
         if got is None or chance is None:
             continue
-        lines.append(f"  R@{k:<3} {got:6.2f}%   chance {chance:6.2f}%   ({got / chance:5.1f}x chance)")
+        line = f"  R@{k:<3} {got:6.2f}%   chance {chance:6.2f}%   ({got / chance:5.1f}x chance)"
+        order = time_order_summary(metrics) if k == 1 else None
+        lines.append(line + (f"   time order: {order} (chance 50%)" if order else ""))
     lines.append(f"  median rank {metrics['t2v_MdR']:.0f}, mean rank {metrics['t2v_MnR']:.1f}")
+    for _, group in TEMPORAL_GROUPS:
+        order = time_order_summary(metrics, f"_{group}")
+        if order:
+            lines.append(f"  time order, {group} captions: {order}")
     return "\n".join(lines)
+
+
+def time_order_summary(metrics: dict[str, float], suffix: str = "") -> str:
+    """``reversal 52.08% (96 captions), shuffle 61.46% (96 captions)`` from the ``<order>_acc<suffix>`` and
+    ``<order>_captions<suffix>`` metrics; "" when there are none."""
+    return ", ".join(f"{name} {metrics[f'{name}_acc{suffix}']:.2f}% "
+                     f"({metrics[f'{name}_captions{suffix}']:.0f} captions)"
+                     for name in FRAME_ORDERS if f"{name}_acc{suffix}" in metrics)
 
 
 def write_eval_outputs(trainer, split: str, metrics: dict, predictions: list[dict]) -> tuple[str, str] | None:

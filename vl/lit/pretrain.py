@@ -14,7 +14,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from datapipes.batch import Batch
 from vl.lit.checkpoint import preprocess_from_datamodule
-from vl.lit.evaluation import RetrievalAccumulator, retrieval_summary, write_eval_outputs
+from vl.lit.evaluation import (RetrievalAccumulator, caption_temporal_flags, frame_order_embeddings, retrieval_summary,
+                                write_eval_outputs)
 from vl.lit.optim import OptimConfig, build_optimizer
 from vl.lit.safety import NonFiniteGuard, retarget_learning_rates
 from vl.models import create_model
@@ -59,7 +60,10 @@ class PretrainModule(pl.LightningModule):
 
     The model is built by `vl.create_model(model, video=..., text=..., fusion=...)`; each dict overrides
     the preset's options for that part. Validation reports text-to-video retrieval (R@1/5/10 next to
-    chance) on the validation shards.
+    chance) on the validation shards and, unless `reversal_eval` is false, whether the model uses the order
+    of the frames: each clip is embedded again from the same decoded frames reversed and shuffled, and
+    `reversal_acc` / `shuffle_acc` are the percent of captions that score the true order higher (chance 50%;
+    `vl.lit.evaluation.time_order_metrics`). It costs two more video-encoder passes per evaluation batch.
 
     Speed switches (each a config field): `grad_checkpointing` (activation checkpointing per block),
     `compile` (torch.compile of the encoders), `optim.fused` (fused AdamW); with the trainer's
@@ -84,9 +88,13 @@ class PretrainModule(pl.LightningModule):
         grad_checkpointing: bool = False,
         compile: bool = False,
         attention: str = "auto",
+        reversal_eval: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # reversal_eval only changes how the model is evaluated: left out of the checkpoint's hyper-parameters,
+        # which `vl test --ckpt_path` would restore over the command line
+        self.save_hyperparameters(ignore=["reversal_eval"])
+        self.reversal_eval = reversal_eval
         self.sdpa_backends = sdpa_backends(attention)
         overrides = {k: v for k, v in dict(video=video, text=text, fusion=fusion).items() if v}
         if embed_dim is not None:
@@ -129,6 +137,7 @@ class PretrainModule(pl.LightningModule):
         text = self.model.encode_text(batch.text_ids, batch.text_mask)  # tokens (B, L, Dt)
         v_emb = self.model.embed_video(video["pooled"])  # (B, E)
         t_emb = self.model.embed_text(text["pooled"])  # (B, E)
+        video_mask = video.get("token_mask")  # (B, N) True for tokens of real frames; None: no padding known
         out: dict[str, Tensor] = {}
         if self.objectives.vtc > 0:
             keys = self.match_keys(batch) if self.objectives.vtc_multi_positive else None
@@ -136,12 +145,13 @@ class PretrainModule(pl.LightningModule):
         if self.vtm is not None:
             sim = VTCLoss.similarity(v_emb, t_emb, self.model.logit_scale).detach()  # (B, B) for hard negatives
             positives = vtm_positives(batch.text_ids, batch.references, batch.captions)  # (B, B)
-            out.update(self.vtm(self.model, video["tokens"], text["tokens"], batch.text_mask, sim, positives))
+            out.update(self.vtm(self.model, video["tokens"], text["tokens"], batch.text_mask, sim, positives,
+                                video_mask=video_mask))
         if self.mlm is not None:
-            out.update(self.mlm(self.model, video["tokens"], batch.text_ids, batch.text_mask))
+            out.update(self.mlm(self.model, video["tokens"], batch.text_ids, batch.text_mask, video_mask=video_mask))
         if self.mvm is not None:  # masks (scored by the unmasked pass), re-encodes the masked clip, predicts targets
             out.update(self.mvm(self.model, batch.video, video["tokens"], text["tokens"], batch.text_mask, t_emb,
-                                keys=batch.keys))
+                                keys=batch.keys, frame_mask=batch.frame_mask))
         return out
 
     def match_keys(self, batch: Batch) -> tuple[Tensor, Tensor]:
@@ -176,10 +186,18 @@ class PretrainModule(pl.LightningModule):
         return loss
 
     def _eval_step(self, batch: Batch, acc: RetrievalAccumulator) -> None:
+        def embed_video(video: Tensor) -> Tensor:  # (B, T, C, H, W) -> (B, E)
+            return self.model.embed_video(self.model.encode_video(video, frame_mask=batch.frame_mask)["pooled"])
+
+        index = batch.video_index()  # (Nt,)
         with self.attention_kernels():
-            v_emb = self.model.embed_video(self.model.encode_video(batch.video, frame_mask=batch.frame_mask)["pooled"])
+            v_emb = embed_video(batch.video)
             t_emb = self.model.embed_text(self.model.encode_text(batch.text_ids, batch.text_mask)["pooled"])
-        acc.add(v_emb, t_emb, batch.video_index(), batch.keys, batch.captions)
+            order = None
+            if self.reversal_eval:  # the same decoded frames, reversed and shuffled
+                temporal = caption_temporal_flags(batch.meta, batch.captions or [""] * len(index), index.cpu())
+                order = frame_order_embeddings(embed_video, batch.video, batch.frame_mask, temporal)
+        acc.add(v_emb, t_emb, index, batch.keys, batch.captions, order=order)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, self.val_retrieval)

@@ -31,23 +31,56 @@ hundreds of steps before it can tell where or when anything is: a divided-attent
 early learning of appearance (the input-independent position signal makes all clips' embeddings alike at
 first), so ``random`` stays the default; ``tests/test_temporal.py`` pretrains with ``sincos`` to learn
 the direction of motion contrastively.
+
+``class_token`` adds one CLS token per time step (timm's ViT has one per image): it sits first in its
+frame, attends within its frame in ``none``/``divided``/``rolling`` (and across time to the other frames'
+CLS tokens in ``divided``'s time attention; ``rolling`` never rolls it), and takes part in ``joint``
+attention like any token. Tokens come out as ``[T' CLS tokens, T'*H'*W' grid tokens]``
+(``num_prefix_tokens = T'``) and ``pool`` is then the mean of the real frames' CLS tokens, as timm pools an
+image. One CLS token per frame, rather than TimeSformer's single shared one, is what lets a ViT inflated
+from an image checkpoint compute exactly the image model on every frame (a shared token mixes the frames
+after the first block).
+
+``pos_table`` is ``space_time`` (learned space and time tables, summed) or ``flat_sincos``: VideoMAE's
+fixed 1D sin-cos table over the flattened (t, h, w) token index, a buffer that is not learned.
+``final_norm: false`` drops the closing LayerNorm (VideoMAE with ``use_mean_pooling`` has none) and
+``norm_eps`` is the LayerNorm epsilon (timm's ViT: 1e-6, VideoMAE: 1e-12).
+
+``pretrained`` is a local checkpoint read by ``vl.models.pretrained`` (``pretrained_format``: ``timm`` for
+a timm ViT, inflated to video so that step 0 computes the image model on every frame; ``videomae`` for a
+Hugging Face VideoMAE ``save_pretrained`` folder); ``pretrained_parameter_names`` lists what it loaded.
 """
 
 from __future__ import annotations
 
+import os
+from functools import partial
 from typing import Literal
 
 import torch
-from timm.layers import Attention, build_sincos2d_pos_embed, trunc_normal_
+from timm.layers import Attention, LayerNorm, build_sincos2d_pos_embed, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from .layers import (PatchEmbed3D, VideoEncoder, blank_padded_frames, check_mask, drop_path_rates, init_weights,
-                     keep_visible, replace_masked, run_blocks, sincos_1d)
+                     keep_visible, masked_mean, replace_masked, run_blocks, sincos_1d)
+from .pretrained import PretrainedFormat, load_vit_st_weights
 from .registry import VIDEO_ENCODERS, build
 
 Temporal = Literal["none", "joint", "divided", "rolling"]
 TEMPORAL_MODES: tuple[str, ...] = ("none", "joint", "divided", "rolling")
+PosTable = Literal["space_time", "flat_sincos"]
+POS_TABLES: tuple[str, ...] = ("space_time", "flat_sincos")
+
+
+def sincos_flat(length: int, dim: int, temperature: float = 10000.0) -> Tensor:
+    """1D sin-cos table (length, dim) with sines on even channels and cosines on odd ones, channel pair i at
+    frequency ``temperature ** (-2i / dim)`` (the original Transformer's layout, which VideoMAE uses over its
+    flattened token index); computed in float64, returned as float32."""
+    pair = torch.arange(dim, dtype=torch.float64).div(2, rounding_mode="floor") * 2  # (dim,): 0, 0, 2, 2, ...
+    angle = torch.arange(length, dtype=torch.float64)[:, None] / temperature ** (pair / dim)  # (length, dim)
+    even = torch.arange(dim) % 2 == 0
+    return torch.where(even, angle.sin(), angle.cos()).float()
 
 
 # Every block takes x (B, N, D), the grid (T', H', W') and keep (B, N) bool | None: True for tokens of real
@@ -96,17 +129,20 @@ def roll_tokens(x: Tensor, ratio: float, frames: Tensor | None = None) -> Tensor
 
 
 class RollingBlock(Block):
-    """All-in-one block: per-frame attention whose input has tokens rolled across adjacent frames."""
+    """All-in-one block: per-frame attention whose input has tokens rolled across adjacent frames. The first
+    ``roll_skip`` tokens of each frame (its CLS token) are never rolled."""
 
-    def __init__(self, *args, roll_ratio: float = 0.25, **kwargs) -> None:
+    def __init__(self, *args, roll_ratio: float = 0.25, roll_skip: int = 0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.roll_ratio = roll_ratio
+        self.roll_ratio, self.roll_skip = roll_ratio, roll_skip
 
     def forward(self, x: Tensor, grid: tuple[int, int, int],  # type: ignore[override]
                 keep: Tensor | None = None) -> Tensor:
         B, N, D = x.shape
-        T = grid[0]
-        rolled = roll_tokens(x.view(B, T, N // T, D), self.roll_ratio, time_keep(keep, T))  # (B, T', S, D)
+        T, k = grid[0], self.roll_skip
+        frames = x.view(B, T, N // T, D)  # (B, T', k + S, D)
+        patches = roll_tokens(frames[:, :, k:], self.roll_ratio, time_keep(keep, T))  # (B, T', S, D)
+        rolled = torch.cat([frames[:, :, :k], patches], dim=2)  # (B, T', k + S, D)
         rolled = rolled.reshape(B * T, N // T, D)  # (B*T', S, D)
         x = x.reshape(B * T, N // T, D)  # (B*T', S, D)
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(rolled))))
@@ -117,9 +153,9 @@ class RollingBlock(Block):
 class DividedBlock(Block):
     """TimeSformer block: attention over time at each position, then over space in each frame, then MLP."""
 
-    def __init__(self, dim: int, num_heads: int, *args, **kwargs) -> None:
-        super().__init__(dim, num_heads, *args, **kwargs)
-        self.norm_t = nn.LayerNorm(dim)
+    def __init__(self, dim: int, num_heads: int, *args, norm_layer: type[nn.Module] = LayerNorm, **kwargs) -> None:
+        super().__init__(dim, num_heads, *args, norm_layer=norm_layer, **kwargs)
+        self.norm_t = norm_layer(dim)
         self.attn_t = Attention(dim, num_heads=num_heads, qkv_bias=True)
         self.temporal_fc = nn.Linear(dim, dim)
 
@@ -142,9 +178,10 @@ BLOCKS: dict[str, type[Block]] = {
 
 
 class VideoViT(VideoEncoder):
-    """Space-time ViT: video (B, T, C, H, W) -> tokens (B, T'*H'*W', D), or (B, N_visible, D) for a
-    masked ``joint`` encoder. No CLS token: ``pool`` is the mean of the tokens (per frame, then over
-    frames, which is the same mean)."""
+    """Space-time ViT: video (B, T, C, H, W) -> tokens (B, P + T'*H'*W', D), or (B, P + N_visible, D) for a
+    masked ``joint`` encoder, where P = T' CLS tokens with ``class_token`` and 0 without. Without CLS tokens
+    ``pool`` is the mean of the grid tokens (per frame, then over frames, which is the same mean); with
+    them, the mean of the CLS tokens."""
 
     def __init__(
         self,
@@ -162,11 +199,19 @@ class VideoViT(VideoEncoder):
         drop_path_rate: float = 0.0,
         init_values: float | None = None,  # LayerScale init; None = no LayerScale
         pos_init: Literal["random", "sincos"] = "random",  # start of the learned position tables
+        pos_table: PosTable = "space_time",  # learned space + time tables, or VideoMAE's fixed flat sin-cos
+        class_token: bool = False,  # one CLS token per time step (timm ViTs have one per image)
+        final_norm: bool = True,  # closing LayerNorm (False for VideoMAE with use_mean_pooling)
+        norm_eps: float = 1e-6,  # LayerNorm epsilon (timm's ViT: 1e-6; VideoMAE: 1e-12)
+        pretrained: str | os.PathLike | None = None,  # a local checkpoint (file or folder) of pretrained_format
+        pretrained_format: PretrainedFormat = "timm",  # timm: a timm ViT file; videomae: a HF VideoMAE folder
     ) -> None:
         super().__init__()
         if pos_init not in ("random", "sincos"):
             raise ValueError(f"vit_st: pos_init must be 'random' or 'sincos', got {pos_init!r}")
-        self.pos_init = pos_init
+        if pos_table not in POS_TABLES:
+            raise ValueError(f"vit_st: pos_table must be one of {POS_TABLES}, got {pos_table!r}")
+        self.pos_init, self.pos_table = pos_init, pos_table
         if temporal not in TEMPORAL_MODES:
             raise ValueError(f"vit_st: temporal must be one of {TEMPORAL_MODES}, got {temporal!r}")
         if img_size % patch_size or num_frames % tubelet_size:
@@ -178,27 +223,50 @@ class VideoViT(VideoEncoder):
         self.patch_size, self.tubelet_size, self.embed_dim = patch_size, tubelet_size, embed_dim
         self.grid = (num_frames // tubelet_size, img_size // patch_size, img_size // patch_size)
         self.token_size = (tubelet_size, patch_size, patch_size)
+        self.num_heads, self.mlp_ratio, self.init_values, self.norm_eps = num_heads, mlp_ratio, init_values, norm_eps
+        self.final_norm = final_norm
         self.patch_embed = PatchEmbed3D(patch_size, tubelet_size, in_chans, embed_dim)
-        self.pos_embed_space = nn.Parameter(torch.zeros(1, self.grid[1] * self.grid[2], embed_dim))
+        learned = pos_table == "space_time"
+        self.pos_embed_space = nn.Parameter(torch.zeros(1, self.grid[1] * self.grid[2], embed_dim)) if learned else None
         # `none` has no time positions: its frames are an unordered set (TimeSformer's space-only model).
-        self.pos_embed_time = None if temporal == "none" else nn.Parameter(torch.zeros(1, self.grid[0], embed_dim))
+        self.pos_embed_time = (nn.Parameter(torch.zeros(1, self.grid[0], embed_dim))
+                               if learned and temporal != "none" else None)
+        self.register_buffer("pos_embed_flat", None if learned else sincos_flat(self.num_grid_tokens, embed_dim)[None],
+                             persistent=False)  # (1, N, D): fixed, rebuilt from the sizes, never saved
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.num_prefix_tokens = self.grid[0] if class_token else 0
         # Joint attention drops masked tokens, so only the other modes need a mask token.
         self.mask_token = None if temporal == "joint" else nn.Parameter(torch.zeros(embed_dim))
+        norm_layer = partial(LayerNorm, eps=norm_eps)
         self.blocks = nn.ModuleList([self._block(temporal, dpr, embed_dim, num_heads, mlp_ratio, roll_ratio,
-                                                 init_values) for dpr in drop_path_rates(drop_path_rate, depth)])
-        self.norm = nn.LayerNorm(embed_dim)
+                                                 init_values, norm_layer, int(class_token))
+                                     for dpr in drop_path_rates(drop_path_rate, depth)])
+        self.norm = norm_layer(embed_dim) if final_norm else nn.Identity()
         self._init_weights()
+        self._pretrained_names: set[str] = set()
+        if pretrained is not None:
+            self._pretrained_names = load_vit_st_weights(self, pretrained, pretrained_format)
+            self.is_pretrained = True
 
     @staticmethod
     def _block(temporal: str, drop_path: float, dim: int, heads: int, mlp_ratio: float, roll_ratio: float,
-               init_values: float | None) -> Block:
-        kwargs = dict(mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=drop_path, init_values=init_values)
+               init_values: float | None, norm_layer: type[nn.Module], prefix: int) -> Block:
+        kwargs = dict(mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=drop_path, init_values=init_values,
+                      norm_layer=norm_layer)
         if temporal == "rolling":
-            kwargs["roll_ratio"] = roll_ratio
+            kwargs.update(roll_ratio=roll_ratio, roll_skip=prefix)
         return BLOCKS[temporal](dim, heads, **kwargs)
 
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
     def _init_weights(self) -> None:
-        if self.pos_init == "sincos":
+        if self.cls_token is not None:
+            trunc_normal_(self.cls_token, std=0.02)
+        if self.pos_embed_space is None:  # flat_sincos: a fixed buffer, nothing to initialise
+            pass
+        elif self.pos_init == "sincos":
             # Learned tables that start as sin-cos (2D over the patch grid, 1D over time), as in MAE/VideoMAE.
             with torch.no_grad():
                 self.pos_embed_space.copy_(build_sincos2d_pos_embed(list(self.grid[1:]), self.embed_dim)[None])
@@ -214,44 +282,91 @@ class VideoViT(VideoEncoder):
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names (relative to this module) to exclude from weight decay."""
-        return {n for n in ("pos_embed_space", "pos_embed_time", "mask_token") if getattr(self, n) is not None}
+        names = ("pos_embed_space", "pos_embed_time", "mask_token", "cls_token")
+        return {n for n in names if getattr(self, n) is not None}
+
+    def pretrained_parameter_names(self) -> set[str]:
+        """Names of the parameters that hold a tensor of the ``pretrained`` checkpoint (empty without one).
+        What the loader initialised instead (time positions, divided's temporal attention) is not listed."""
+        return set(self._pretrained_names)
 
     def pos_embed(self) -> Tensor:
-        """Space-time position embeddings (1, T'*H'*W', D): a time and a space table, summed (``none``: the
-        space table in every frame)."""
+        """Grid position embeddings (1, T'*H'*W', D): a time and a space table, summed (``none``: the space table
+        in every frame), or the fixed flat sin-cos table."""
+        if self.pos_embed_flat is not None:
+            return self.pos_embed_flat
         pos = self.pos_embed_space[:, None, :, :].expand(-1, self.grid[0], -1, -1)  # (1, T', S, D)
         if self.pos_embed_time is not None:
             pos = pos + self.pos_embed_time[:, :, None, :]
         return pos.flatten(1, 2)  # (1, N, D)
 
     def token_keep(self, frame_mask: Tensor | None, mask: Tensor | None = None) -> Tensor | None:
-        """(B, N or N_visible) True for tokens of real frames, in the order ``forward_features`` returns them."""
-        keep = super().token_keep(frame_mask)  # (B, N)
-        if keep is None or mask is None or self.mask_token is not None:
+        """(B, P + N or P + N_visible) True for tokens of real frames, in the order ``forward_features``
+        returns them (a frame's CLS token is real when its time step holds a real frame)."""
+        keep = super().token_keep(frame_mask)  # (B, P + N)
+        if keep is None:
+            return None
+        P = self.num_prefix_tokens
+        if P:
+            keep[:, :P] = self.frame_keep(frame_mask)
+        if mask is None or self.mask_token is not None:
             return keep
-        mask = check_mask(mask, keep.shape[0], keep.shape[1], "vit_st")
-        return keep_visible(keep[..., None], mask)[..., 0]  # (B, N_visible)
+        mask = check_mask(mask, keep.shape[0], self.num_grid_tokens, "vit_st")
+        return torch.cat([keep[:, :P], keep_visible(keep[:, P:, None], mask)[..., 0]], dim=1)  # (B, P + N_visible)
 
     def embed(self, video: Tensor, mask: Tensor | None, frame_mask: Tensor | None = None) -> Tensor:
-        """video (B, T, C, H, W) -> embedded tokens with positions (B, N, D); masked ones replaced, or
-        dropped for ``joint`` (then (B, N_visible, D)). Padded frames (``frame_mask`` False) are blanked."""
+        """video (B, T, C, H, W) -> embedded tokens with positions (B, P + N, D), CLS tokens first; masked
+        grid tokens replaced, or dropped for ``joint`` (then (B, P + N_visible, D)). Padded frames
+        (``frame_mask`` False) are blanked."""
         self.check_video(video)
         x = self.patch_embed(blank_padded_frames(video, frame_mask)).flatten(1, 3)  # (B, N, D)
         if mask is None:
-            return x + self.pos_embed()
-        mask = check_mask(mask, x.shape[0], x.shape[1], "vit_st")
-        if self.mask_token is None:
-            return keep_visible(x + self.pos_embed(), mask)  # (B, N_visible, D)
-        return replace_masked(x, mask, self.mask_token) + self.pos_embed()
+            x = x + self.pos_embed()
+        else:
+            mask = check_mask(mask, x.shape[0], x.shape[1], "vit_st")
+            if self.mask_token is None:
+                x = keep_visible(x + self.pos_embed(), mask)  # (B, N_visible, D)
+            else:
+                x = replace_masked(x, mask, self.mask_token) + self.pos_embed()
+        if self.cls_token is None:
+            return x
+        cls = self.cls_token.expand(x.shape[0], self.grid[0], -1)  # (B, T', D)
+        if self.pos_embed_time is not None:
+            cls = cls + self.pos_embed_time
+        return torch.cat([cls, x], dim=1)  # (B, T' + N, D)
+
+    def frame_major(self, x: Tensor) -> Tensor:
+        """(B, T' + T'*S, ...) CLS tokens first -> (B, T'*(1 + S), ...) each frame's CLS token before its grid."""
+        T = self.grid[0]
+        grid = x[:, T:].reshape(x.shape[0], T, -1, *x.shape[2:])  # (B, T', S, ...)
+        return torch.cat([x[:, :T, None], grid], dim=2).flatten(1, 2)
+
+    def prefix_first(self, x: Tensor) -> Tensor:
+        """The inverse of ``frame_major``: (B, T'*(1 + S), D) -> (B, T' + T'*S, D)."""
+        x = x.view(x.shape[0], self.grid[0], -1, x.shape[-1])  # (B, T', 1 + S, D)
+        return torch.cat([x[:, :, 0], x[:, :, 1:].flatten(1, 2)], dim=1)
 
     def forward_features(self, video: Tensor, mask: Tensor | None = None,
                          frame_mask: Tensor | None = None) -> Tensor:
         """video (B, T, C, H, W), mask (B, N) True = masked, frame_mask (B, T) True = real frame -> tokens
-        (B, N or N_visible, D)."""
-        keep = self.token_keep(frame_mask, mask)  # (B, N or N_visible) | None
+        (B, P + N or P + N_visible, D). The per-frame modes run on frame-major tokens (each CLS token before
+        its frame's grid, which is how their blocks split frames); ``joint`` runs on the output order."""
+        keep = self.token_keep(frame_mask, mask)  # (B, P + N or P + N_visible) | None
         x = self.embed(video, mask, frame_mask)
+        per_frame = self.num_prefix_tokens > 0 and self.temporal != "joint"
+        if per_frame:
+            x, keep = self.frame_major(x), None if keep is None else self.frame_major(keep)
         x = run_blocks(self.blocks, x, self.grad_checkpointing, self.grid, keep)
-        return self.norm(x)
+        x = self.norm(x)
+        return self.prefix_first(x) if per_frame else x
+
+    def pool(self, tokens: Tensor, keep: Tensor | None = None) -> Tensor:
+        """tokens (B, P + N, D), keep (B, P + N) | None -> (B, D): the mean of the real frames' CLS tokens
+        with ``class_token``, else of the real grid tokens."""
+        P = self.num_prefix_tokens
+        if not P:
+            return super().pool(tokens, keep)
+        return masked_mean(tokens[:, :P], None if keep is None else keep[:, :P])
 
 
 @VIDEO_ENCODERS.register(VideoViT)

@@ -61,6 +61,8 @@ class MLMLoss(nn.Module):
     Masks the text (``mask_tokens``), re-encodes it, fuses it with the video tokens and predicts the
     original ids at the masked positions with ``model.mlm_head``. ``mlm_acc`` is the accuracy there.
     A batch with nothing masked gives a zero loss that still reaches every fused parameter.
+    ``video_mask`` (B, N) True for tokens of real frames (``encode_video(...)["token_mask"]``): the fusion
+    does not attend to a short clip's padded frames.
     """
 
     def __init__(self, mask_token_id: int | None, vocab_size: int, special_ids: Sequence[int],

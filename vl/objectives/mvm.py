@@ -101,19 +101,44 @@ class MVMDecoder(nn.Module):
         full[~mask] = tokens.reshape(-1, tokens.shape[-1])  # row-major, as the encoder dropped them
         return full
 
-    def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, tokens: Tensor, mask: Tensor, keep: Optional[Tensor] = None) -> Tensor:
+        """``keep`` (B, N) True for grid tokens of real frames (None: all): no token attends to padded ones."""
         x = self.unshuffle(self.embed(tokens), mask) + self.pos_embed  # (B, N, dim)
+        attn_mask = None if keep is None else keep.bool()[:, None, None, :]  # (B, 1, 1, N)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, attn_mask=attn_mask)
         return self.norm(x)
+
+
+def fill_padded_frames(video: Tensor, frame_mask: Optional[Tensor]) -> Tensor:
+    """video (B, T, C, H, W), frame_mask (B, T) True = real -> each padded frame replaced by the latest real
+    frame before it (the first real frame where none precedes it), as ``datapipes.augment.pad_frames`` pads.
+
+    Motion scores, targets and a teacher then see only real pixels, whatever the padding was filled with."""
+    if frame_mask is None:
+        return video
+    real = frame_mask.bool()  # (B, T)
+    T = real.shape[1]
+    steps = torch.arange(T, device=video.device).expand_as(real)  # (B, T)
+    first = real.float().argmax(dim=1, keepdim=True)  # (B, 1): the first real frame of each clip
+    source = torch.where(real, steps, torch.zeros_like(steps)).cummax(dim=1).values  # latest real at or before t
+    source = torch.where(real.cumsum(dim=1) > 0, source, first)  # (B, T)
+    if bool((source == steps).all()):
+        return video
+    index = source[:, :, None, None, None].expand_as(video)  # (B, T, C, H, W)
+    return video.gather(1, index)
 
 
 class MVMLoss(nn.Module):
     """``forward(model, video (B, T, C, H, W), video_tokens (B, P + N, Dv), text_tokens (B, L, Dt), text_mask,
-    text_embeds (B, E), keys) -> {"mvm_loss", metrics}``.
+    text_embeds (B, E), keys, frame_mask) -> {"mvm_loss", metrics}``.
 
     ``video_tokens`` / ``text_embeds`` are the unmasked pass's (they score ``attended`` and ``text_guided``
     masking); the masked clip is encoded again here. ``mvm_ratio`` reports the masked share.
+
+    ``frame_mask`` (B, T) False marks a short clip's padded frames (``Batch.frame_mask``): the encoder and
+    the fusion ignore them, motion scores and targets read real frames only (``fill_padded_frames``), and
+    the loss is taken over the masked tokens of real frames, so nothing depends on the padding's pixels.
     """
 
     def __init__(self, target: Target, masking: list[MaskSpec], grid: Grid, in_dim: int,
@@ -137,12 +162,16 @@ class MVMLoss(nn.Module):
     # -- steps ------------------------------------------------------------------------------------
     @torch.no_grad()
     def mask_scores(self, model: "VideoLanguageModel", video: Tensor, video_tokens: Tensor, text_tokens: Tensor,
-                    text_mask: Tensor, text_embeds: Tensor, needed: set[str]) -> dict[str, Tensor]:
-        """(B, N) scores of the scored strategies in ``needed``, from the unmasked pass."""
+                    text_mask: Tensor, text_embeds: Tensor, needed: set[str],
+                    frame_mask: Optional[Tensor] = None) -> dict[str, Tensor]:
+        """(B, N) scores of the scored strategies in ``needed``, from the unmasked pass (``video`` with its
+        padded frames filled by ``fill_padded_frames``; the fusion does not attend to padded frames' tokens)."""
         prefix = model.video_encoder.num_prefix_tokens
         scores: dict[str, Tensor] = {}
         if "attended" in needed:
-            fused = model.fuse(video_tokens.detach(), text_tokens.detach(), text_mask, return_attention=True)
+            video_mask = model.video_encoder.token_keep(frame_mask)  # (B, P + N) | None
+            fused = model.fuse(video_tokens.detach(), text_tokens.detach(), text_mask, video_mask,
+                               return_attention=True)
             scores["attended"] = attention_scores(fused["attentions"][:, :, prefix:], text_mask)
         if "text_guided" in needed:
             token_embeds = model.embed_video(video_tokens.detach()[:, prefix:])  # (B, N, E)
@@ -152,19 +181,21 @@ class MVMLoss(nn.Module):
         return scores
 
     def mask_video(self, model: "VideoLanguageModel", video: Tensor, video_tokens: Tensor, text_tokens: Tensor,
-                   text_mask: Tensor, text_embeds: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+                   text_mask: Tensor, text_embeds: Tensor, generator: Optional[torch.Generator] = None,
+                   frame_mask: Optional[Tensor] = None) -> Tensor:
         """One strategy per sample -> mask (B, N) bool on the grid, True = masked."""
         choice = self.masker.draw(video.shape[0], generator)  # (B,)
         scores = self.mask_scores(model, video, video_tokens, text_tokens, text_mask, text_embeds,
-                                  self.masker.needed(choice))
+                                  self.masker.needed(choice), frame_mask)
         return self.masker(self.grid, choice, scores, generator, video.device)
 
     def forward_encoder(self, model: "VideoLanguageModel", video: Tensor, mask: Tensor, text_tokens: Tensor,
-                        text_mask: Tensor) -> Tensor:
-        """Masked clip -> grid tokens (B, N, D) (masked ones as mask tokens) or (B, N_vis, D) (dropped)."""
+                        text_mask: Tensor, frame_mask: Optional[Tensor] = None) -> Tensor:
+        """Masked clip -> grid tokens (B, N, D) (masked ones as mask tokens) or (B, N_vis, D) (dropped).
+        ``frame_mask`` (B, T) False = padded frame: the encoder and the fusion ignore those frames."""
         encoder = model.video_encoder
         try:
-            tokens = encoder.forward_features(video, mask)  # (B, P + N or P + N_vis, Dv)
+            tokens = encoder.forward_features(video, mask, frame_mask)  # (B, P + N or P + N_vis, Dv)
         except ValueError as e:
             counts = mask.sum(dim=1)
             if bool((counts != counts[0]).any()):
@@ -174,21 +205,22 @@ class MVMLoss(nn.Module):
                                  f"ratios that mask equal counts") from e
             raise
         if self.source == "fusion":
-            fused = model.fuse(tokens, text_tokens, text_mask)
+            fused = model.fuse(tokens, text_tokens, text_mask, encoder.token_keep(frame_mask, mask))
             if "video_tokens" not in fused:
                 raise ValueError(f"mvm: source 'fusion' needs fused video tokens, which {type(model.fusion).__name__} "
                                  f"does not return (use single_stream fusion, or source: encoder)")
             tokens = fused["video_tokens"]
         return tokens[:, encoder.num_prefix_tokens:]
 
-    def forward_decoder(self, latent: Tensor, mask: Tensor) -> Tensor:
-        """Grid tokens (B, N or N_vis, D) -> predictions at the masked tokens (M, out_dim)."""
+    def forward_decoder(self, latent: Tensor, mask: Tensor, keep: Optional[Tensor] = None) -> Tensor:
+        """Grid tokens (B, N or N_vis, D) -> predictions at the masked tokens (M, out_dim); ``keep`` (B, N)
+        True for grid tokens of real frames (None: all) keeps the decoder from attending to padded ones."""
         if self.decoder is None:
             if latent.shape[1] != mask.shape[1]:
                 raise ValueError("mvm: the encoder dropped the masked tokens (sparse encoding); predicting them "
                                  "needs a decoder: set decoder_depth >= 1")
             return self.head(latent[mask])  # (M, out_dim)
-        return self.head(self.decoder(latent, mask)[mask])  # (M, out_dim)
+        return self.head(self.decoder(latent, mask, keep)[mask])  # (M, out_dim)
 
     def forward_loss(self, pred: Tensor, target: Tensor) -> dict[str, Tensor]:
         """Predictions (M, out_dim) and targets (M, ...) of the masked tokens -> loss and metrics."""
@@ -196,15 +228,21 @@ class MVMLoss(nn.Module):
 
     def forward(self, model: "VideoLanguageModel", video: Tensor, video_tokens: Tensor, text_tokens: Tensor,
                 text_mask: Tensor, text_embeds: Tensor, generator: Optional[torch.Generator] = None,
-                keys: Optional[Sequence[str]] = None) -> dict[str, Tensor]:
-        mask = self.mask_video(model, video, video_tokens, text_tokens, text_mask, text_embeds, generator)  # (B, N)
-        latent = self.forward_encoder(model, video, mask, text_tokens, text_mask)
-        if not bool(mask.any()):  # nothing to predict: a zero loss that still reaches every parameter
+                keys: Optional[Sequence[str]] = None, frame_mask: Optional[Tensor] = None) -> dict[str, Tensor]:
+        video = fill_padded_frames(video, frame_mask)  # (B, T, C, H, W): padded frames copy real ones
+        mask = self.mask_video(model, video, video_tokens, text_tokens, text_mask, text_embeds, generator,
+                               frame_mask)  # (B, N)
+        latent = self.forward_encoder(model, video, mask, text_tokens, text_mask, frame_mask)
+        # (B, N) True for grid tokens of real frames: a padded frame's token has nothing to reconstruct
+        keep = model.video_encoder.token_keep(frame_mask)
+        real = torch.ones_like(mask) if keep is None else keep[:, model.video_encoder.num_prefix_tokens:]
+        if not bool((mask & real).any()):  # nothing to predict: a zero loss that still reaches every parameter
             zero = latent.sum() * 0.0 + sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
             return {"mvm_loss": zero, "mvm_ratio": zero.detach()}
         target = self.target.compute(video, keys)  # (B, N, ...)
-        pred = self.forward_decoder(latent, mask)  # (M, out_dim)
-        out = self.forward_loss(pred, target[mask])
+        pred = self.forward_decoder(latent, mask, None if keep is None else real)  # (M, out_dim), mask's order
+        scored = real[mask]  # (M,) which of those belong to real frames
+        out = self.forward_loss(pred[scored], target[mask & real])
         out["mvm_ratio"] = mask.float().mean()
         return out
 

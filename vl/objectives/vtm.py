@@ -98,6 +98,8 @@ class VTMLoss(nn.Module):
     """``forward(model, video_tokens (B, N, Dv), text_tokens (B, L, Dt), text_mask (B, L), sim_v2t (B, B))
     -> {"vtm_loss", "vtm_acc"}``: cross-entropy of ``model.vtm_head`` over B positive and 2B hard
     negative pairs. ``sim_v2t`` is ``VTCLoss.similarity(...)`` of the same batch (not back-propagated).
+    ``video_mask`` (B, N) True for tokens of real frames (``encode_video(...)["token_mask"]``) travels with
+    each video into its pairs, so the fusion never attends to a short clip's padded frames.
     ``hard_fraction``: see the module docstring."""
 
     def __init__(self, hard_fraction: float = 1.0) -> None:

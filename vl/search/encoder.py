@@ -3,7 +3,10 @@
 ``Encoder`` turns text and decoded clips into the model's L2-normalised VTC embeddings, and scores
 (video, text) pairs with the VTM head for re-ranking, offered only when the checkpoint trained that head
 (``recorded_vtm_weight``): a VTM head that never saw a VTM loss scores at random. ``prepare_clip`` decodes
-one video the way the model saw its evaluation clips (``datapipes`` decode, sampling and eval transform).
+one video the way the model saw its evaluation clips (``datapipes`` decode, sampling and eval transform),
+padding a short one to the model's frame count and returning the ``frame_mask`` that marks the padding;
+``encode_clips`` takes that mask, so a short video is embedded and re-ranked from its real frames only, as
+training and evaluation treat it (``Batch.frame_mask``).
 """
 
 from __future__ import annotations
@@ -89,8 +92,9 @@ def clip_config_for(model: torch.nn.Module, preprocess: dict[str, Any]) -> ClipC
     )
 
 
-def prepare_clip(data: bytes, cfg: ClipConfig, meta: Optional[dict] = None) -> Tensor:
-    """Video bytes -> normalised clip (T, C, H, W) as the model's evaluation pipeline prepares it.
+def prepare_clip(data: bytes, cfg: ClipConfig, meta: Optional[dict] = None) -> tuple[Tensor, Tensor]:
+    """Video bytes -> normalised clip (T, C, H, W) as the model's evaluation pipeline prepares it, and its
+    frame_mask (T,) bool, False for the frames that pad a clip shorter than ``cfg.num_frames``.
 
     ``meta`` may carry ``start``/``end`` seconds. Raises ``SkipSample`` (``empty_file``, ``decode_error``,
     ``not_a_video``, ``bad_clip_bounds``) for bytes that give no usable clip.
@@ -106,8 +110,8 @@ def prepare_clip(data: bytes, cfg: ClipConfig, meta: Optional[dict] = None) -> T
         raise SkipSample("not_a_video", "an image, not a video")
     if len(clip.frames) == 0:
         raise SkipSample("bad_clip_bounds", f"no frame inside start={meta.get('start')} end={meta.get('end')}")
-    video = pad_frames(eval_transform(clip.frames, cfg.size), cfg.num_frames)[0]  # (T, C, H, W) uint8
-    return normalize(video, cfg.norm)  # (T, C, H, W) float32
+    video, frame_mask = pad_frames(eval_transform(clip.frames, cfg.size), cfg.num_frames)  # (T, C, H, W) uint8, (T,)
+    return normalize(video, cfg.norm), frame_mask  # (T, C, H, W) float32, (T,) bool
 
 
 class Encoder:
@@ -181,22 +185,34 @@ class Encoder:
         return np.concatenate(out)
 
     @torch.inference_mode()
-    def encode_clips(self, clips: Tensor) -> tuple[np.ndarray, Tensor]:
-        """Clips (B, T, C, H, W) -> (B, E) float32 embeddings and video tokens (B, N, D) on the CPU."""
+    def encode_clips(self, clips: Tensor, frame_mask: Optional[Tensor] = None) -> tuple[np.ndarray, Tensor, Tensor]:
+        """Clips (B, T, C, H, W), frame_mask (B, T) False for padded frames (None: all real) -> (B, E) float32
+        embeddings, video tokens (B, N, D) and their token mask (B, N) bool, True for tokens of real frames
+        (what ``vtm_log_odds`` takes), on the CPU."""
+        if frame_mask is not None and bool(frame_mask.all()):
+            frame_mask = None  # nothing padded: the encoder keeps its unmasked (fastest) attention
         with self._lock:
-            encoded = self.model.encode_video(clips.to(self.device))
+            fm = None if frame_mask is None else frame_mask.to(self.device)
+            encoded = self.model.encode_video(clips.to(self.device), frame_mask=fm)
             emb = self.model.embed_video(encoded["pooled"]).float().cpu().numpy()
-        return emb, encoded["tokens"].cpu()
+        tokens = encoded["tokens"].cpu()
+        keep = encoded.get("token_mask")
+        keep = torch.ones(tokens.shape[:2], dtype=torch.bool) if keep is None else keep.cpu()
+        return emb, tokens, keep
 
     @torch.inference_mode()
-    def vtm_log_odds(self, video_tokens: Tensor, text: str) -> Tensor:
+    def vtm_log_odds(self, video_tokens: Tensor, text: str, video_mask: Optional[Tensor] = None) -> Tensor:
         """VTM match log-odds of one text against each of R videos' tokens (R, N, D) -> (R,) float32 on the
-        CPU (the match probability is their sigmoid)."""
+        CPU (the match probability is their sigmoid). ``video_mask`` (R, N) True for tokens of real frames
+        (``encode_clips``' third output; None: all): the fusion does not attend to padded frames."""
         if self.vtm_unavailable is not None:
             raise ValueError(self.vtm_unavailable)
         r = video_tokens.shape[0]
+        if video_mask is not None and bool(video_mask.all()):
+            video_mask = None  # nothing padded: the fusion keeps its unmasked (fastest) attention
         with self._lock:
             encoded, mask = self._text([text])
             text_tokens = encoded["tokens"].repeat(r, 1, 1)  # (R, L, Dt)
-            log_odds = self.model.vtm_log_odds(video_tokens.to(self.device), text_tokens, mask.repeat(r, 1))
+            vmask = None if video_mask is None else video_mask.to(self.device)
+            log_odds = self.model.vtm_log_odds(video_tokens.to(self.device), text_tokens, mask.repeat(r, 1), vmask)
         return log_odds.cpu()

@@ -66,8 +66,11 @@ class BuildOptions:
     progress: bool = True  # tqdm bar
 
 
-def _load_clip(item: RawItem, clip_cfg) -> torch.Tensor | SkipSample:
-    """Decode one item (in a worker thread); failures are returned, not raised."""
+Clip = tuple[torch.Tensor, torch.Tensor]  # (T, C, H, W) normalised clip, (T,) frame_mask (False: padded frame)
+
+
+def _load_clip(item: RawItem, clip_cfg) -> Clip | SkipSample:
+    """Decode one item (in a worker thread) into its clip and frame mask; failures are returned, not raised."""
     if item.error is not None:
         return item.error
     try:
@@ -81,8 +84,8 @@ def _load_clip(item: RawItem, clip_cfg) -> torch.Tensor | SkipSample:
 
 
 def _decoded_batches(items: Iterator[RawItem], clip_cfg, pool: ThreadPoolExecutor, batch_size: int
-                     ) -> Iterator[list[tuple[RawItem, torch.Tensor | SkipSample]]]:
-    """Batches of (item, clip or failure), the next batch decoding while the caller runs the model."""
+                     ) -> Iterator[list[tuple[RawItem, Clip | SkipSample]]]:
+    """Batches of (item, (clip, frame_mask) or failure), the next batch decoding while the caller runs the model."""
 
     def submit() -> list[tuple[RawItem, Future]]:
         return [(it, pool.submit(_load_clip, it, clip_cfg)) for it in islice(items, batch_size)]
@@ -117,6 +120,16 @@ def require_finite_rows(emb: np.ndarray, what: str, keys: Sequence[str]) -> None
         raise NonFiniteError(nonfinite_message(what, int(bad.sum()), len(bad)) + f"; first: {first!r}")
 
 
+def encode_clip_batch(encoder: Encoder, clips: Sequence[Clip]) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """``encoder.encode_clips`` of (clip, frame_mask) pairs stacked into (B, T, C, H, W) and (B, T): a short
+    video is embedded from its real frames only. The mask is passed only when some frame is padded."""
+    videos = torch.stack([clip for clip, _ in clips])  # (B, T, C, H, W)
+    frame_mask = torch.stack([mask for _, mask in clips])  # (B, T)
+    if bool(frame_mask.all()):
+        return encoder.encode_clips(videos)
+    return encoder.encode_clips(videos, frame_mask)
+
+
 def embed_chunk(items: Iterator[RawItem], encoder: Encoder, pool: ThreadPoolExecutor, out: Path, unit_idx: int,
                 first: int, batch_size: int, bar) -> Optional[dict]:
     """Embed up to one chunk of items -> {"emb", "cap_emb", "rows", "skipped", "count"}; None when empty.
@@ -134,7 +147,7 @@ def embed_chunk(items: Iterator[RawItem], encoder: Encoder, pool: ThreadPoolExec
             else:
                 good.append((first + count + j, it, clip))
         if good:
-            emb = np.asarray(encoder.encode_clips(torch.stack([clip for _, _, clip in good]))[0])  # (b, E)
+            emb = np.asarray(encode_clip_batch(encoder, [clip for _, _, clip in good])[0])  # (b, E)
             require_finite_rows(emb, "video embeddings", [it.key for _, it, _ in good])
             captions = [(it.key, c) for _, it, _ in good for c in it.captions]
             cap_emb = np.asarray(encoder.embed_texts([c for _, c in captions]))  # (captions, E)
@@ -384,7 +397,8 @@ class Searcher:
         self.caption_item = np.array([i for i, item in enumerate(self.items) for _ in item["captions"]], np.int64)
         self.caption_index = faiss.IndexFlatIP(self.config["embed_dim"])
         self.caption_index.add(np.load(self.root / "captions.npy"))
-        self._tokens: dict[int, torch.Tensor] = {}  # row -> video tokens, for VTM re-ranking (LRU order)
+        # row -> video tokens (N, D) and token mask (N,), True for tokens of real frames: VTM re-ranking (LRU order)
+        self._tokens: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._cache_size = cache_size
         self._cache_lock = threading.Lock()
 
@@ -448,7 +462,9 @@ class Searcher:
         kept = [(h, t) for h, t in zip(candidates, tokens) if t is not None]
         if not kept:
             return []
-        log_odds = self.encoder.vtm_log_odds(torch.stack([t for _, t in kept]), text)  # (R,)
+        video_tokens = torch.stack([t for _, (t, _) in kept])  # (R, N, D)
+        video_mask = torch.stack([m for _, (_, m) in kept])  # (R, N)
+        log_odds = self.encoder.vtm_log_odds(video_tokens, text, video_mask)  # (R,)
         cosine = torch.tensor([h.similarity for h, _ in kept], dtype=torch.float32)  # (R,)
         scores = match_score(log_odds, cosine, self.encoder.logit_scale, rerank_score).numpy()
         require_finite(scores, "re-ranking scores")  # NaN would sort arbitrarily
@@ -462,8 +478,9 @@ class Searcher:
         return out
 
 
-    def _candidate_tokens(self, rows: list[int]) -> list[Optional[torch.Tensor]]:
-        """Video tokens (N, D) of indexed rows, from the cache or decoded again; None where decoding fails."""
+    def _candidate_tokens(self, rows: list[int]) -> list[Optional[tuple[torch.Tensor, torch.Tensor]]]:
+        """Video tokens (N, D) and token mask (N,) of indexed rows, from the cache or decoded again; None where
+        decoding fails."""
         with self._cache_lock:
             found = {r: self._tokens[r] for r in rows if r in self._tokens}
         missing = [r for r in rows if r not in found]
@@ -474,8 +491,8 @@ class Searcher:
             except (OSError, SkipSample):
                 continue  # the file changed or vanished since indexing: it cannot be re-ranked
         if clips:
-            _, tokens = self.encoder.encode_clips(torch.stack(list(clips.values())))  # (m, N, D)
-            found.update(zip(clips, tokens))
+            _, tokens, keep = encode_clip_batch(self.encoder, list(clips.values()))  # (m, N, D), (m, N)
+            found.update(zip(clips, zip(tokens, keep)))
             with self._cache_lock:
                 for r in clips:
                     self._tokens.pop(r, None)
@@ -490,7 +507,7 @@ class Searcher:
         Raises ``SkipSample`` when ``video`` is not a decodable video.
         """
         data = video if isinstance(video, bytes) else Path(video).read_bytes()
-        emb, _ = self.encoder.encode_clips(prepare_clip(data, self.encoder.clip_config)[None])  # (1, E)
+        emb = encode_clip_batch(self.encoder, [prepare_clip(data, self.encoder.clip_config)])[0]  # (1, E)
         videos = self.search_embedding(emb[0], k)
         captions: list[CaptionHit] = []
         if len(self.caption_text):

@@ -189,14 +189,17 @@ class CaptioningModule(FinetuneModule):
 
     # ---- decoder ----------------------------------------------------------------------------------
 
-    def decode(self, video_tokens: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
-        """Causal fusion of caption prefixes: video_tokens (B, N, Dv), ids/mask (B, t) -> fused tokens (B, t, D)."""
+    def decode(self, video_tokens: Tensor, ids: Tensor, mask: Tensor, video_mask: Optional[Tensor] = None) -> Tensor:
+        """Causal fusion of caption prefixes: video_tokens (B, N, Dv), ids/mask (B, t) -> fused tokens (B, t, D).
+        ``video_mask`` (B, N) True for tokens of real frames (None: all): padded frames are not attended."""
         text = self.embed(self.model.text_encoder.word_embeddings, ids)  # (B, t, Dt)
-        return self.model.fuse(video_tokens, text, mask, causal=True)["text_tokens"]
+        return self.model.fuse(video_tokens, text, mask, video_mask, causal=True)["text_tokens"]
 
-    def decode_logits(self, video_tokens: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
-        """Teacher-forced next-token logits: video_tokens (B, N, Dv), caption prefix ids/mask (B, t) -> (B, t, V)."""
-        return self.model.mlm_head(self.decode(video_tokens, ids, mask))
+    def decode_logits(self, video_tokens: Tensor, ids: Tensor, mask: Tensor,
+                      video_mask: Optional[Tensor] = None) -> Tensor:
+        """Teacher-forced next-token logits: video_tokens (B, N, Dv), caption prefix ids/mask (B, t), video_mask
+        (B, N) | None -> (B, t, V)."""
+        return self.model.mlm_head(self.decode(video_tokens, ids, mask, video_mask))
 
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
         """Next-token cross-entropy over each caption's real tokens (its end token included)."""
@@ -204,41 +207,46 @@ class CaptioningModule(FinetuneModule):
         t = min(longest - 1, self.hparams.max_len)  # prefix length
         ids, mask = batch.text_ids[:, : t + 1], batch.text_mask[:, : t + 1]  # (B, t + 1)
         real = mask[:, 1:].bool()  # (B, t): positions whose next token is a real one
-        video = self.model.encode_video(batch.video)["tokens"]  # (B, N, Dv)
-        fused = self.decode(video, ids[:, :-1], mask[:, :-1])  # (B, t, D)
+        video = self.model.encode_video(batch.video, frame_mask=batch.frame_mask)  # tokens (B, N, Dv)
+        fused = self.decode(video["tokens"], ids[:, :-1], mask[:, :-1], video.get("token_mask"))  # (B, t, D)
         logits = self.model.mlm_head(fused[real])  # (M, V): the vocabulary only where there is a target
         target = ids[:, 1:][real]  # (M,)
         loss = F.cross_entropy(logits, target, label_smoothing=self.hparams.label_smoothing)
         acc = (logits.detach().argmax(dim=-1) == target).float().mean()
         return {"caption_loss": loss, "caption_token_acc": acc}
 
-    def generate(self, video: Tensor, beam_size: Optional[int] = None) -> list[str]:
-        """Captions of clips (B, T, C, H, W): greedy for beam size 1, else beam search; at most ``max_len`` tokens."""
-        ids = self.generate_ids(video, beam_size)
+    def generate(self, video: Tensor, beam_size: Optional[int] = None, frame_mask: Optional[Tensor] = None
+                 ) -> list[str]:
+        """Captions of clips (B, T, C, H, W): greedy for beam size 1, else beam search; at most ``max_len`` tokens.
+        ``frame_mask`` (B, T) False marks padded frames of short clips (``Batch.frame_mask``): they are ignored."""
+        ids = self.generate_ids(video, beam_size, frame_mask)
         return [self.tokenizer.decode(i, skip_special_tokens=True).strip() for i in ids]
 
-    def generate_ids(self, video: Tensor, beam_size: Optional[int] = None) -> list[list[int]]:
+    def generate_ids(self, video: Tensor, beam_size: Optional[int] = None,
+                     frame_mask: Optional[Tensor] = None) -> list[list[int]]:
         """Token ids (no begin/end token) of the captions of clips (B, T, C, H, W), at most ``max_len`` each.
 
         Raises ``vl.metrics.NonFiniteError`` when the decoder's logits of a clip held a NaN or infinity (a
         model with non-finite weights): its argmax would be an arbitrary caption."""
-        ids, finite = self.generate_ids_checked(video, beam_size)
+        ids, finite = self.generate_ids_checked(video, beam_size, frame_mask)
         if not all(finite):
             raise NonFiniteError(nonfinite_message("caption logits", finite.count(False), len(finite), "clips"))
         return ids
 
     @torch.no_grad()
-    def generate_ids_checked(self, video: Tensor, beam_size: Optional[int] = None
-                             ) -> tuple[list[list[int]], list[bool]]:
+    def generate_ids_checked(self, video: Tensor, beam_size: Optional[int] = None,
+                             frame_mask: Optional[Tensor] = None) -> tuple[list[list[int]], list[bool]]:
         """``generate_ids`` without raising: the token ids and, per clip, whether every logit the decoder gave
         it was finite (evaluation raises only after gathering these from every rank)."""
         beam = beam_size or self.beam_size
-        tokens = self.model.encode_video(video)["tokens"]  # (B, N, Dv)
+        encoded = self.model.encode_video(video, frame_mask=frame_mask)
+        tokens, keep = encoded["tokens"], encoded.get("token_mask")  # (B, N, Dv), (B, N) | None
         rows = tokens.repeat_interleave(beam, dim=0) if beam > 1 else tokens  # (B*K, N, Dv)
+        row_mask = keep.repeat_interleave(beam, dim=0) if keep is not None and beam > 1 else keep  # (B*K, N) | None
         finite = torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device)  # (B*K,)
 
         def step(seq: Tensor) -> Tensor:  # (M, t) -> (M, V)
-            logits = self.decode_logits(rows, seq, torch.ones_like(seq))[:, -1].float()
+            logits = self.decode_logits(rows, seq, torch.ones_like(seq), row_mask)[:, -1].float()
             finite.logical_and_(torch.isfinite(logits).all(dim=-1))
             logits[:, self.never] = float("-inf")
             return logits.log_softmax(dim=-1)
@@ -253,7 +261,7 @@ class CaptioningModule(FinetuneModule):
     # ---- evaluation -------------------------------------------------------------------------------
 
     def eval_step(self, batch: Batch, split: str) -> None:
-        ids, finite = self.generate_ids_checked(batch.video)
+        ids, finite = self.generate_ids_checked(batch.video, frame_mask=batch.frame_mask)
         captions = [self.tokenizer.decode(i, skip_special_tokens=True).strip() for i in ids]
         references = batch.references or [[] for _ in captions]
         for key, caption, refs, ok in zip(batch.keys, captions, references, finite):

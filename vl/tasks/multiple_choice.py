@@ -29,15 +29,17 @@ NO_ANSWER = -1  # Batch.answer_idx of a question without a known right choice (i
 
 
 def choice_scores(model: VideoLanguageModel, video_tokens: Tensor, choice_ids: Tensor, choice_mask: Tensor,
-                  video_pooled: Optional[Tensor] = None) -> Tensor:
+                  video_pooled: Optional[Tensor] = None, video_mask: Optional[Tensor] = None) -> Tensor:
     """VTM match log-odds of every (video, question + choice): video_tokens (B, N, Dv), choice_ids and
     choice_mask (B, K, L) -> scores (B, K), ``-inf`` where a question has fewer than K choices. With
     ``video_pooled`` (B, Dv), each score also gets the dual encoder's logit (learned scale x cosine) of the
-    video and the question + choice, from the same text encoding."""
+    video and the question + choice, from the same text encoding. ``video_mask`` (B, N) True for tokens of
+    real frames (``encode_video(...)["token_mask"]``; None: all): the fusion ignores padded frames."""
     valid = choice_mask.bool().any(dim=-1)  # (B, K)
     b, k = valid.nonzero(as_tuple=True)  # (M,) each: only real choices go through the model
     text = model.encode_text(choice_ids[b, k], choice_mask[b, k])  # tokens (M, L, Dt), pooled (M, Dt)
-    match = model.vtm_log_odds(video_tokens[b], text["tokens"], choice_mask[b, k])  # (M,)
+    vmask = None if video_mask is None else video_mask[b]  # (M, N)
+    match = model.vtm_log_odds(video_tokens[b], text["tokens"], choice_mask[b, k], vmask)  # (M,)
     if video_pooled is not None:
         cosine = (model.embed_video(video_pooled)[b] * model.embed_text(text["pooled"])).sum(dim=-1).float()  # (M,)
         match = match_score(match, cosine, model.get_logit_scale().float())
@@ -91,9 +93,10 @@ class MultipleChoiceModule(FinetuneModule):
         """(B, K) choice scores of the batch."""
         if batch.choice_ids is None or batch.choice_mask is None:
             raise ValueError("multiple-choice batches need choices: set data.init_args.text_field to mc")
-        video = self.model.encode_video(batch.video)  # tokens (B, N, Dv), pooled (B, Dv)
+        video = self.model.encode_video(batch.video, frame_mask=batch.frame_mask)  # tokens (B, N, Dv), pooled (B, Dv)
         pooled = video["pooled"] if self.hparams.score == "vtm+vtc" else None
-        return choice_scores(self.model, video["tokens"], batch.choice_ids, batch.choice_mask, pooled)  # (B, K)
+        return choice_scores(self.model, video["tokens"], batch.choice_ids, batch.choice_mask, pooled,
+                             video.get("token_mask"))  # (B, K)
 
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
         """Cross-entropy of the softmax over each question's choices against its right choice."""

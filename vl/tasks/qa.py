@@ -159,11 +159,12 @@ class QAModule(FinetuneModule):
     # ---- model ------------------------------------------------------------------------------------
 
     def answer_logits(self, batch: Batch) -> Tensor:
-        """(B, K) answer logits of the batch's (video, question) pairs."""
+        """(B, K) answer logits of the batch's (video, question) pairs; a short clip's padded frames
+        (``batch.frame_mask`` False) are left out of the video encoding and of the fusion's attention."""
         self._require_vocab()
-        video = self.model.encode_video(batch.video)["tokens"]  # (B, N, Dv)
+        video = self.model.encode_video(batch.video, frame_mask=batch.frame_mask)  # tokens (B, N, Dv)
         question = self.model.encode_text(batch.text_ids, batch.text_mask)["tokens"]  # (B, L, Dt)
-        fused = self.model.fuse(video, question, batch.text_mask)["pooled"]  # (B, D)
+        fused = self.model.fuse(video["tokens"], question, batch.text_mask, video.get("token_mask"))["pooled"]  # (B, D)
         return self.head(fused)
 
     def targets(self, batch: Batch) -> Tensor:

@@ -19,6 +19,12 @@ replacing the dual-encoder figures:
 - ``dsl/``: dual-softmax (CAMoE): similarities multiplied by a softmax over the other direction's
   queries. It uses the statistics of the whole test set, so it is off unless ``dual_softmax=True``.
 
+Beside them (unless ``reversal_eval=False``), whether the model uses the order of the frames: every clip is
+embedded again from the same decoded frames reversed and shuffled, and ``reversal_acc`` / ``shuffle_acc``
+are the percent of queries that score their clip in true order higher (chance 50%; an order-blind model
+scores exactly 50%), per temporal / non-temporal caption where the data flags them
+(``vl.lit.evaluation.time_order_metrics``).
+
 Metrics: text-to-video and video-to-text R@1/5/10, median and mean rank (``vl.metrics``).
 """
 
@@ -34,7 +40,8 @@ from torch import Tensor
 
 from datapipes.batch import Batch
 from datapipes.text import Tokenize
-from vl.lit.evaluation import RetrievalAccumulator, gather_objects, gather_rows, retrieval_summary
+from vl.lit.evaluation import (FrameOrderProbe, RetrievalAccumulator, caption_temporal_flags, frame_order_embeddings,
+                                gather_objects, gather_rows, retrieval_summary, time_order_metrics)
 from vl.lit.optim import OptimConfig
 from vl.metrics import gt_ranks, rank_changes, require_finite, retrieval_metrics, retrieval_ranks
 from vl.models import VideoLanguageModel
@@ -78,9 +85,10 @@ def rerank_topk(sim: Tensor, scores: Tensor, k: int) -> Tensor:
 
 @torch.no_grad()
 def vtm_pair_scores(model: VideoLanguageModel, video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor,
-                    pairs: Tensor, batch_size: int) -> Tensor:
+                    pairs: Tensor, batch_size: int, video_mask: Optional[Tensor] = None) -> Tensor:
     """VTM match log-odds of (text, video) ``pairs`` (P, 2): video_tokens (Nv, N, Dv), text_tokens (Nt, L, Dt),
-    text_mask (Nt, L) -> (P,). Under DDP each rank scores a contiguous slice and the slices are gathered."""
+    text_mask (Nt, L), video_mask (Nv, N) True for tokens of real frames (None: all) -> (P,). Under DDP each
+    rank scores a contiguous slice and the slices are gathered."""
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     rank = dist.get_rank() if world > 1 else 0
     per_rank = -(-pairs.shape[0] // world)  # ceil
@@ -88,7 +96,8 @@ def vtm_pair_scores(model: VideoLanguageModel, video_tokens: Tensor, text_tokens
     scores = []
     for chunk in mine.split(batch_size):
         t, v = chunk[:, 0], chunk[:, 1]
-        scores.append(model.vtm_log_odds(video_tokens[v], text_tokens[t], text_mask[t]))  # (P_chunk,)
+        vmask = None if video_mask is None else video_mask[v]  # (P_chunk, N)
+        scores.append(model.vtm_log_odds(video_tokens[v], text_tokens[t], text_mask[t], vmask))  # (P_chunk,)
     local = torch.cat(scores) if scores else video_tokens.new_zeros(0, dtype=torch.float32)
     return gather_rows(local)
 
@@ -136,7 +145,9 @@ def ranking_rows(sim_t2v: Tensor, sim_v2t: Tensor, index: Tensor, keys: list[str
 
 class RetrievalEvalState:
     """What one evaluation pass collects: embeddings (``RetrievalAccumulator``), query texts and, when the
-    pass re-ranks, the encoders' tokens (kept on the device: Nv x N x Dv video tokens for the whole split)."""
+    pass re-ranks, the encoders' tokens (kept on the device: Nv x N x Dv video tokens for the whole split)
+    with each video's token mask (True for tokens of real frames), so that re-ranking fuses a short clip
+    without its padded frames."""
 
     def __init__(self) -> None:
         self.embeddings = RetrievalAccumulator()
@@ -148,25 +159,36 @@ class RetrievalEvalState:
         self.video_tokens: list[Tensor] = []
         self.text_tokens: list[Tensor] = []
         self.text_mask: list[Tensor] = []
+        self.video_token_mask: list[Tensor] = []
 
     def add(self, v_emb: Tensor, t_emb: Tensor, index: Tensor, keys: list[str], texts: list[str],
-            tokens: Optional[tuple[Tensor, Tensor, Tensor]] = None) -> None:
+            tokens: Optional[tuple[Tensor, Tensor, Tensor]] = None, video_mask: Optional[Tensor] = None,
+            order: Optional[FrameOrderProbe] = None) -> None:
         """v_emb (B, E), t_emb (Nt, E), index (Nt,), keys (B,), texts (Nt,), tokens: video (B, N, Dv),
-        text (Nt, L, Dt) and text mask (Nt, L) when re-ranking."""
-        self.embeddings.add(v_emb, t_emb, index, keys)
+        text (Nt, L, Dt) and text mask (Nt, L) when re-ranking, with video_mask (B, N) True for tokens of
+        real frames (None: every token is real); order: the clips embedded in other frame orders."""
+        self.embeddings.add(v_emb, t_emb, index, keys, order=order)
         self.texts.extend(texts)
         if tokens is not None:
             for store, t in zip((self.video_tokens, self.text_tokens, self.text_mask), tokens):
                 store.append(t.detach())
+            video = tokens[0]  # (B, N, Dv)
+            if video_mask is None:
+                video_mask = torch.ones(video.shape[:2], dtype=torch.bool, device=video.device)
+            self.video_token_mask.append(video_mask.detach().to(torch.uint8))  # uint8: every backend all-gathers it
 
     def gathered(self) -> dict:
-        """Everything over all ranks: video (Nv, E), text (Nt, E), index (Nt,), keys, texts, and tokens if kept."""
+        """Everything over all ranks: video (Nv, E), text (Nt, E), index (Nt,), keys, texts, ``order`` (the
+        frame-order data, ``RetrievalAccumulator.gathered_order``, or None), and tokens if kept
+        (``video_tokens``, ``text_tokens``, ``text_mask``, ``video_token_mask`` (Nv, N) bool)."""
         video, text, index, keys = self.embeddings.gathered()
-        out = {"video": video, "text": text, "index": index, "keys": keys, "texts": gather_objects(self.texts)}
+        out = {"video": video, "text": text, "index": index, "keys": keys, "texts": gather_objects(self.texts),
+               "order": self.embeddings.gathered_order()}
         if self.video_tokens:
             out["video_tokens"] = gather_rows(torch.cat(self.video_tokens))
             out["text_tokens"] = gather_rows(torch.cat(self.text_tokens))
             out["text_mask"] = gather_rows(torch.cat(self.text_mask))
+            out["video_token_mask"] = gather_rows(torch.cat(self.video_token_mask)).bool()  # (Nv, N)
         return out
 
 
@@ -174,7 +196,7 @@ class RetrievalEvalState:
 
 
 EVALUATION_OPTIONS = ("rerank_k", "rerank_on_val", "rerank_batch_size", "rerank_score", "dual_softmax",
-                      "dual_softmax_temperature", "predictions_top")
+                      "dual_softmax_temperature", "predictions_top", "reversal_eval")
 
 
 class RetrievalModule(FinetuneModule):
@@ -194,6 +216,8 @@ class RetrievalModule(FinetuneModule):
         dual_softmax: also report dual-softmax ranking under ``dsl/``.
         dual_softmax_temperature: temperature of its softmax over cosine similarities.
         predictions_top: candidates written per query to the predictions file.
+        reversal_eval: also score every query against its clip reversed and shuffled in time
+            (``reversal_acc``, ``shuffle_acc``; two more video-encoder passes per evaluation batch).
     """
 
     uses_vtc = True
@@ -219,6 +243,7 @@ class RetrievalModule(FinetuneModule):
         dual_softmax: bool = False,
         dual_softmax_temperature: float = 0.01,
         predictions_top: int = 10,
+        reversal_eval: bool = True,
         optim: OptimConfig = OptimConfig(),
         max_consecutive_nonfinite: int = 5,
         grad_checkpointing: bool = False,
@@ -264,7 +289,7 @@ class RetrievalModule(FinetuneModule):
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
         """VTC over the batch's (video, caption) pairs and VTM on hard negatives: ``{"vtc_loss", "vtm_loss", ...}``."""
         ids, mask, _, _ = self.texts(batch)
-        video = self.model.encode_video(batch.video)  # tokens (B, N, Dv), pooled (B, Dv)
+        video = self.model.encode_video(batch.video, frame_mask=batch.frame_mask)  # tokens (B, N, Dv), pooled (B, Dv)
         text = self.model.encode_text(ids, mask)  # tokens (B, L, Dt), pooled (B, Dt)
         v_emb, t_emb = self.model.embed_video(video["pooled"]), self.model.embed_text(text["pooled"])  # (B, E)
         out = self.vtc(v_emb, t_emb, self.model.logit_scale)
@@ -272,7 +297,8 @@ class RetrievalModule(FinetuneModule):
             sim = VTCLoss.similarity(v_emb, t_emb, self.model.logit_scale).detach()  # (B, B)
             captions = None if self.hparams.paragraph else batch.captions  # a paragraph is no single caption
             positives = vtm_positives(ids, batch.references, captions)  # (B, B)
-            out.update(self.vtm(self.model, video["tokens"], text["tokens"], mask, sim, positives))
+            out.update(self.vtm(self.model, video["tokens"], text["tokens"], mask, sim, positives,
+                                video_mask=video.get("token_mask")))
         return out
 
     # ---- evaluation -------------------------------------------------------------------------------
@@ -282,11 +308,18 @@ class RetrievalModule(FinetuneModule):
 
     def eval_step(self, batch: Batch, split: str) -> None:
         ids, mask, index, strings = self.texts(batch)
-        video = self.model.encode_video(batch.video)
+        video = self.model.encode_video(batch.video, frame_mask=batch.frame_mask)
         text = self.model.encode_text(ids, mask)
         v_emb, t_emb = self.model.embed_video(video["pooled"]), self.model.embed_text(text["pooled"])
         tokens = (video["tokens"], text["tokens"], mask) if self._reranks(split) else None
-        self.eval_state.add(v_emb, t_emb, index, batch.keys, strings, tokens)
+        order = None
+        if self.reversal_eval:  # the same decoded frames, reversed and shuffled
+            def embed_video(clip: Tensor) -> Tensor:  # (B, T, C, H, W) -> (B, E)
+                return self.model.embed_video(self.model.encode_video(clip, frame_mask=batch.frame_mask)["pooled"])
+
+            temporal = caption_temporal_flags(batch.meta, strings, index.cpu(), joined=self.hparams.paragraph)
+            order = frame_order_embeddings(embed_video, batch.video, batch.frame_mask, temporal)
+        self.eval_state.add(v_emb, t_emb, index, batch.keys, strings, tokens, video.get("token_mask"), order)
 
     def finish_eval(self, split: str) -> None:
         if not self.eval_state.texts and not self.eval_state.embeddings.video:
@@ -321,6 +354,7 @@ class RetrievalModule(FinetuneModule):
         sim = data["text"] @ data["video"].T  # (Nt, Nv) cosine
         index, keys, texts, top = data["index"], data["keys"], data["texts"], self.predictions_top
         metrics = retrieval_metrics(sim, index)
+        metrics.update(time_order_metrics(data["text"], data["video"], index, data.get("order")))
         rows = ranking_rows(sim, sim.T, index, keys, texts, top, "dual")
         if "video_tokens" in data and self.model.vtm_head is None:
             rank_zero_warn("VTM re-ranking skipped: this model has no VTM head (trained with vtm_weight 0)")
@@ -328,8 +362,11 @@ class RetrievalModule(FinetuneModule):
             k = self.rerank_k
             pairs = rerank_candidates(sim, k).nonzero()  # (P, 2): (text, video)
             log_odds = torch.full_like(sim, float("nan"))
+            # an all-real mask is left out: the fusion then keeps its unmasked (fastest) attention kernel
+            video_mask = data["video_token_mask"]  # (Nv, N)
+            masked = {} if bool(video_mask.all()) else {"video_mask": video_mask}
             pair_log_odds = vtm_pair_scores(self.model, data["video_tokens"], data["text_tokens"], data["text_mask"],
-                                            pairs, self.rerank_batch_size)  # (P,)
+                                            pairs, self.rerank_batch_size, **masked)  # (P,)
             require_finite(pair_log_odds, "VTM match scores of the re-ranked (text, video) pairs")
             log_odds[pairs[:, 0], pairs[:, 1]] = pair_log_odds.to(sim.dtype)
             scores = match_score(log_odds, sim, self.model.get_logit_scale().float(), self.rerank_score)
