@@ -47,6 +47,8 @@ def collate(
     for i, s in enumerate(samples):
         normalize_into(video[i], s.video, norm)  # one pass per clip: uint8 -> normalised float
     frame_mask = torch.stack([s.frame_mask for s in samples])  # (B, T)
+    if bool(frame_mask.all()):  # every frame real: None, so attention runs unmasked (no mask to build or apply)
+        frame_mask = None
     texts = [t for s in samples for t in s.texts]
     text_ids, text_mask = tokenize(texts)  # (Nt, L)
     text_video_index = None

@@ -132,6 +132,17 @@ def test_timm_weights_load_exactly_as_documented(timm_vit):
     assert not create_video_encoder("vit_st_tiny").pretrained_parameter_names()
 
 
+def test_layernorm_epsilon_follows_the_checkpoint(timm_vit):
+    """From scratch vit_st uses PyTorch's LayerNorm epsilon (1e-5); with a timm file, timm's (1e-6), and an
+    explicit other value is named as the option to set."""
+    _, folder = timm_vit
+    eps = lambda enc: {m.eps for m in enc.modules() if isinstance(m, torch.nn.LayerNorm)}  # noqa: E731
+    assert eps(create_video_encoder("vit_st_tiny")) == {1e-5}
+    assert eps(from_timm(folder / "model.safetensors", temporal="divided")) == {1e-6}
+    with pytest.raises(ValueError, match=r"set norm_eps: 1e-06 \(the checkpoint's\)"):
+        from_timm(folder / "model.safetensors", norm_eps=1e-5)
+
+
 def test_timm_positions_are_resampled_as_timm_resamples_them(timm_vit):
     """At another image size the space table is timm's resample_abs_pos_embed of the patch positions, and the
     video model equals timm's own ViT at that size loaded through timm's checkpoint filter, on every frame."""
@@ -227,10 +238,11 @@ def test_base_checkpoints_fit_the_base_encoders_on_meta():
         vit = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=21843)
         mae_config = VideoMAEConfig()
         mae = VideoMAEModel(mae_config)
+        # norm_eps: what pretrained= sets for a timm file, given here since these are built without one
         encoders = [create_video_encoder("vit_st_base", temporal="rolling", num_frames=3, tubelet_size=1,
-                                         class_token=True),
+                                         class_token=True, norm_eps=1e-6),
                     create_video_encoder("vit_st_base", temporal="divided", num_frames=8, tubelet_size=1,
-                                         class_token=True, img_size=160)]
+                                         class_token=True, img_size=160, norm_eps=1e-6)]
         videomae = create_video_encoder("vit_st_base", pos_table="flat_sincos", norm_eps=1e-12, final_norm=False)
     for enc in encoders:
         converted = convert_state(vit.state_dict(), enc, "timm")

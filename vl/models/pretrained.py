@@ -282,7 +282,8 @@ def _timm_options(patch: Tensor, cls: Tensor | None, state: dict[str, Tensor]) -
     """The ``vit_st`` options a timm state dict implies (those its shapes and keys reveal)."""
     depth = 1 + max((int(m[1]) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
     want: dict[str, Any] = dict(embed_dim=patch.shape[0], depth=depth, class_token=cls is not None,
-                                final_norm="norm.weight" in state, pos_table="space_time")
+                                final_norm="norm.weight" in state, pos_table="space_time",
+                                norm_eps=1e-6)  # every timm VisionTransformer's LayerNorm epsilon
     if patch.dim() == 4:
         want.update(patch_size=patch.shape[-1], in_chans=patch.shape[1])
     fc1 = state.get("blocks.0.mlp.fc1.weight")

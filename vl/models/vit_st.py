@@ -44,7 +44,8 @@ after the first block).
 ``pos_table`` is ``space_time`` (learned space and time tables, summed) or ``flat_sincos``: VideoMAE's
 fixed 1D sin-cos table over the flattened (t, h, w) token index, a buffer that is not learned.
 ``final_norm: false`` drops the closing LayerNorm (VideoMAE with ``use_mean_pooling`` has none) and
-``norm_eps`` is the LayerNorm epsilon (timm's ViT: 1e-6, VideoMAE: 1e-12).
+``norm_eps`` is the LayerNorm epsilon: by default 1e-6 when ``pretrained`` is a timm ViT (timm's value),
+else 1e-5 (PyTorch's); VideoMAE folders need 1e-12 (their ``layer_norm_eps``, checked on load).
 
 ``pretrained`` is a local checkpoint read by ``vl.models.pretrained`` (``pretrained_format``: ``timm`` for
 a timm ViT, inflated to video so that step 0 computes the image model on every frame; ``videomae`` for a
@@ -202,7 +203,7 @@ class VideoViT(VideoEncoder):
         pos_table: PosTable = "space_time",  # learned space + time tables, or VideoMAE's fixed flat sin-cos
         class_token: bool = False,  # one CLS token per time step (timm ViTs have one per image)
         final_norm: bool = True,  # closing LayerNorm (False for VideoMAE with use_mean_pooling)
-        norm_eps: float = 1e-6,  # LayerNorm epsilon (timm's ViT: 1e-6; VideoMAE: 1e-12)
+        norm_eps: float | None = None,  # LayerNorm epsilon; None: 1e-6 with a timm checkpoint, else 1e-5
         pretrained: str | os.PathLike | None = None,  # a local checkpoint (file or folder) of pretrained_format
         pretrained_format: PretrainedFormat = "timm",  # timm: a timm ViT file; videomae: a HF VideoMAE folder
     ) -> None:
@@ -219,6 +220,8 @@ class VideoViT(VideoEncoder):
                 f"vit_st: img_size {img_size} must be a multiple of patch_size {patch_size} and num_frames "
                 f"{num_frames} a multiple of tubelet_size {tubelet_size}"
             )
+        if norm_eps is None:  # timm's ViTs use 1e-6; from scratch, PyTorch's LayerNorm default
+            norm_eps = 1e-6 if pretrained is not None and pretrained_format == "timm" else 1e-5
         self.img_size, self.num_frames, self.temporal = img_size, num_frames, temporal
         self.patch_size, self.tubelet_size, self.embed_dim = patch_size, tubelet_size, embed_dim
         self.grid = (num_frames // tubelet_size, img_size // patch_size, img_size // patch_size)
