@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=64, help="frame size in pixels, even (default: 64)")
     p.add_argument("--fps", type=int, default=8, help="frame rate (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--holdout", action="store_true",
+                   help="val/test clips only of (object, event family) compositions that training never shows")
     p.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
                    help="processes drawing and encoding clips (default: CPU count, at most 8)")
     p.add_argument("--task", choices=["all", "direction", "motion", "size", "order"], default="all",
@@ -122,7 +124,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_synth(args: argparse.Namespace) -> int:
     from datapipes.synth import SynthConfig, existing_synth, write_synth
 
-    cfg = SynthConfig(frames=args.frames, size=args.size, fps=args.fps, task=args.task, seed=args.seed)
+    cfg = SynthConfig(frames=args.frames, size=args.size, fps=args.fps, task=args.task, seed=args.seed,
+                      holdout=args.holdout)
     counts = {"train": args.train, "val": args.val, "test": args.test}
     if args.skip_existing and existing_synth(args.out, counts, cfg):
         print(f"{os.path.join(args.out, 'splits.json')} already holds these clips: nothing to do")

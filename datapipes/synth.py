@@ -16,6 +16,12 @@ the direction words; with ``task="motion"``, captions name only the direction, e
 of all clips differ only in the direction of motion, and telling them apart takes the order of the
 frames but no word order (unlike "from left to right" against "from right to left"). Samples are deterministic functions of (seed, split, index), whatever the number
 of worker processes.
+
+With ``holdout=True`` the splits test composition, not memory: an object (colour and shape; the first
+object of an ``order`` event) is paired with an event family (horizontal or vertical motion, size change,
+order) and a quarter of these (object, family) compositions never occur in training: every object is
+trained with its other families and every family with other objects. Validation and test clips are drawn
+from the held-out compositions only (``held_out``).
 """
 
 from __future__ import annotations
@@ -49,6 +55,14 @@ TASK_LABELS: dict[str, tuple[str, ...]] = {
 TASK_LABELS["all"] = TASK_LABELS["direction"] + TASK_LABELS["size"] + TASK_LABELS["order"]
 TASK_LABELS["motion"] = TASK_LABELS["direction"]
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+# Event family of each label: both directions of an axis, grow and shrink, and both orders are one family, so a
+# held-out composition holds out a clip and its time reversal together
+FAMILIES: dict[str, str] = {"left_to_right": "horizontal", "right_to_left": "horizontal",
+                            "top_to_bottom": "vertical", "bottom_to_top": "vertical",
+                            "grows": "size", "shrinks": "size",
+                            "first_then_second": "order", "second_then_first": "order"}
+FAMILY_ORDER: tuple[str, ...] = ("horizontal", "vertical", "size", "order")
+HOLDOUT_EVERY = 4  # one (object, family) composition in four is held out
 
 
 @dataclass(frozen=True)
@@ -61,6 +75,15 @@ class SynthConfig:
     task: SynthTask = "all"  # which events appear; "direction" for motion-direction-only captions
     seed: int = 0
     codec: str = "libx264"  # libx264 or mpeg4 (fallback when libx264 is missing)
+    holdout: bool = False  # val/test only on (object, event family) compositions never seen in training
+
+
+def held_out(obj: tuple[str, str], label: str) -> bool:
+    """True when the composition of object ``obj`` (colour, shape) and ``label``'s event family is held out of
+    training: objects and families are numbered, and one pair in ``HOLDOUT_EVERY`` (a diagonal pattern, so that
+    each object keeps three families in training and each family nine of the twelve objects) is held out."""
+    index = list(COLORS).index(obj[0]) * len(SHAPES) + SHAPES.index(obj[1])
+    return (index + FAMILY_ORDER.index(FAMILIES[label])) % HOLDOUT_EVERY == 0
 
 
 def _shape_masks(shape: str, cx: np.ndarray, cy: np.ndarray, r: np.ndarray, size: int) -> np.ndarray:
@@ -214,6 +237,8 @@ def make_sample(split: str, index: int, cfg: SynthConfig) -> dict:
     label = labels[index % len(labels)]
     colors, shapes = list(COLORS), list(SHAPES)
     first = (colors[rng.integers(len(colors))], shapes[rng.integers(len(shapes))])
+    while cfg.holdout and held_out(first, label) != (split != "train"):  # training: seen compositions only
+        first = (colors[rng.integers(len(colors))], shapes[rng.integers(len(shapes))])
     second = first
     while second[0] == first[0] or second[1] == first[1]:
         second = (colors[rng.integers(len(colors))], shapes[rng.integers(len(shapes))])
@@ -225,7 +250,8 @@ def make_sample(split: str, index: int, cfg: SynthConfig) -> dict:
         "qa": _qa_for(label, objects, rng, named, np.random.default_rng([cfg.seed, SPLIT_IDS.get(split, 3), index, 1])),
         "task": "order" if label in TASK_LABELS["order"] else
         ("size" if label in ("grows", "shrinks") else "move"), "label": label,
-        "objects": [list(o) for o in objects], "width": cfg.size, "height": cfg.size, "fps": cfg.fps,
+        "objects": [list(o) for o in objects], "held_out": held_out(first, label), "width": cfg.size,
+        "height": cfg.size, "fps": cfg.fps,
         "num_frames": cfg.frames, "duration": cfg.frames / cfg.fps,
     }
     mp4 = encode_mp4(_draw(label, objects, cfg, rng), cfg.fps, cfg.codec)

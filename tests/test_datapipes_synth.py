@@ -134,3 +134,24 @@ def test_synth_into_a_broken_link_or_a_file_says_so(tmp_path, capsys):
     (tmp_path / "deleted").mkdir()  # the link's target created: it writes there
     assert data_main(argv[:1] + ["--out", str(link)] + argv[1:]) == 0
     assert sorted(p.name for p in (tmp_path / "deleted").iterdir()) == ["splits.json", "train-000000.tar"]
+
+
+def test_holdout_keeps_test_compositions_out_of_training():
+    """With holdout, no (object, event family) composition of val/test occurs in training, yet every held-out
+    object and every event family does; without it, both splits draw from every composition."""
+    from datapipes.synth import FAMILIES, held_out
+
+    def compositions(split: str, n: int, cfg: SynthConfig) -> set[tuple[str, str, str]]:
+        metas = [json.loads(make_sample(split, i, cfg)["json"]) for i in range(n)]
+        assert all(m["held_out"] == held_out(tuple(m["objects"][0]), m["label"]) for m in metas)
+        return {(*m["objects"][0], FAMILIES[m["label"]]) for m in metas}
+
+    cfg = SynthConfig(frames=4, size=16, fps=8, holdout=True)
+    train, test = compositions("train", 160, cfg), compositions("test", 120, cfg)
+    print(f"\n{len(train)} training and {len(test)} test compositions of 48")
+    assert not train & test
+    assert {(c, s) for c, s, _ in test} <= {(c, s) for c, s, _ in train}  # objects seen, with other events
+    assert {f for *_, f in test} == {f for *_, f in train} == set(FAMILIES.values())
+    assert len(test) == 12 and len(train) == 36  # each object holds out one family of four
+    plain = SynthConfig(frames=4, size=16, fps=8)
+    assert compositions("train", 160, plain) & compositions("test", 48, plain)
