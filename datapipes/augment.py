@@ -8,6 +8,7 @@ or ``clip``) when collated, written straight into the batch tensor (``normalize_
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -18,11 +19,23 @@ import torch.nn.functional as F
 from torch import Tensor
 
 Norm = Literal["imagenet", "clip"]
-NORM_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    # (mean, std) per RGB channel for pixels in [0, 1]
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
-}
+NORMS: tuple[str, ...] = ("imagenet", "clip")  # the values of Norm
+
+
+@functools.cache
+def norm_stats(norm: Norm) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(mean, std) per RGB channel for pixels in [0, 1]: timm's ImageNet or OpenAI CLIP statistics.
+
+    timm is imported on first use, not with this module: its import (torchvision's models) takes seconds,
+    which tools that never normalise (``vl data inspect``, shard writing) need not pay.
+    """
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    stats = {"imagenet": (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD), "clip": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)}
+    if norm not in stats:
+        raise ValueError(f"unknown normalisation {norm!r}; valid: {', '.join(NORMS)}")
+    mean, std = stats[norm]
+    return tuple(mean), tuple(std)
 
 
 @dataclass(frozen=True)
@@ -103,7 +116,7 @@ def color_jitter(clip: Tensor, strength: float, rng: np.random.Generator) -> Ten
 
 def _norm_tensors(norm: Norm) -> tuple[Tensor, Tensor]:
     """(scale, offset), each (1, 3, 1, 1), such that ``pixel_uint8 * scale + offset`` is normalised."""
-    mean, std = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in NORM_STATS[norm])
+    mean, std = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in norm_stats(norm))
     return 1.0 / (255.0 * std), -mean / std
 
 

@@ -4,7 +4,9 @@
     vl data shards --videos FOLDER --annotations FILE --out DIR [...]   (the same, with flags)
     vl data inspect SHARDS [--limit N] [--decode] [--json]
     vl data synth --out DIR --train N --val N --test N [--frames 16 --size 64 --fps 8 --task all]
-    vl data vq-targets SHARDS --tokenizer CKPT --out DIR --grid N [--frames 4 --size 224]   (MVM targets)
+
+Commands that need a ``vl`` model (``vl data vq-targets``) are not imported here: ``datapipes`` never imports
+``vl``. The ``vl`` CLI passes them in as ``extra_commands`` (``vl.tools.data``).
 """
 
 from __future__ import annotations
@@ -14,12 +16,21 @@ import json
 import os
 import sys
 import time
-from typing import Optional
+from collections.abc import Mapping
+from typing import Callable, NamedTuple, Optional
 
 
-def _parser() -> argparse.ArgumentParser:
+class ExtraCommand(NamedTuple):
+    """A subcommand a caller adds to ``vl data``: it receives every argument after its name."""
+
+    help: str  # one line for ``vl data --help``
+    run: Callable[[list[str]], int]  # its main: arguments -> exit status (it parses them, --help included)
+
+
+def _parser(extra_commands: Mapping[str, ExtraCommand]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vl data", description="Make, inspect and synthesise video-text shards.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{shards,inspect,synth,vq-targets}")
+    names = ["shards", "inspect", "synth", *extra_commands]
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(names) + "}")
 
     p = sub.add_parser("shards", help="folder of videos + JSONL/CSV annotations -> WebDataset shards",
                        description="Write WebDataset shards (KEY.mp4, KEY.txt, KEY.json) from a folder of videos "
@@ -70,11 +81,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="do nothing when OUT/splits.json already records these counts and settings")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    # Every argument goes to vl.objectives.precompute, which parses them (`vl data vq-targets --help`); with
-    # prefix_chars "+", argparse takes "--x" here as a plain value.
-    p = sub.add_parser("vq-targets", add_help=False, prefix_chars="+",
-                       help="precompute MVM vq targets (visual-tokenizer codes) into shards")
-    p.add_argument("args", nargs=argparse.REMAINDER)
+    # An extra command parses its own arguments (`vl data NAME --help`); with prefix_chars "+", argparse takes
+    # "--x" here as a plain value.
+    for name, command in extra_commands.items():
+        p = sub.add_parser(name, add_help=False, prefix_chars="+", help=command.help)
+        p.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -141,22 +152,29 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_vq_targets(args: argparse.Namespace) -> int:
-    from vl.objectives.precompute import main as vq_targets_main  # lazy: datapipes never imports vl at import time
-
-    return vq_targets_main(args.args)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """Run ``vl data`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+def _run_extra(command: ExtraCommand, argv: list[str]) -> int:
     try:
-        args = _parser().parse_args(argv)
+        return command.run(argv)
+    except SystemExit as e:  # --help, or a usage error printed by the command's own parser
+        return int(e.code or 0)
+
+
+def main(argv: Optional[list[str]] = None, extra_commands: Optional[Mapping[str, ExtraCommand]] = None) -> int:
+    """Run ``vl data`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status.
+
+    ``extra_commands``: subcommands beyond datapipes' own, by name (``vl.tools.data`` adds ``vq-targets``).
+    """
+    extra = dict(extra_commands or {})
+    try:
+        args = _parser(extra).parse_args(argv)
         if args.command == "shards":
             _shards_inputs(args)
     except SystemExit as e:  # --help, or a usage error already printed by argparse
         return int(e.code or 0)
-    handlers = {"shards": _cmd_shards, "inspect": _cmd_inspect, "synth": _cmd_synth, "vq-targets": _cmd_vq_targets}
+    handlers = {"shards": _cmd_shards, "inspect": _cmd_inspect, "synth": _cmd_synth}
     try:
+        if args.command in extra:
+            return _run_extra(extra[args.command], args.args)
         return handlers[args.command](args)
     except (FileNotFoundError, ValueError) as e:
         print(f"vl data {args.command}: error: {e}", file=sys.stderr)

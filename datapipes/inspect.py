@@ -9,6 +9,7 @@ which finds corrupt files that a header read misses.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from collections import Counter
 from typing import Optional
@@ -24,6 +25,7 @@ from datapipes.decode import (
     probe_video,
     quiet_decoders,
 )
+from datapipes.meta import check_status, parse_meta
 from datapipes.sampling import uniform_indices
 from datapipes.shards import ShardSpec, SplitShards, expand_shards, shard_samples
 from datapipes.text import caption_list, decode_text
@@ -54,16 +56,8 @@ def _video_facts(meta: dict, ext: str, data: bytes, decode: bool) -> dict:
 
 def _inspect_sample(sample: dict, decode: bool) -> tuple[dict, list[str]]:
     """Facts and captions of one raw sample; raises ``SkipSample`` for unusable ones."""
-    meta = {}
-    if "json" in sample:
-        try:
-            meta = json.loads(sample["json"])
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise SkipSample("bad_metadata", str(e)) from e
-    if not isinstance(meta, dict):
-        raise SkipSample("bad_metadata", "json is not an object")
-    if "status" in meta and meta["status"] != "success":
-        raise SkipSample("status_not_success", str(meta["status"]))
+    meta = parse_meta(sample)
+    check_status(meta)  # detail: video2dataset's status and error_message
     ext, data = _media(sample)
     if ext is None:
         raise SkipSample("no_video")
@@ -95,7 +89,8 @@ def inspect_shards(spec: ShardSpec, *, limit: Optional[int] = None, decode: bool
             facts, captions = _inspect_sample(sample, decode)
         except SkipSample as e:
             tally.skip(e.reason)
-            failures.setdefault(e.reason, []).append(f"{sample['__key__']} {e.detail}".strip()[:200])
+            example = f"{sample['__key__']}: {e.detail}" if e.detail else sample["__key__"]
+            failures.setdefault(e.reason, []).append(example[:300])
             continue
         exts[facts["ext"]] += 1
         caption_counts.append(len(captions))
@@ -113,7 +108,34 @@ def inspect_shards(spec: ShardSpec, *, limit: Optional[int] = None, decode: bool
         "extensions": dict(exts), "duration": _stats(durations), "resolutions": dict(resolutions.most_common(10)),
         "fps": dict(fps.most_common(5)), "captions_per_sample": _stats(caption_counts), "examples": shown,
         "failures": totals, "failure_examples": {r: v[:5] for r, v in failures.items()},
+        "video2dataset": video2dataset_stats(urls),
     }
+
+
+V2D_COUNTS = ("count", "successes", "failed_to_download", "failed_to_subsample")  # video2dataset's logger.py
+
+
+def video2dataset_stats(urls: list[str]) -> dict:
+    """The ``SHARD_stats.json`` files video2dataset writes beside local shards, summed: its counts of input
+    rows (``count``, ``successes``, ``failed_to_*``) and ``status_dict`` (statuses and error messages);
+    ``{}`` when no shard has one. Rows it counted but wrote into no shard show up as ``count`` > samples."""
+    total: dict = {}
+    for url in urls:
+        path = os.path.splitext(url)[0] + "_stats.json"
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                stats = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            total.setdefault("unreadable", []).append(f"{path}: {e}")
+            continue
+        total["files"] = total.get("files", 0) + 1
+        for k in V2D_COUNTS:
+            total[k] = total.get(k, 0) + int(stats.get(k) or 0)
+        for status, n in (stats.get("status_dict") or {}).items():
+            total.setdefault("status_dict", {})[status] = total.get("status_dict", {}).get(status, 0) + int(n)
+    return total
 
 
 def _stats(values: list) -> dict:
@@ -143,7 +165,20 @@ def format_report(report: dict) -> str:
     lines.append("example captions")
     lines += [f"  {e}" for e in report["examples"]] or ["  -"]
     lines.append("failures" + ("" if report["failures"] else "            none"))
+    width = max((len(r) for r in report["failures"]), default=0) + 2  # the longest reason, then two spaces
     for reason, n in sorted(report["failures"].items(), key=lambda kv: -kv[1]):
-        lines.append(f"  {reason:<18}{n}")
+        lines.append(f"  {reason:<{width}}{n}")
         lines += [f"      e.g. {ex}" for ex in report["failure_examples"].get(reason, [])[:3]]
-    return "\n".join(lines)
+    return "\n".join(lines + _format_v2d(report.get("video2dataset") or {}))
+
+
+def _format_v2d(stats: dict) -> list[str]:
+    """Lines for video2dataset's own stats files (none when the shards have none)."""
+    if not stats:
+        return []
+    lines = [f"video2dataset stats ({stats.get('files', 0)} _stats.json files)"]
+    lines.append("  " + "  ".join(f"{k} {stats.get(k, 0)}" for k in V2D_COUNTS))
+    for status, n in sorted((stats.get("status_dict") or {}).items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {n:>6}  {status}")
+    lines += [f"  unreadable: {u}" for u in stats.get("unreadable", [])]
+    return lines

@@ -3,7 +3,9 @@
 ``build_train_loader`` reads resampled shards (several datasets mixed by weight), shuffles, decodes,
 augments and batches inside DataLoader workers; every worker yields a fixed number of batches per
 epoch, so every DDP rank runs the same number of steps. ``build_eval_loader`` reads every sample
-exactly once, split by rank then by worker, with one text row per caption.
+exactly once, split by rank then by worker, with one text row per caption. Each raw sample becomes
+``Sample``s through ``datapipes.process`` (``process_sample``, around ``load_clip``, the decode path search
+shares).
 
 Samples that cannot be used are skipped and counted by reason (``SkipTally``); each batch carries
 the counts of its worker since that worker's previous batch in ``Batch.skipped``.
@@ -11,13 +13,11 @@ the counts of its worker since that worker's previous batch in ``Batch.skipped``
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Callable, NamedTuple, Optional, Union
 
@@ -25,24 +25,13 @@ import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
-from webdataset.filters import _shuffle
 from webdataset.utils import PipelineStage
 
-from datapipes.augment import NORM_STATS, Norm, eval_transform, pad_frames, train_transform
+from datapipes.augment import Norm
 from datapipes.batch import Batch
 from datapipes.collate import Sample, collate
-from datapipes.decode import (
-    BACKENDS,
-    IMAGE_EXTENSIONS,
-    VIDEO_EXTENSIONS,
-    Backend,
-    SkipTally,
-    SkipSample,
-    decode_clip,
-    is_image_bytes,
-    quiet_decoders,
-)
-from datapipes.sampling import SAMPLING_METHODS, SamplingMethod, sample_indices
+from datapipes.decode import SkipSample, SkipTally, quiet_decoders
+from datapipes.process import ClipConfig, process_sample
 from datapipes.shards import (
     ResampledShards,
     ShardSpec,
@@ -54,16 +43,7 @@ from datapipes.shards import (
     stream_seed,
     worker_info,
 )
-from datapipes.text import (
-    TEXT_FIELDS,
-    HFTokenizer,
-    TextField,
-    Tokenize,
-    caption_list,
-    choose_caption,
-    decode_text,
-    qa_items,
-)
+from datapipes.text import HFTokenizer, Tokenize
 
 # Skip reasons a pipeline can count (shards.py adds the tar-level ones).
 SKIP_REASONS: tuple[str, ...] = (
@@ -75,148 +55,6 @@ SKIP_REASONS: tuple[str, ...] = (
 )
 # Reasons of SKIP_REASONS that count samples kept, not skipped: reported beside the skips, not in their total.
 KEPT_REASONS: tuple[str, ...] = ("padded_clip",)
-
-
-@dataclass
-class ClipConfig:
-    """How one split decodes, samples, augments and tokenises its samples."""
-
-    num_frames: int = 8  # T: frames per clip; shorter clips are padded (Batch.frame_mask)
-    size: int = 224  # output frames are size x size
-    sampling: SamplingMethod = "uniform"  # uniform | random_segment (TSN) | fps
-    sample_fps: float = 2.0  # frames per second read by `fps` sampling
-    backend: Backend = "decord"  # first video decoder; the other is the fallback
-    fallback: bool = True  # try the other backend when the first fails on a file
-    decode_threads: int = 1  # decoder threads per video (1 suits DataLoader workers)
-    short_side: Optional[int] = None  # shorter side after decode-time resize; None: `size`
-    allow_images: bool = True  # jpg/png/webp samples become 1-frame clips; else skipped (not_a_video)
-    norm: Norm = "imagenet"  # normalisation statistics of the model's image encoder
-    crop_scale: tuple[float, float] = (0.5, 1.0)  # random-resized-crop area range (training)
-    hflip: float = 0.0  # flip probability (training); flips turn "left" into "right"
-    color_jitter: float = 0.0  # brightness/contrast/saturation strength (training)
-    text_field: TextField = "caption"  # caption | qa (open-ended) | mc (multiple choice)
-    max_text_len: int = 32  # tokens per text row, padded
-
-    def __post_init__(self) -> None:
-        """Reject bad settings at start, before they could turn into a skip per sample."""
-        choices = {"sampling": SAMPLING_METHODS, "backend": BACKENDS, "norm": tuple(NORM_STATS),
-                   "text_field": TEXT_FIELDS}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"ClipConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.num_frames < 1 or self.size < 1 or self.sample_fps <= 0:
-            raise ValueError(f"num_frames, size and sample_fps must be positive: {self}")
-        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
-            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
-
-
-def _parse_meta(raw: dict) -> dict:
-    """The sample's ``json`` as a dict ({} when absent)."""
-    data = raw.get("json")
-    if data is None:
-        return {}
-    try:
-        meta = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SkipSample("bad_metadata", str(e)) from e
-    if not isinstance(meta, dict):
-        raise SkipSample("bad_metadata", f"json is a {type(meta).__name__}, not an object")
-    return meta
-
-
-def _find_media(raw: dict, allow_images: bool) -> bytes:
-    """Bytes of the sample's video (preferred) or image; skip reasons ``no_video`` and ``not_a_video``."""
-    for ext in VIDEO_EXTENSIONS:
-        if ext in raw:
-            if not allow_images and is_image_bytes(raw[ext]):
-                raise SkipSample("not_a_video", f"{ext} holds an image")
-            return raw[ext]
-    for ext in IMAGE_EXTENSIONS:
-        if ext in raw:
-            if not allow_images:
-                raise SkipSample("not_a_video", f"image sample ({ext})")
-            return raw[ext]
-    raise SkipSample("no_video", f"files: {sorted(k for k in raw if not k.startswith('__'))}")
-
-
-def _size_hint(meta: dict) -> Optional[tuple[int, int]]:
-    """Source (width, height) from metadata: ours (``width``/``height``) or video2dataset's ffprobe streams."""
-    if isinstance(meta.get("width"), int) and isinstance(meta.get("height"), int):
-        return meta["width"], meta["height"]
-    video_metadata = meta.get("video_metadata")
-    streams = video_metadata.get("streams") if isinstance(video_metadata, dict) else None
-    for s in streams if isinstance(streams, list) else []:
-        if isinstance(s, dict) and s.get("codec_type") == "video" and s.get("width") and s.get("height"):
-            return int(s["width"]), int(s["height"])
-    return None
-
-
-def _bounds(meta: dict) -> tuple[Optional[float], Optional[float]]:
-    """``start``/``end`` seconds of the clip inside its video (None when absent)."""
-    try:
-        start = None if meta.get("start") is None else float(meta["start"])
-        end = None if meta.get("end") is None else float(meta["end"])
-    except (TypeError, ValueError) as e:
-        raise SkipSample("bad_clip_bounds", f"start={meta.get('start')!r} end={meta.get('end')!r}") from e
-    if start is not None and end is not None and end <= start:
-        raise SkipSample("bad_clip_bounds", f"end {end} is not after start {start}")
-    return start, end
-
-
-def _text_rows(raw: dict, meta: dict, cfg: ClipConfig, train: bool, rng: np.random.Generator) -> list[dict]:
-    """Text of one sample as a list of Sample field dicts (one per question in QA modes)."""
-    captions = caption_list(meta, decode_text(raw.get("txt")))
-    if cfg.text_field == "caption":
-        if not captions:
-            raise SkipSample("no_caption")
-        texts = [choose_caption(captions, rng)] if train else captions
-        return [dict(texts=texts, references=captions)]
-    items = qa_items(meta, cfg.text_field)
-    if not items:
-        raise SkipSample("no_question", f"no {cfg.text_field} item in qa")
-    return [
-        dict(texts=[q.question], references=captions, answer=q.answer, choices=q.choices,
-             answer_idx=q.answer_idx, question_type=q.question_type)
-        for q in items
-    ]
-
-
-def process_sample(raw: dict, cfg: ClipConfig, train: bool, rng: np.random.Generator,
-                   tally: Optional[SkipTally] = None) -> list[Sample]:
-    """One raw shard sample -> processed ``Sample``s (several for several questions in QA modes).
-
-    Raises ``SkipSample`` with the reason when the sample cannot be used. A video with fewer frames than
-    ``cfg.num_frames`` is padded (``frame_mask`` marks the padding) and noted in ``tally`` as
-    ``padded_clip``; images are 1-frame clips by design and are not noted.
-    """
-    meta = _parse_meta(raw)
-    if "status" in meta and meta["status"] != "success":
-        raise SkipSample("status_not_success", str(meta.get("status")))
-    data = _find_media(raw, cfg.allow_images)
-    rows = _text_rows(raw, meta, cfg, train, rng)  # cheap checks before the costly decode
-
-    start, end = _bounds(meta)
-    randomised = train or cfg.sampling == "random_segment"  # evaluation: fps windows centred, segments seeded
-
-    def choose(total: int, fps: float) -> np.ndarray:
-        return sample_indices(cfg.sampling, total, fps, cfg.num_frames, start=start, end=end,
-                              target_fps=cfg.sample_fps, rng=rng if randomised else None)
-
-    clip = decode_clip(data, choose, short_side=cfg.short_side or cfg.size, backend=cfg.backend,
-                       fallback=cfg.fallback, threads=cfg.decode_threads, size_hint=_size_hint(meta))
-    if len(clip.frames) == 0:
-        raise SkipSample("bad_clip_bounds", f"start={meta.get('start')} end={meta.get('end')} "
-                         f"outside {clip.total_frames} frames at {clip.fps:.3g} fps")
-    if train:
-        video = train_transform(clip.frames, cfg.size, rng, scale=cfg.crop_scale, hflip=cfg.hflip,
-                                jitter=cfg.color_jitter)
-    else:
-        video = eval_transform(clip.frames, cfg.size)  # (t, C, H, W) uint8
-    video, frame_mask = pad_frames(video, cfg.num_frames)  # (T, C, H, W), (T,)
-    if tally is not None and clip.backend != "image" and len(clip.frames) < cfg.num_frames:
-        tally.note("padded_clip", f"{raw['__key__']} ({raw.get('__url__')}): {len(clip.frames)} of "
-                   f"{cfg.num_frames} frames ({clip.total_frames} in the video at {clip.fps:.3g} fps)")
-    return [Sample(key=raw["__key__"], video=video, frame_mask=frame_mask, meta=meta, **row) for row in rows]
 
 
 # Where one worker's stream stands, as plain ints (checkpoints hold only primitive types): the raw samples
@@ -288,7 +126,7 @@ class ShuffleStage(PipelineStage):
 
     def run(self, src: Iterable[dict]) -> Iterator[dict]:
         rng = random.Random(int(self.ctx.rng(2).integers(2**62)))
-        return _shuffle(iter(src), self.bufsize, min(self.bufsize, 100), rng=rng)
+        return wds.shuffle(self.bufsize, min(self.bufsize, 100), rng=rng)(iter(src))
 
 
 class RawPositionStage(PipelineStage):

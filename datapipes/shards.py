@@ -347,7 +347,13 @@ def _read_tar(stream: IO[bytes], url: str, counter: SkipTally) -> Iterator[dict]
 
 
 def mix_streams(sources: list[Iterator[dict]], weights: Sequence[float], seed: int) -> Iterator[dict]:
-    """Interleave endless sample streams, drawing stream ``i`` with probability ``weights[i] / sum``."""
+    """Interleave endless sample streams, drawing stream ``i`` with probability ``weights[i] / sum``.
+
+    Not ``webdataset.RandomMix``: it draws from Python's global ``random`` (no seed or generator can be
+    given), so its choices would depend on every other user of that generator. Training resumes mid-epoch
+    by replaying each worker's stream up to a recorded position, which needs the sequence of choices to
+    be a function of ``seed`` (rank, worker and epoch) alone.
+    """
     if len(sources) != len(weights) or not sources:
         raise ValueError(f"need one weight per dataset: {len(sources)} datasets, {len(weights)} weights")
     if any(w < 0 for w in weights) or sum(weights) <= 0:

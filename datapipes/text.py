@@ -1,6 +1,7 @@
 """Text of a sample: caption choice, question-answer fields (DESIGN §2) and tokenisation.
 
-Captions come from ``captions`` in ``KEY.json`` when present, else from ``KEY.txt``. Training draws one at
+Captions come from ``captions`` in ``KEY.json`` when present, else from ``caption`` and the numbered
+``caption_N`` fields (video2dataset's MSR-VTT recipe), else from ``KEY.txt``. Training draws one at
 random; evaluation keeps every one as its own text row. QA samples carry ``qa`` items, either
 open-ended ``{"question", "answer"}`` or multiple-choice ``{"question", "choices", "answer_idx"}``.
 """
@@ -8,6 +9,7 @@ open-ended ``{"question", "answer"}`` or multiple-choice ``{"question", "choices
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, Protocol
 
@@ -19,6 +21,7 @@ from datapipes.decode import SkipSample
 
 TextField = Literal["caption", "qa", "mc"]
 TEXT_FIELDS: tuple[str, ...] = ("caption", "qa", "mc")
+CAPTION_N = re.compile(r"caption_(\d+)")  # numbered caption columns: caption_0, caption_1, ...
 
 
 class HFTokenizer(Protocol):
@@ -41,12 +44,17 @@ def decode_text(data: Optional[bytes]) -> Optional[str]:
 
 
 def caption_list(meta: dict, txt: Optional[str]) -> list[str]:
-    """All non-empty captions of a sample: ``meta["captions"]``, else ``meta["caption"]``, else ``txt``."""
+    """All non-empty captions of a sample, in order: ``meta["captions"]``; else ``meta["caption"]`` followed
+    by ``caption_0``, ``caption_1``, ... (video2dataset's MSR-VTT recipe saves its 20 captions as those
+    columns); else ``txt``."""
     raw = meta.get("captions")
     if isinstance(raw, str):
         raw = [raw]
     if not raw:
-        raw = [meta["caption"]] if isinstance(meta.get("caption"), str) else [txt]
+        raw = [meta["caption"]] if isinstance(meta.get("caption"), str) else []
+        raw += [meta[k] for k in sorted((k for k in meta if CAPTION_N.fullmatch(k)), key=lambda k: int(k[8:]))]
+    if not any(isinstance(c, str) and c.strip() for c in raw):
+        raw = [txt]
     return [c.strip() for c in raw if isinstance(c, str) and c.strip()]
 
 

@@ -135,7 +135,7 @@ def test_resume_from_a_mid_epoch_checkpoint_continues_the_data(synth_dir, tmp_pa
 def test_loader_resumes_without_decoding_the_batches_it_skips(synth_dir, tokenizer, monkeypatch):
     """A loader given `position(k)` of another yields that loader's batches from k on, and decodes only
     the clips of the batches it yields (plus the one it reads ahead), none of the k skipped batches."""
-    import datapipes.pipeline as pipeline
+    import datapipes.process as process  # where the decode path calls decode_clip
     from datapipes.pipeline import ClipConfig, build_train_loader
 
     cfg = ClipConfig(num_frames=2, size=32, sampling="random_segment", max_text_len=8)
@@ -146,8 +146,8 @@ def test_loader_resumes_without_decoding_the_batches_it_skips(synth_dir, tokeniz
     assert position["epoch"] == 0 and position["batches"] == [3]
 
     decoded = []
-    real_decode = pipeline.decode_clip
-    monkeypatch.setattr(pipeline, "decode_clip", lambda *a, **k: decoded.append(1) or real_decode(*a, **k))
+    real_decode = process.decode_clip
+    monkeypatch.setattr(process, "decode_clip", lambda *a, **k: decoded.append(1) or real_decode(*a, **k))
     resumed = build_train_loader(synth_dir["train"], tokenizer, cfg, resume=position, **kwargs)
     rest = list(resumed)
     assert [b.keys for b in rest] == [b.keys for b in batches[3:]]

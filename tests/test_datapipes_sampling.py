@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from datapipes.augment import (
-    NORM_STATS,
     center_crop_box,
     eval_transform,
+    norm_stats,
     normalize,
     normalize_into,
     pad_frames,
@@ -126,7 +126,9 @@ def test_eval_transform_center_crops_and_normalises():
     clip = eval_transform(frames, 32)
     assert clip.shape == (2, 3, 32, 32) and clip.dtype == torch.uint8
     assert clip.eq(0).all()  # only the black centre is kept
-    mean, std = NORM_STATS["clip"]
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # OpenAI CLIP's
+    assert norm_stats("clip") == (mean, std)
+    assert norm_stats("imagenet") == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     expected = torch.tensor([-m / s for m, s in zip(mean, std)]).view(1, 3, 1, 1)
     assert torch.allclose(normalize(clip, "clip"), expected.expand(2, 3, 32, 32), atol=1e-5)
     out = torch.empty(2, 3, 32, 32)

@@ -60,6 +60,14 @@ def summary(out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
+def assert_counts_add_up(out: Path, records_in_files: int) -> dict:
+    """The summary's count: records read (as many as the annotation files hold, counted by the test from
+    the files themselves) = written + skipped."""
+    s = summary(out)
+    assert s["read"] == records_in_files == sum(s["written"].values()) + sum(s["skipped"].values()), s
+    return s
+
+
 # ---------------------------------------------------------------- MSR-VTT
 
 
@@ -315,6 +323,8 @@ def test_msvd_qa_real_rows_in_both_video_layouts(tmp_path):
         "id": 37348,
     }
     assert summary(out)["skipped"] == {}
+    items = json.loads((FIXTURES / "msvd_qa" / "test_qa.json").read_text())
+    assert_counts_add_up(out, len({item["video_id"] for item in items}))  # one record per video
 
 
 def test_msvd_qa_mapping_is_optional_and_bad_lines_are_counted(tmp_path):
@@ -407,6 +417,11 @@ def test_tgif_qa_real_rows_question_ids_and_quoted_choices(tmp_path):
     assert [(q["id"], q["answer"], q["type"]) for q in count] == [("COUNT12", "3", "count"), ("COUNT18", "3", "count")]
     assert [q["id"] for r in load(out, "action_test") for q in r["qa"]] == ["ACTION4", "ACTION12"]
     assert summary(out)["skipped"] == {}
+    gifs = 0  # one record per GIF and task file
+    for path in sorted((FIXTURES / "tgif_qa").glob("Test_*_question.csv")):
+        with open(path, newline="") as f:
+            gifs += len({row["gif_name"] for row in csv.DictReader(f, delimiter="\t")})
+    assert_counts_add_up(out, gifs)
 
 
 # ---------------------------------------------------------------- DiDeMo
@@ -459,6 +474,7 @@ def test_didemo_real_video_names_in_the_download_scripts_layout(tmp_path):
     assert [r["video"] for r in test + val] == aws
     assert len(test[0]["captions"]) == 2  # two moments of the .m4v video
     assert summary(out)["skipped"] == {}
+    assert_counts_add_up(out, len(aws))  # one record per video
 
 
 def test_didemo_finds_camera_formats_under_their_own_names(tmp_path):
@@ -469,6 +485,8 @@ def test_didemo_finds_camera_formats_under_their_own_names(tmp_path):
     assert [r["video"] for r in load(out, "test")] == originals
     assert load(out, "val")[0]["video"] == "81311832@N00_9609168386_c13669990d.m2ts"
     assert summary(out)["skipped"] == {"missing video": 6}
+    moments = [m for split in ("test", "val") for m in json.loads((FIXTURES / f"didemo/{split}_data.json").read_text())]
+    assert_counts_add_up(out, len({m["video"] for m in moments}))  # 3 written + 6 without their video
 
 
 # ---------------------------------------------------------------- LSMDC
@@ -735,5 +753,5 @@ def test_converter_runs_as_a_file(tmp_path):
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert "1 records written" in result.stderr
+    assert "msrvtt_qa: 1 records read = 1 written + 0 skipped" in result.stderr
     assert load(tmp_path / "o", "val")[0]["video"] == "video4.mp4"

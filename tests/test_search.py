@@ -487,3 +487,50 @@ def test_short_videos_are_indexed_and_reranked_from_their_real_frames(ckpt, enco
     s._tokens[row] = (noisy, cached_keep)
     again = {h.key: h.vtm for h in s.query(query, k=2, rerank=True, rerank_depth=2)}
     assert again == pytest.approx(first, abs=1e-5)
+
+
+def test_search_decodes_through_the_pipelines_clip_loader(ckpt, encoder, tmp_path):
+    """Search and indexing decode through ``datapipes.process.load_clip``: each clip is, pixel for pixel, the
+    evaluation pipeline's clip of the same sample (start/end bounds, a clip video2dataset cut from its source,
+    an image read as a 1-frame clip); bounds the pipeline refuses are refused, and a failed video2dataset
+    download is listed in skipped.jsonl with its error_message."""
+    from conftest import jpeg_bytes, write_tar
+    from datapipes.pipeline import build_eval_loader
+    from datapipes.synth import SynthConfig, make_sample
+    from vl.models.hub import load_tokenizer
+    from vl.search.encoder import prepare_clip
+
+    def sample(key: str, seed: int, **meta) -> dict:
+        made = make_sample("test", seed, SynthConfig(frames=8, size=32))  # 8 frames at 8 fps: 1 s
+        return {"__key__": key, "mp4": made["mp4"], "txt": made["txt"],
+                "json": json.dumps({**json.loads(made["json"]), **meta}).encode()}
+
+    samples = [
+        sample("whole", 0),
+        sample("bounded", 1, start=0.5, end=1.0),
+        sample("cut", 2, clips=[[30.0, 31.0]], start=30.0, end=31.0),  # start/end: times in the source video
+        {"__key__": "photo", "mp4": jpeg_bytes(40, 30), "txt": b"a photo"},
+        sample("backwards", 3, start=0.8, end=0.2),
+        {"__key__": "failed", "json": json.dumps({"url": "https://example.com/v.mp4", "key": "failed",
+                                                  "status": "failed_to_download",
+                                                  "error_message": "HTTP Error 404: Not Found"}).encode()},
+    ]
+    shard = write_tar(tmp_path / "mixed.tar", samples)
+    cfg = encoder.clip_config
+    (batch,) = build_eval_loader(shard, load_tokenizer("minilm"), cfg, batch_size=8, rank=0, world_size=1)
+    assert batch.keys == ["whole", "bounded", "cut", "photo"]
+    for i, key in enumerate(batch.keys):
+        raw = next(s for s in samples if s["__key__"] == key)
+        clip, frame_mask = prepare_clip(raw["mp4"], cfg, json.loads(raw["json"]) if "json" in raw else None)
+        torch.testing.assert_close(clip, batch.video[i], rtol=0, atol=1e-6)
+        assert frame_mask.tolist() == batch.frame_mask[i].tolist()
+    assert batch.frame_mask[3].tolist() == [True, False, False, False]  # the image: one real frame
+
+    out = tmp_path / "index"
+    build_index(ckpt, [shard], out, QUIET, encoder=encoder)
+    assert {item["key"] for item in Searcher(out, encoder=encoder).items} == {"whole", "bounded", "cut", "photo"}
+    skipped = {s["key"]: s for s in map(json.loads, (out / "skipped.jsonl").open())}
+    assert set(skipped) == {"backwards", "failed"}
+    assert skipped["backwards"]["reason"] == "bad_clip_bounds"
+    assert skipped["failed"]["reason"] == "status_not_success"
+    assert skipped["failed"]["detail"] == "failed_to_download: HTTP Error 404: Not Found"

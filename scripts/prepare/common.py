@@ -61,10 +61,18 @@ class Report:
         """A line for the summary that is not a skip (e.g. "videos not checked")."""
         self.notes.append(message)
 
+    @property
+    def read(self) -> int:
+        """Records read: every record (or annotation row rejected before it became one) ends written or
+        skipped under a reason, so ``read == sum(written) + sum(skipped)`` by construction; the tests
+        compare ``read`` with the number of records the real annotation files hold."""
+        return sum(self.written.values()) + sum(self.skipped.values())
+
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON-ready data."""
         return {
             "benchmark": self.benchmark,
+            "read": self.read,
             "written": dict(self.written),
             "skipped": dict(self.skipped),
             "skip_examples": {k: list(v) for k, v in self.examples.items()},
@@ -73,9 +81,9 @@ class Report:
 
     def format(self) -> str:
         """Human-readable summary, one line per output and per skip reason."""
-        lines = [f"{self.benchmark}: {sum(self.written.values())} records written"]
-        lines += [f"  {name:<18} {n:>8}" for name, n in self.written.items()]
         total = sum(self.skipped.values())
+        lines = [f"{self.benchmark}: {self.read} records read = {sum(self.written.values())} written + {total} skipped"]
+        lines += [f"  {name:<18} {n:>8}" for name, n in self.written.items()]
         lines.append(f"skipped: {total}" + (" (none)" if total == 0 else ""))
         for reason, n in self.skipped.most_common():
             shown = ", ".join(self.examples.get(reason, []))

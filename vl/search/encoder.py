@@ -3,10 +3,10 @@
 ``Encoder`` turns text and decoded clips into the model's L2-normalised VTC embeddings, and scores
 (video, text) pairs with the VTM head for re-ranking, offered only when the checkpoint trained that head
 (``recorded_vtm_weight``): a VTM head that never saw a VTM loss scores at random. ``prepare_clip`` decodes
-one video the way the model saw its evaluation clips (``datapipes`` decode, sampling and eval transform),
-padding a short one to the model's frame count and returning the ``frame_mask`` that marks the padding;
-``encode_clips`` takes that mask, so a short video is embedded and re-ranked from its real frames only, as
-training and evaluation treat it (``Batch.frame_mask``).
+one video through the pipeline's own decode path (``datapipes.process.load_clip`` in evaluation mode, with
+the checkpoint's data settings), padding a short one to the model's frame count and returning the
+``frame_mask`` that marks the padding; ``encode_clips`` takes that mask, so a short video is embedded and
+re-ranked from its real frames only, as training and evaluation treat it (``Batch.frame_mask``).
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from datapipes.augment import eval_transform, normalize, pad_frames
-from datapipes.decode import SkipSample, decode_clip
-from datapipes.pipeline import ClipConfig
-from datapipes.sampling import sample_indices
+from datapipes.augment import normalize
+from datapipes.process import ClipConfig, load_clip
 from datapipes.text import Tokenize
 
 MAX_QUERY_CHARS = 1000  # longer queries are cut here (the tokenizer keeps max_text_len tokens anyway)
@@ -75,7 +73,8 @@ def recorded_vtm_weight(path: str | Path) -> float:
 
 
 def clip_config_for(model: torch.nn.Module, preprocess: dict[str, Any]) -> ClipConfig:
-    """The evaluation ClipConfig of a model: the checkpoint's data settings, else its video encoder's sizes.
+    """The evaluation ClipConfig of a model: the checkpoint's data settings (``vl.lit.checkpoint.PREPROCESS_KEYS``,
+    the DataModule's names), else its video encoder's sizes.
 
     Random-segment sampling becomes uniform so that an index is deterministic.
     """
@@ -84,34 +83,26 @@ def clip_config_for(model: torch.nn.Module, preprocess: dict[str, Any]) -> ClipC
     return ClipConfig(
         num_frames=int(preprocess.get("num_frames") or getattr(video, "num_frames", 8)),
         size=int(preprocess.get("frame_size") or getattr(video, "img_size", 224)),
+        short_side=preprocess.get("decode_short_side"),
         sampling="uniform" if sampling == "random_segment" else sampling,
         sample_fps=float(preprocess.get("sample_fps", 2.0)),
+        backend=preprocess.get("backend", "decord"),
+        allow_images=bool(preprocess.get("allow_images", True)),
         norm=preprocess.get("norm", "imagenet"),
         max_text_len=int(preprocess.get("max_text_len", 32)),
-        allow_images=False,
     )
 
 
 def prepare_clip(data: bytes, cfg: ClipConfig, meta: Optional[dict] = None) -> tuple[Tensor, Tensor]:
-    """Video bytes -> normalised clip (T, C, H, W) as the model's evaluation pipeline prepares it, and its
-    frame_mask (T,) bool, False for the frames that pad a clip shorter than ``cfg.num_frames``.
+    """Video bytes -> normalised clip (T, C, H, W) as the model's evaluation pipeline prepares it
+    (``load_clip`` in evaluation mode, normalised as collation does), and its frame_mask (T,) bool, False
+    for the frames that pad a clip shorter than ``cfg.num_frames``.
 
-    ``meta`` may carry ``start``/``end`` seconds. Raises ``SkipSample`` (``empty_file``, ``decode_error``,
-    ``not_a_video``, ``bad_clip_bounds``) for bytes that give no usable clip.
+    ``meta`` is the sample's metadata (its ``start``/``end`` seconds bound the clip). Raises ``SkipSample``
+    (``empty_file``, ``decode_error``, ``not_a_video``, ``bad_clip_bounds``) for bytes that give no usable clip.
     """
-    meta = meta or {}
-
-    def choose(total: int, fps: float) -> np.ndarray:
-        return sample_indices(cfg.sampling, total, fps, cfg.num_frames, start=meta.get("start"),
-                              end=meta.get("end"), target_fps=cfg.sample_fps)
-
-    clip = decode_clip(data, choose, short_side=cfg.size, backend=cfg.backend, fallback=cfg.fallback, threads=1)
-    if clip.backend == "image":
-        raise SkipSample("not_a_video", "an image, not a video")
-    if len(clip.frames) == 0:
-        raise SkipSample("bad_clip_bounds", f"no frame inside start={meta.get('start')} end={meta.get('end')}")
-    video, frame_mask = pad_frames(eval_transform(clip.frames, cfg.size), cfg.num_frames)  # (T, C, H, W) uint8, (T,)
-    return normalize(video, cfg.norm), frame_mask  # (T, C, H, W) float32, (T,) bool
+    clip = load_clip(data, meta or {}, cfg, train=False)
+    return normalize(clip.video, cfg.norm), clip.frame_mask  # (T, C, H, W) float32, (T,) bool
 
 
 class Encoder:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator, Literal, Optional, Sequence
 
 from datapipes.decode import VIDEO_EXTENSIONS, SkipSample, SkipTally
+from datapipes.meta import check_status, parse_meta
 from datapipes.shards import expand_shards, shard_samples
 from datapipes.text import caption_list, decode_text
 
@@ -131,29 +132,26 @@ def _sidecar_captions(video: str) -> list[str]:
 
 
 def _shard_item(raw: dict) -> RawItem:
-    """A raw webdataset sample -> RawItem; metadata problems become ``error`` (skipped, listed)."""
-    key, url = str(raw.get("__key__")), str(raw.get("__url__"))
-    item = RawItem(key=key, source=url)
+    """A raw webdataset sample -> RawItem. Metadata is read and checked as the training pipeline reads it
+    (``datapipes.meta``): an unreadable json, a failed download (video2dataset's ``status`` with its
+    ``error_message`` as the detail) or a sample without a video file becomes ``error`` (skipped, listed in
+    ``skipped.jsonl``)."""
+    item = RawItem(key=str(raw.get("__key__")), source=str(raw.get("__url__")))
     try:
-        meta = json.loads(raw["json"]) if raw.get("json") is not None else {}
-        if not isinstance(meta, dict):
-            raise ValueError(f"json is a {type(meta).__name__}")
-    except (ValueError, UnicodeDecodeError) as e:
-        item.error = SkipSample("bad_metadata", str(e))
-        return item
-    item.meta = meta
-    if "status" in meta and meta["status"] != "success":
-        item.error = SkipSample("status_not_success", str(meta["status"]))
+        item.meta = parse_meta(raw)
+        check_status(item.meta)
+    except SkipSample as e:
+        item.error = e
         return item
     ext = next((e for e in VIDEO_EXTENSIONS if e in raw), None)
-    if ext is None:
+    if ext is None:  # the index holds videos the app can play: image samples are not indexed
         item.error = SkipSample("no_video", f"files: {sorted(k for k in raw if not k.startswith('__'))}")
         return item
     item.ext, item.data = ext, raw[ext]
     try:
-        item.captions = caption_list(meta, decode_text(raw.get("txt")))
+        item.captions = caption_list(item.meta, decode_text(raw.get("txt")))
     except SkipSample:
-        item.captions = caption_list(meta, None)
+        item.captions = caption_list(item.meta, None)
     return item
 
 
