@@ -250,7 +250,7 @@ def test_pretrain_module_adds_weighted_mvm_and_optimises_its_head(synth_dir, tmp
 def test_precomputed_vq_targets_match_the_on_the_fly_ones(synth_dir, tmp_path):
     from datapipes.pipeline import ClipConfig, build_eval_loader
     from vl.models.hub import load_tokenizer
-    from vl.objectives.precompute import load_vq_targets, main
+    from vl.tools.vq_targets import load_vq_targets, main
 
     torch.manual_seed(0)
     tokenizer = create_tokenizer("fsq_tiny")

@@ -22,12 +22,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from torch import Tensor, nn
 
 LOGIT_LAPLACE_EPS = 0.1
-NORM_STATS = {  # (mean, std) of the data normalisations datapipes uses
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+NORM_STATS = {  # (mean, std) of the data normalisations datapipes uses (datapipes.augment.norm_stats: timm's)
+    "imagenet": (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+    "clip": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
 }
 
 

@@ -294,7 +294,7 @@ def build_target(cfg: MVMConfig, encoder: nn.Module) -> Target:
             tokenizer = load_tokenizer_checkpoint(cfg.vq.path)
         table = None
         if cfg.vq.precomputed is not None:
-            from .precompute import load_vq_targets
+            from vl.tools.vq_targets import load_vq_targets
 
             table = load_vq_targets(cfg.vq.precomputed)
         return VQTarget(tokenizer, grid, token_size, input_norm=cfg.input_norm, precomputed=table)
