@@ -9,6 +9,11 @@ initialisation the video embedding is the mean of the CLIP image embeddings.
 Tokens: ``[T temporal CLS tokens, T*P patch tokens]`` (B, T + T*P, output_dim); ``num_prefix_tokens = T``;
 ``pool`` = mean of the temporal CLS tokens. Masks (B, T*P) replace patch embeddings by a learned token.
 
+Token-sparse encoding (``forward_features(video, drop=drop)``, ``drop`` (B, T*P) True = dropped, the same
+number K of patches kept in every frame, see ``vl.models.sparse``): each frame's image ViT runs on its CLS
+token and its K kept patches only, each with the position embedding of its own patch (as FLIP does), and
+the tokens come out as ``[T temporal CLS tokens, T*K kept patch tokens]``.
+
 A ``frame_mask`` (B, T), False for the padded frames of a short clip, is honoured fully: frames pass the
 image tower one by one (padded frames blanked), the temporal transformer does not attend to padded
 frames' CLS tokens, and ``pool`` averages the real frames' CLS tokens only.
@@ -24,7 +29,7 @@ from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from .hub import load_open_clip_weights
-from .layers import VideoEncoder, blank_padded_frames, check_mask, masked_mean, replace_masked
+from .layers import VideoEncoder, blank_padded_frames, check_mask, keep_visible, masked_mean, replace_masked
 from .registry import VIDEO_ENCODERS, build
 
 
@@ -53,6 +58,7 @@ class ClipST(VideoEncoder):
         self.img_size, self.num_frames, self.patch_size = img_size, num_frames, patch_size
         self.embed_dim = output_dim
         self.num_prefix_tokens = num_frames
+        self.token_layout = "per_frame"  # token-sparse encoding: the same count of patches kept in every frame
         self.grid = (num_frames, img_size // patch_size, img_size // patch_size)
         self.token_size = (1, patch_size, patch_size)
         self.visual = VisionTransformer(
@@ -82,29 +88,36 @@ class ClipST(VideoEncoder):
         """Names of the parameters loaded from the open_clip checkpoint (empty when none was given)."""
         return {f"visual.{n}" for n, _ in self.visual.named_parameters()} if self.is_pretrained else set()
 
-    def embed_frames(self, frames: Tensor, mask: Tensor | None) -> Tensor:
-        """frames (B*T, C, H, W), mask (B*T, P) -> CLS + patch embeddings (B*T, 1 + P, width)."""
+    def embed_frames(self, frames: Tensor, mask: Tensor | None, drop: Tensor | None = None) -> Tensor:
+        """frames (B*T, C, H, W), mask (B*T, P) -> CLS + patch embeddings (B*T, 1 + P, width); with ``drop``
+        (B*T, P), the same K patches kept per frame, CLS + kept patch embeddings (B*T, 1 + K, width)."""
         v = self.visual
         x = v.conv1(frames).flatten(2).transpose(1, 2)  # (B*T, P, width)
         if mask is not None:
             x = replace_masked(x, mask, self.mask_token)
         cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)  # (B*T, 1, width)
         x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)  # (B*T, 1 + P, width)
+        if drop is not None:
+            x = torch.cat([x[:, :1], keep_visible(x[:, 1:], drop)], dim=1)  # (B*T, 1 + K, width)
         return v.ln_pre(x)
 
-    def encode_frames(self, video: Tensor, mask: Tensor | None) -> Tensor:
-        """video (B, T, C, H, W) -> per-frame tokens in CLIP space (B, T, 1 + P, output_dim)."""
+    def encode_frames(self, video: Tensor, mask: Tensor | None, drop: Tensor | None = None) -> Tensor:
+        """video (B, T, C, H, W) -> per-frame tokens in CLIP space (B, T, 1 + P or 1 + K, output_dim)."""
         B, T = video.shape[:2]
         if mask is not None:
             mask = check_mask(mask, B, self.num_grid_tokens, "clip_st").view(B * T, -1)  # (B*T, P)
-        x = self.embed_frames(video.flatten(0, 1), mask)  # (B*T, 1 + P, width)
+        if drop is not None:
+            drop = drop.reshape(B * T, -1)  # (B*T, P)
+        x = self.embed_frames(video.flatten(0, 1), mask, drop)  # (B*T, 1 + P or 1 + K, width)
         x = self.visual.transformer(x)
         x = self.visual.ln_post(x) @ self.visual.proj  # (B*T, 1 + P, output_dim)
         return x.view(B, T, x.shape[1], -1)
 
-    def token_keep(self, frame_mask: Tensor | None, mask: Tensor | None = None) -> Tensor | None:
-        """(B, T + T*P) True for the CLS and patch tokens of real frames (None: all)."""
-        keep = super().token_keep(frame_mask)
+    def token_keep(self, frame_mask: Tensor | None, mask: Tensor | None = None,
+                   drop: Tensor | None = None) -> Tensor | None:
+        """(B, T + T*P), or (B, T + T*K) with a token ``drop``, True for the CLS and patch tokens of real frames
+        (None: all)."""
+        keep = super().token_keep(frame_mask, drop=drop)
         if keep is not None:
             keep[:, :self.num_prefix_tokens] = frame_mask.bool()
         return keep
@@ -121,12 +134,14 @@ class ClipST(VideoEncoder):
         return bias.expand(B, heads, T, T).reshape(B * heads, T, T)  # (B*heads, T, T), batch-major
 
     def forward_features(self, video: Tensor, mask: Tensor | None = None,
-                         frame_mask: Tensor | None = None) -> Tensor:
-        """video (B, T, C, H, W), mask (B, T*P) True = masked, frame_mask (B, T) True = real frame -> tokens
-        (B, T + T*P, output_dim)."""
+                         frame_mask: Tensor | None = None, drop: Tensor | None = None) -> Tensor:
+        """video (B, T, C, H, W), mask (B, T*P) True = masked, frame_mask (B, T) True = real frame, drop (B, T*P)
+        True = dropped (K kept per frame) -> tokens (B, T + T*P or T + T*K, output_dim)."""
         self.check_video(video)
+        if drop is not None:
+            drop = self.check_drop(drop, mask, video.shape[0])
         attn_mask = self.temporal_mask(frame_mask)  # (B*heads, T, T) | None
-        x = self.encode_frames(blank_padded_frames(video, frame_mask), mask)  # (B, T, 1 + P, E)
+        x = self.encode_frames(blank_padded_frames(video, frame_mask), mask, drop)  # (B, T, 1 + P or 1 + K, E)
         cls = self.temporal(x[:, :, 0] + self.frame_pos_embed, attn_mask=attn_mask)  # (B, T, E)
         patches = x[:, :, 1:].flatten(1, 2)  # (B, T*P, E)
         return torch.cat([cls, patches], dim=1)

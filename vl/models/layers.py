@@ -7,7 +7,7 @@ rewritten; what it lacks in 3D or for cross-attention lives here.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -187,6 +187,28 @@ def keep_visible(tokens: Tensor, mask: Tensor) -> Tensor:
     return tokens[~mask].view(B, int(counts[0]), D)  # boolean indexing keeps row-major order
 
 
+def check_drop(drop: Tensor, batch: int, grid: tuple[int, int, int], per_frame: bool, owner: str) -> Tensor:
+    """Validate a token-drop mask (B, N_grid) bool, True = dropped (the same convention as an MVM ``mask``):
+    every row must keep the same number of tokens and, with ``per_frame``, every time step of every row too
+    (what per-frame attention over the kept tokens needs). Returns it as bool."""
+    T, H, W = grid
+    drop = check_mask(drop, batch, T * H * W, owner).bool()
+    counts = (~drop).view(batch, T if per_frame else 1, -1).sum(dim=2)  # (B, T' or 1)
+    if bool((counts != counts.flatten()[0]).any()) or int(counts.flatten()[0]) == 0:
+        where = "time step of every clip" if per_frame else "clip"
+        raise ValueError(f"{owner}: a token-drop mask must keep the same, non-zero number of tokens in every {where}, "
+                         f"got kept counts {counts.tolist()}")
+    return drop
+
+
+def kept_cells(drop: Tensor, grid: tuple[int, int, int]) -> Tensor:
+    """drop (B, T'*S) True = dropped, the same count kept in every time step -> (B, T', K) long: the kept
+    spatial cells of each time step in ascending (raster) order, K = kept tokens per time step."""
+    B, T = drop.shape[0], grid[0]
+    keep = ~drop.view(B, T, -1)  # (B, T', S)
+    return keep.nonzero()[:, 2].view(B, T, -1)  # nonzero is row-major: cells ascend within each frame
+
+
 def blank_padded_frames(video: Tensor, frame_mask: Tensor | None) -> Tensor:
     """video (B, T, C, H, W), frame_mask (B, T) True = real -> the video with padded frames set to 0 (the
     normalised mean), so that nothing downstream depends on what the data pipeline filled them with."""
@@ -206,6 +228,15 @@ class VideoEncoder(nn.Module):
     of a short clip: padded frames are blanked, and each family says in its docstring whether its
     attention also ignores them. ``token_keep(frame_mask, mask)`` -> (B, N) True for tokens of real
     frames; ``pool(tokens, keep) -> (B, D)`` averages only those.
+
+    Token-sparse encoding (``vl.models.sparse``): ``forward_features(..., drop=drop)`` with ``drop``
+    (B, N_grid) bool, True = dropped, encodes the clip on the kept grid cells only: dropped cells are
+    removed before the first block (never replaced by a mask token), and the tokens come out as
+    (B, prefix + N_kept, D), the kept ones in (t, h, w) order. ``token_layout`` says which drop masks an
+    encoder takes: ``"any"`` (the same count kept in every clip), ``"per_frame"`` (the same count kept in
+    every time step) or None (cannot drop tokens: ``check_token_layout`` says why).
+    ``token_keep(frame_mask, drop=drop)`` is then (B, prefix + N_kept), and ``pool`` averages the kept
+    tokens of real frames.
     """
 
     embed_dim: int
@@ -215,6 +246,7 @@ class VideoEncoder(nn.Module):
     token_size: tuple[int, int, int]
     num_prefix_tokens: int = 0
     is_pretrained: bool = False
+    token_layout: Literal["any", "per_frame"] | None = None  # which token-drop masks forward_features takes
 
     def __init__(self) -> None:
         super().__init__()
@@ -255,24 +287,46 @@ class VideoEncoder(nn.Module):
                              f"{(~frame_mask.any(dim=1)).nonzero().flatten().tolist()} are all padding")
         return frame_mask.view(B, self.grid[0], -1).any(dim=2)  # (B, T')
 
-    def token_keep(self, frame_mask: Tensor | None, mask: Tensor | None = None) -> Tensor | None:
-        """(B, N) True for the tokens ``forward_features`` returns that belong to real frames (None: all)."""
+    def check_token_layout(self) -> Literal["any", "per_frame"]:
+        """This encoder's ``token_layout``; ValueError saying why when it cannot encode a subset of tokens."""
+        if self.token_layout is None:
+            raise ValueError(f"{type(self).__name__} cannot encode a subset of its tokens (token-sparse encoding)")
+        return self.token_layout
+
+    def check_drop(self, drop: Tensor, mask: Tensor | None, batch: int) -> Tensor:
+        """Validate a token-drop mask for this encoder (see ``check_drop``); a drop and an MVM mask together
+        are refused (MVM encodes its own masked pass)."""
+        layout = self.check_token_layout()
+        if mask is not None:
+            raise ValueError(f"{type(self).__name__}: give a token-drop mask (drop=) or an MVM mask (mask=), not both")
+        return check_drop(drop, batch, self.grid, layout == "per_frame", type(self).__name__)
+
+    def token_keep(self, frame_mask: Tensor | None, mask: Tensor | None = None,
+                   drop: Tensor | None = None) -> Tensor | None:
+        """(B, N) True for the tokens ``forward_features`` returns that belong to real frames (None: all);
+        with a token ``drop`` mask, (B, prefix + N_kept) for the kept tokens."""
         if frame_mask is None:
             return None
         cells = self.frame_keep(frame_mask)  # (B, T')
         grid = cells[:, :, None].expand(-1, -1, self.grid[1] * self.grid[2]).flatten(1)  # (B, N_grid)
+        if drop is not None:
+            grid = keep_visible(grid[..., None], drop.bool())[..., 0]  # (B, N_kept), kept tokens in (t, h, w) order
         prefix = cells.new_ones(cells.shape[0], self.num_prefix_tokens)
-        return torch.cat([prefix, grid], dim=1)  # (B, prefix + N_grid)
+        return torch.cat([prefix, grid], dim=1)  # (B, prefix + N_grid or N_kept)
 
     def pool(self, tokens: Tensor, keep: Tensor | None = None) -> Tensor:
         """tokens (B, N, D), keep (B, N) True = real (None: all) -> (B, D): mean over the real grid tokens."""
         return masked_mean(tokens[:, self.num_prefix_tokens:],
                            None if keep is None else keep[:, self.num_prefix_tokens:])
 
-    def forward(self, video: Tensor, mask: Tensor | None = None, frame_mask: Tensor | None = None) -> Tensor:
-        """video (B, T, C, H, W) -> pooled (B, D)."""
-        tokens = self.forward_features(video, mask, frame_mask)
-        return self.pool(tokens, self.token_keep(frame_mask, mask))
+    def forward(self, video: Tensor, mask: Tensor | None = None, frame_mask: Tensor | None = None,
+                drop: Tensor | None = None) -> Tensor:
+        """video (B, T, C, H, W) -> pooled (B, D) (over the kept tokens of real frames with a ``drop``)."""
+        if drop is None:
+            tokens = self.forward_features(video, mask, frame_mask)
+            return self.pool(tokens, self.token_keep(frame_mask, mask))
+        tokens = self.forward_features(video, mask, frame_mask, drop=drop)
+        return self.pool(tokens, self.token_keep(frame_mask, mask, drop=drop))
 
 
 def masked_mean(tokens: Tensor, keep: Tensor | None) -> Tensor:

@@ -30,6 +30,9 @@ with) and ``pool`` averages the tokens of real frames only, but window attention
 window spanning real and padded frames mixes them, so real tokens near the end of a short clip do see
 the blank padding; masking keys per window would leave all-padding windows with no key to attend, and
 would change the network the public checkpoints were trained as.
+
+Token-sparse encoding (``drop=``, ``vl.models.sparse``) is refused with a ValueError (``token_layout`` is
+None): its windows and merging need every cell of the grid (see ``NO_TOKEN_DROP``).
 """
 
 from __future__ import annotations
@@ -46,6 +49,13 @@ from torchvision.models.video.swin_transformer import PatchEmbed3d, SwinTransfor
 from .layers import VideoEncoder, blank_padded_frames, check_mask, replace_masked, run_blocks
 from .registry import VIDEO_ENCODERS, build
 from .swin3d_checkpoints import load_swin3d_weights
+
+
+NO_TOKEN_DROP = (
+    "swin3d cannot encode a subset of its tokens (token-sparse encoding): its shifted 3D windows and its 2x2 "
+    "patch merging work on the full (T', H', W') grid of every stage, so a dropped token would leave windows of "
+    "unequal length and merged tokens without their neighbours; train swin3d dense (token sparsity keep_ratio "
+    "1.0), or use MVM's mask=, which replaces tokens by a mask token instead of dropping them")
 
 
 class SwinStage(nn.Module):
@@ -152,10 +162,16 @@ class SwinTransformer3D(VideoEncoder):
         mask = mask.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)  # (B, T', H/p, W/p)
         return replace_masked(x.flatten(1, 3), mask.flatten(1), self.mask_token).view_as(x)
 
+    def check_token_layout(self) -> str:
+        """Always a ValueError: Video Swin cannot drop tokens (``NO_TOKEN_DROP`` says why)."""
+        raise ValueError(NO_TOKEN_DROP)
+
     def forward_features(self, video: Tensor, mask: Tensor | None = None,
-                         frame_mask: Tensor | None = None) -> Tensor:
+                         frame_mask: Tensor | None = None, drop: Tensor | None = None) -> Tensor:
         """video (B, T, C, H, W), mask (B, T'*H'*W') True = masked, frame_mask (B, T) True = real frame ->
-        tokens (B, T'*H'*W', D)."""
+        tokens (B, T'*H'*W', D). A token ``drop`` mask raises ValueError (``NO_TOKEN_DROP``)."""
+        if drop is not None:
+            self.check_token_layout()
         if frame_mask is not None:
             self.frame_keep(frame_mask)  # validates its shape and that every clip has a real frame
         x = self.embed(video, mask, frame_mask)

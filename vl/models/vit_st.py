@@ -15,6 +15,26 @@
 
 In every mode but ``joint``, masked tokens are replaced by a learned mask token.
 
+Token-sparse encoding (``forward_features(video, drop=drop)``, ``drop`` (B, N) True = dropped, see
+``vl.models.sparse``) really removes the dropped grid tokens before the first block, in every mode, and
+returns ``[P prefix tokens, kept grid tokens in (t, h, w) order]``; each kept token carries the position
+embedding of its own cell. ``joint`` takes any mask keeping the same count per clip (it is its MVM path:
+attention over the kept tokens only). The per-frame modes (``divided``, ``rolling``, ``none``) need the
+same number K of kept tokens in every time step, since their space attention runs per frame on
+(B*T', K) tokens:
+
+- ``divided``: space attention runs within each frame over its K kept tokens; time attention runs, at
+  each spatial cell, over the time steps that kept that cell (a token kept in one frame only attends to
+  itself in time). With ``tube`` selection (the same cells in every frame) this is the dense block on the
+  sub-grid of kept cells, computed slot by slot; otherwise the queries, keys and values (computed on the
+  kept tokens only) are scattered to the (cell, time) grid for the T'xT' attention, a cheap step beside
+  the per-token projections.
+- ``rolling``: a kept token in the rolled slices (cells of the first ``roll_ratio/2`` and next
+  ``roll_ratio/2`` of the grid, as dense) takes the token of the same cell in the previous / next time
+  step when that step kept the cell (and is a real frame); otherwise it keeps its own, as at a padded
+  neighbour. With ``tube`` selection every rolled cell is kept in every frame.
+- ``none``: attention within each frame over its kept tokens.
+
 A ``frame_mask`` (B, T), False for the padded frames of a short clip, is honoured in every mode: padded
 frames are blanked before the patch embedding and ``pool`` averages the tokens of real frames only;
 ``joint`` masks the attention keys of padded tokens, ``divided`` masks padded time steps in its time
@@ -55,16 +75,18 @@ Hugging Face VideoMAE ``save_pretrained`` folder); ``pretrained_parameter_names`
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from timm.layers import Attention, LayerNorm, build_sincos2d_pos_embed, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from .layers import (PatchEmbed3D, VideoEncoder, blank_padded_frames, check_mask, drop_path_rates, init_weights,
-                     keep_visible, masked_mean, replace_masked, run_blocks, sincos_1d)
+                     keep_visible, kept_cells, masked_mean, replace_masked, run_blocks, sincos_1d)
 from .pretrained import PretrainedFormat, load_vit_st_weights
 from .registry import VIDEO_ENCODERS, build
 
@@ -84,8 +106,28 @@ def sincos_flat(length: int, dim: int, temperature: float = 10000.0) -> Tensor:
     return torch.where(even, angle.sin(), angle.cos()).float()
 
 
-# Every block takes x (B, N, D), the grid (T', H', W') and keep (B, N) bool | None: True for tokens of real
-# frames (see VideoViT.token_keep); blocks never let a real token attend to a padded one.
+# Every block takes x (B, N, D), the grid (T', H', W'), keep (B, N) bool | None: True for tokens of real
+# frames (see VideoViT.token_keep), and slots (FrameSlots | None) for token-sparse per-frame tokens; blocks
+# never let a real token attend to a padded one.
+
+
+@dataclass
+class FrameSlots:
+    """Where the tokens of a token-sparse, per-frame sequence sit: x (B, T'*Q, D) holds Q tokens per time step
+    (its CLS token, then its K kept grid cells), token j of step t at position ``index[b, t, j]`` of the
+    step's ``positions`` (prefix + H'*W'; positions ascend within a step)."""
+
+    index: Tensor  # (B, T', Q) long: the position each token holds in its time step
+    positions: int  # positions per time step in the dense layout (CLS token + H'*W' cells)
+    prefix: int  # CLS tokens per time step (0 or 1), never dropped and never rolled
+    tube: bool  # every time step holds the same positions (time attention then runs slot by slot)
+
+    @classmethod
+    def from_cells(cls, cells: Tensor, spatial: int, prefix: int) -> "FrameSlots":
+        """cells (B, T', K) kept grid cells, ascending -> slots with ``prefix`` CLS positions first."""
+        B, T, _ = cells.shape
+        index = torch.cat([torch.arange(prefix, device=cells.device).expand(B, T, prefix), cells + prefix], dim=2)
+        return cls(index, prefix + spatial, prefix, bool((cells == cells[:, :1]).all()))
 
 
 def time_keep(keep: Tensor | None, T: int) -> Tensor | None:
@@ -97,7 +139,7 @@ class JointBlock(Block):
     """timm ViT block over all space-time tokens: (B, N, D) -> (B, N, D); padded tokens are not attended."""
 
     def forward(self, x: Tensor, grid: tuple[int, int, int],  # type: ignore[override]
-                keep: Tensor | None = None) -> Tensor:
+                keep: Tensor | None = None, slots: FrameSlots | None = None) -> Tensor:
         return super().forward(x, attn_mask=None if keep is None else keep[:, None, None, :])  # (B, 1, 1, N)
 
 
@@ -105,7 +147,7 @@ class FrameBlock(Block):
     """timm ViT block applied to each frame separately: (B, T'*S, D) -> (B, T'*S, D)."""
 
     def forward(self, x: Tensor, grid: tuple[int, int, int],  # type: ignore[override]
-                keep: Tensor | None = None) -> Tensor:
+                keep: Tensor | None = None, slots: FrameSlots | None = None) -> Tensor:
         B, N, D = x.shape
         T = grid[0]
         x = super().forward(x.reshape(B * T, N // T, D))  # (B*T', S, D)
@@ -129,6 +171,31 @@ def roll_tokens(x: Tensor, ratio: float, frames: Tensor | None = None) -> Tensor
     return torch.cat([from_prev, from_next, x[:, :, 2 * fold:]], dim=2)
 
 
+def roll_sources(slots: FrameSlots, ratio: float, frames: Tensor | None = None) -> Tensor:
+    """``roll_tokens`` for token-sparse frames, as indices: (B, T'*Q) long, the token of the flat (B, T'*Q)
+    sequence each token takes. A token whose cell lies in the first ``ratio/2`` of the grid cells takes the
+    same cell of the previous time step, one in the next ``ratio/2`` that of the following step (cyclic),
+    when that step kept the cell and is real (``frames`` (B, T')); every other token (CLS tokens included)
+    keeps its own."""
+    index = slots.index  # (B, T', Q)
+    B, T, Q = index.shape
+    own = torch.arange(T * Q, device=index.device).view(1, T, Q).expand(B, T, Q)
+    fold = int((slots.positions - slots.prefix) * ratio) // 2
+    if fold == 0 or T == 1:
+        return own.flatten(1)
+    slot_of = index.new_full((B, T, slots.positions), -1).scatter_(2, index, own % Q)  # (B, T', positions)
+    cell = index - slots.prefix  # (B, T', Q); negative for CLS tokens
+    steps = torch.arange(T, device=index.device)[None, :, None]  # (1, T', 1)
+    source = own
+    for shift, lo, hi in ((-1, fold, 2 * fold), (1, 0, fold)):  # next first, so that prev wins (slices are disjoint)
+        src_slot = slot_of.roll(shift, dims=1).gather(2, index)  # (B, T', Q): same cell, step t - shift
+        ok = (cell >= lo) & (cell < hi) & (src_slot >= 0)
+        if frames is not None:
+            ok = ok & frames.roll(shift, dims=1)[:, :, None]
+        source = torch.where(ok, (steps - shift) % T * Q + src_slot, source)
+    return source.flatten(1)
+
+
 class RollingBlock(Block):
     """All-in-one block: per-frame attention whose input has tokens rolled across adjacent frames. The first
     ``roll_skip`` tokens of each frame (its CLS token) are never rolled."""
@@ -138,12 +205,16 @@ class RollingBlock(Block):
         self.roll_ratio, self.roll_skip = roll_ratio, roll_skip
 
     def forward(self, x: Tensor, grid: tuple[int, int, int],  # type: ignore[override]
-                keep: Tensor | None = None) -> Tensor:
+                keep: Tensor | None = None, slots: FrameSlots | None = None) -> Tensor:
         B, N, D = x.shape
         T, k = grid[0], self.roll_skip
-        frames = x.view(B, T, N // T, D)  # (B, T', k + S, D)
-        patches = roll_tokens(frames[:, :, k:], self.roll_ratio, time_keep(keep, T))  # (B, T', S, D)
-        rolled = torch.cat([frames[:, :, :k], patches], dim=2)  # (B, T', k + S, D)
+        if slots is None:
+            frames = x.view(B, T, N // T, D)  # (B, T', k + S, D)
+            patches = roll_tokens(frames[:, :, k:], self.roll_ratio, time_keep(keep, T))  # (B, T', S, D)
+            rolled = torch.cat([frames[:, :, :k], patches], dim=2)  # (B, T', k + S, D)
+        else:  # token-sparse: Q = k + K tokens per time step
+            source = roll_sources(slots, self.roll_ratio, time_keep(keep, T))  # (B, N)
+            rolled = x.gather(1, source[:, :, None].expand(-1, -1, D))  # (B, N, D)
         rolled = rolled.reshape(B * T, N // T, D)  # (B*T', S, D)
         x = x.reshape(B * T, N // T, D)  # (B*T', S, D)
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(rolled))))
@@ -161,16 +232,47 @@ class DividedBlock(Block):
         self.temporal_fc = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, grid: tuple[int, int, int],  # type: ignore[override]
-                keep: Tensor | None = None) -> Tensor:
+                keep: Tensor | None = None, slots: FrameSlots | None = None) -> Tensor:
         B, N, D = x.shape
-        T, S = grid[0], N // grid[0]
+        T, S = grid[0], N // grid[0]  # token-sparse: S = the Q tokens kept per time step
         frames = time_keep(keep, T)  # (B, T') | None
+        if slots is not None and not slots.tube:  # time attention per cell over the steps that kept it
+            xt = x.view(B, T, S, D)
+            xt = xt + self.drop_path1(self.temporal_fc(self.sparse_time_attention(xt, slots, frames)))
+            xs = xt.reshape(B * T, S, D)  # (B*T', S, D)
+            return super().forward(xs).reshape(B, N, D)
         time_mask = None if frames is None else frames.repeat_interleave(S, dim=0)[:, None, None, :]  # (B*S, 1, 1, T')
         xt = x.view(B, T, S, D).transpose(1, 2).reshape(B * S, T, D)  # (B*S, T', D)
         xt = xt + self.drop_path1(self.temporal_fc(self.attn_t(self.norm_t(xt), attn_mask=time_mask)))
         xs = xt.view(B, S, T, D).transpose(1, 2).reshape(B * T, S, D)  # (B*T', S, D)
         xs = super().forward(xs)  # space attention + MLP
         return xs.reshape(B, N, D)
+
+
+    def sparse_time_attention(self, x: Tensor, slots: FrameSlots, frames: Tensor | None) -> Tensor:
+        """``attn_t(norm_t(.))`` of token-sparse frames x (B, T', Q, D) -> (B, T', Q, D): each token attends to
+        the tokens of its own position in the time steps that kept it (and are real frames). Projections run
+        on the kept tokens only; the T'xT' attention runs on the (position, time) grid."""
+        attn, (B, T, Q, D), P = self.attn_t, x.shape, slots.positions
+        h, hd = attn.num_heads, attn.head_dim
+        index = slots.index[..., None]  # (B, T', Q, 1)
+        qkv = attn.qkv(self.norm_t(x))  # (B, T', Q, 3D)
+        grid = qkv.new_zeros(B, T, P, qkv.shape[-1]).scatter(2, index.expand_as(qkv), qkv)  # (B, T', P, 3D)
+        present = torch.zeros(B, T, P, dtype=torch.bool, device=x.device).scatter(2, slots.index, True)
+        if frames is not None:
+            present = present & frames[:, :, None]
+        present = present | ~present.any(dim=1, keepdim=True)  # a position no step kept: its rows are discarded
+        grid = grid.view(B, T, P, 3, h, hd).permute(3, 0, 2, 4, 1, 5).reshape(3, B * P, h, T, hd)
+        q, k, v = grid.unbind(0)  # (B*P, h, T', hd) each
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        key_mask = present.transpose(1, 2).reshape(B * P, 1, 1, T)  # (B*P, 1, 1, T')
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask,
+                                             dropout_p=attn.attn_drop.p if self.training else 0.0)
+        out = out.permute(0, 2, 1, 3).reshape(B, P, T, D).transpose(1, 2)  # (B, T', P, D)
+        out = attn.norm(out.gather(2, index.expand(-1, -1, -1, D)))  # (B, T', Q, D)
+        if attn.gate is not None:
+            out = out * attn.gate(self.norm_t(x)).sigmoid()
+        return attn.proj_drop(attn.proj(out))
 
 
 BLOCKS: dict[str, type[Block]] = {
@@ -223,6 +325,7 @@ class VideoViT(VideoEncoder):
         if norm_eps is None:  # timm's ViTs use 1e-6; from scratch, PyTorch's LayerNorm default
             norm_eps = 1e-6 if pretrained is not None and pretrained_format == "timm" else 1e-5
         self.img_size, self.num_frames, self.temporal = img_size, num_frames, temporal
+        self.token_layout = "any" if temporal == "joint" else "per_frame"  # token-sparse encoding (drop=)
         self.patch_size, self.tubelet_size, self.embed_dim = patch_size, tubelet_size, embed_dim
         self.grid = (num_frames // tubelet_size, img_size // patch_size, img_size // patch_size)
         self.token_size = (tubelet_size, patch_size, patch_size)
@@ -303,16 +406,17 @@ class VideoViT(VideoEncoder):
             pos = pos + self.pos_embed_time[:, :, None, :]
         return pos.flatten(1, 2)  # (1, N, D)
 
-    def token_keep(self, frame_mask: Tensor | None, mask: Tensor | None = None) -> Tensor | None:
-        """(B, P + N or P + N_visible) True for tokens of real frames, in the order ``forward_features``
-        returns them (a frame's CLS token is real when its time step holds a real frame)."""
-        keep = super().token_keep(frame_mask)  # (B, P + N)
+    def token_keep(self, frame_mask: Tensor | None, mask: Tensor | None = None,
+                   drop: Tensor | None = None) -> Tensor | None:
+        """(B, P + N, P + N_visible or P + N_kept) True for tokens of real frames, in the order
+        ``forward_features`` returns them (a frame's CLS token is real when its time step holds a real frame)."""
+        keep = super().token_keep(frame_mask, drop=drop)  # (B, P + N or P + N_kept)
         if keep is None:
             return None
         P = self.num_prefix_tokens
         if P:
             keep[:, :P] = self.frame_keep(frame_mask)
-        if mask is None or self.mask_token is not None:
+        if mask is None or self.mask_token is not None or drop is not None:
             return keep
         mask = check_mask(mask, keep.shape[0], self.num_grid_tokens, "vit_st")
         return torch.cat([keep[:, :P], keep_visible(keep[:, P:, None], mask)[..., 0]], dim=1)  # (B, P + N_visible)
@@ -338,6 +442,20 @@ class VideoViT(VideoEncoder):
             cls = cls + self.pos_embed_time
         return torch.cat([cls, x], dim=1)  # (B, T' + N, D)
 
+    def embed_kept(self, video: Tensor, cells: Tensor, frame_mask: Tensor | None = None) -> Tensor:
+        """Token-sparse embedding for the per-frame modes: video (B, T, C, H, W), cells (B, T', K) kept cells
+        of each time step -> (B, P + T'*K, D), CLS tokens first, each kept token with its own cell's position."""
+        self.check_video(video)
+        x = self.patch_embed(blank_padded_frames(video, frame_mask)).flatten(2, 3)  # (B, T', S, D)
+        x = (x + self.pos_embed().view(1, *x.shape[1:])).gather(2, cells[..., None].expand(-1, -1, -1, x.shape[-1]))
+        x = x.flatten(1, 2)  # (B, T'*K, D)
+        if self.cls_token is None:
+            return x
+        cls = self.cls_token.expand(x.shape[0], self.grid[0], -1)  # (B, T', D)
+        if self.pos_embed_time is not None:
+            cls = cls + self.pos_embed_time
+        return torch.cat([cls, x], dim=1)  # (B, T' + T'*K, D)
+
     def frame_major(self, x: Tensor) -> Tensor:
         """(B, T' + T'*S, ...) CLS tokens first -> (B, T'*(1 + S), ...) each frame's CLS token before its grid."""
         T = self.grid[0]
@@ -350,10 +468,16 @@ class VideoViT(VideoEncoder):
         return torch.cat([x[:, :, 0], x[:, :, 1:].flatten(1, 2)], dim=1)
 
     def forward_features(self, video: Tensor, mask: Tensor | None = None,
-                         frame_mask: Tensor | None = None) -> Tensor:
-        """video (B, T, C, H, W), mask (B, N) True = masked, frame_mask (B, T) True = real frame -> tokens
-        (B, P + N or P + N_visible, D). The per-frame modes run on frame-major tokens (each CLS token before
-        its frame's grid, which is how their blocks split frames); ``joint`` runs on the output order."""
+                         frame_mask: Tensor | None = None, drop: Tensor | None = None) -> Tensor:
+        """video (B, T, C, H, W), mask (B, N) True = masked, frame_mask (B, T) True = real frame, drop (B, N)
+        True = dropped (token-sparse encoding, see the module doc) -> tokens (B, P + N, P + N_visible or
+        P + N_kept, D). The per-frame modes run on frame-major tokens (each CLS token before its frame's grid,
+        which is how their blocks split frames); ``joint`` runs on the output order."""
+        if drop is not None:
+            drop = self.check_drop(drop, mask, video.shape[0])
+            if self.temporal == "joint":  # joint attention over the kept tokens: the MVM path
+                return self.forward_features(video, drop, frame_mask)
+            return self.forward_kept(video, drop, frame_mask)
         keep = self.token_keep(frame_mask, mask)  # (B, P + N or P + N_visible) | None
         x = self.embed(video, mask, frame_mask)
         per_frame = self.num_prefix_tokens > 0 and self.temporal != "joint"
@@ -362,6 +486,20 @@ class VideoViT(VideoEncoder):
         x = run_blocks(self.blocks, x, self.grad_checkpointing, self.grid, keep)
         x = self.norm(x)
         return self.prefix_first(x) if per_frame else x
+
+    def forward_kept(self, video: Tensor, drop: Tensor, frame_mask: Tensor | None = None) -> Tensor:
+        """Token-sparse per-frame modes: video (B, T, C, H, W), drop (B, N) with K kept tokens per time step ->
+        tokens (B, P + T'*K, D), CLS tokens first."""
+        cells = kept_cells(drop, self.grid)  # (B, T', K)
+        keep = self.token_keep(frame_mask, drop=drop)  # (B, P + T'*K) | None
+        x = self.embed_kept(video, cells, frame_mask)  # (B, P + T'*K, D)
+        P = self.num_prefix_tokens
+        if P:
+            x, keep = self.frame_major(x), None if keep is None else self.frame_major(keep)
+        slots = FrameSlots.from_cells(cells, self.grid[1] * self.grid[2], int(P > 0))
+        x = run_blocks(self.blocks, x, self.grad_checkpointing, self.grid, keep, slots)
+        x = self.norm(x)
+        return self.prefix_first(x) if P else x
 
     def pool(self, tokens: Tensor, keep: Tensor | None = None) -> Tensor:
         """tokens (B, P + N, D), keep (B, P + N) | None -> (B, D): the mean of the real frames' CLS tokens

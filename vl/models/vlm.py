@@ -86,15 +86,21 @@ class VideoLanguageModel(nn.Module):
         return copy.deepcopy(self._config)
 
     # -- encoders -------------------------------------------------------------------------------
-    def encode_video(self, video: Tensor, mask: Tensor | None = None,
-                     frame_mask: Tensor | None = None) -> dict[str, Tensor]:
+    def encode_video(self, video: Tensor, mask: Tensor | None = None, frame_mask: Tensor | None = None,
+                     drop: Tensor | None = None) -> dict[str, Tensor]:
         """video (B, T, C, H, W), mask (B, N_grid) True = masked, frame_mask (B, T) True = real frame
         (``Batch.frame_mask``; None: every frame is real) -> tokens (B, N, Dv), pooled (B, Dv) over the
         real frames only and, with a ``frame_mask``, token_mask (B, N) True for tokens of real frames (the
-        ``video_mask`` to give ``fuse``)."""
+        ``video_mask`` to give ``fuse``). ``drop`` (B, N_grid) True = dropped encodes the clip on the kept
+        tokens only (token-sparse pretraining, ``vl.models.sparse.TokenSparsity``): tokens, token_mask and
+        the pooled embedding then cover the kept tokens (B, prefix + N_kept). Evaluation passes no ``drop``."""
         encoder = self.video_encoder
-        tokens = encoder.forward_features(video, mask, frame_mask)
-        keep = encoder.token_keep(frame_mask, mask)  # (B, N) | None
+        if drop is None:  # the dense path, exactly as before token sparsity existed
+            tokens = encoder.forward_features(video, mask, frame_mask)
+            keep = encoder.token_keep(frame_mask, mask)  # (B, N) | None
+        else:
+            tokens = encoder.forward_features(video, mask, frame_mask, drop=drop)
+            keep = encoder.token_keep(frame_mask, mask, drop=drop)  # (B, prefix + N_kept) | None
         out = {"tokens": tokens, "pooled": encoder.pool(tokens, keep)}
         if keep is not None:
             out["token_mask"] = keep
@@ -137,17 +143,18 @@ class VideoLanguageModel(nn.Module):
         return logits[:, 1] - logits[:, 0]  # (P,)
 
     def forward(self, video: Tensor, text_ids: Tensor, text_mask: Tensor,
-                video_token_mask: Tensor | None = None, frame_mask: Tensor | None = None) -> dict[str, Tensor]:
+                video_token_mask: Tensor | None = None, frame_mask: Tensor | None = None,
+                drop: Tensor | None = None) -> dict[str, Tensor]:
         """One pass over matched pairs -> embeddings and logits (no losses). ``frame_mask`` (B, T) False
         marks padded frames: the video embedding averages real frames and the fusion does not attend to
-        padded frames' tokens.
+        padded frames' tokens. ``drop`` (B, N_grid): token-sparse encoding (see ``encode_video``).
 
         Returns ``video_tokens`` (B, N, Dv), ``text_tokens`` (B, L, Dt), ``video_embeds`` / ``text_embeds``
         (B, E) normalised, ``logit_scale`` (the log-space parameter, as ``VTCLoss`` takes it),
         ``fused_text_tokens`` (B, L, D), ``fused_cls`` (B, D), ``fused_pooled`` (B, D) (by the fusion's
         ``pool``) and, with a VTM head, ``vtm_logits`` (B, 2) of ``fused_pooled`` for these (positive) pairs.
         """
-        v = self.encode_video(video, video_token_mask, frame_mask)
+        v = self.encode_video(video, video_token_mask, frame_mask, drop)
         t = self.encode_text(text_ids, text_mask)
         fused = self.fuse(v["tokens"], t["tokens"], text_mask, v.get("token_mask"))
         out = {
