@@ -241,11 +241,12 @@ def test_pretraining_test_writes_and_prints_reversal_accuracy(tmp_path, synth_di
 
     import lightning.pytorch as pl
 
+    import vl.lit.module as base
     import vl.lit.pretrain as pretrain
     from vl.lit.data import VideoTextDataModule
 
     printed: list[str] = []
-    monkeypatch.setattr(pretrain, "rank_zero_info", lambda msg, *a, **k: printed.append(str(msg)))
+    monkeypatch.setattr(base, "rank_zero_info", lambda msg, *a, **k: printed.append(str(msg)))
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     torch.manual_seed(0)
     module = pretrain.PretrainModule(video=ORDER_BLIND)

@@ -21,7 +21,7 @@ from vl.metrics import gt_ranks
 from vl.models import create_model
 from vl.objectives import MATCH_SCORES
 from vl.tasks import CaptioningModule, MultipleChoiceModule, QAModule, RetrievalModule
-from vl.tasks.base import with_heads
+from vl.lit.module import with_heads
 from vl.tasks.captioning import beam_search, greedy_decode
 from vl.tasks.metrics import AnswerVocab
 from vl.tasks.multiple_choice import choice_scores
@@ -517,8 +517,8 @@ def test_captioning_training_and_generation_ignore_padded_frames() -> None:
         steps.clear()
         loss = module.compute_losses(b)["caption_loss"]
         module.eval_step(b, "test")
-        captions = [o["prediction"] for o in module._outputs]
-        module._outputs.clear()
+        captions = [o["prediction"] for o in module.eval_outputs]
+        module.eval_outputs.clear()
         return {"loss": loss, "steps": [s.clone() for s in steps], "captions": captions}
 
     try:
@@ -572,7 +572,7 @@ def test_retrieval_reversal_accuracy_of_an_order_blind_model_is_exactly_chance()
 def test_retrieval_test_writes_and_prints_reversal_accuracy(tmp_path: Path, synth_dir: dict, monkeypatch) -> None:
     """``vl test`` of a retrieval model: ``reversal_acc`` / ``shuffle_acc`` (and their caption counts) in
     test_metrics.json, and beside R@1 in the printed summary."""
-    import vl.tasks.base as base
+    import vl.lit.module as base
 
     printed: list[str] = []
     monkeypatch.setattr(base, "rank_zero_info", lambda msg, *a, **k: printed.append(str(msg)))

@@ -2,6 +2,8 @@
 
 from vl.lit.callbacks import CPUThreads, SaveLastOnTrainEnd
 from vl.lit.data import SkipCounter, VideoTextDataModule
+from vl.lit.module import BackboneConfig, VLModule
 from vl.lit.pretrain import Objectives, PretrainModule
 
-__all__ = ["CPUThreads", "Objectives", "PretrainModule", "SaveLastOnTrainEnd", "SkipCounter", "VideoTextDataModule"]
+__all__ = ["BackboneConfig", "CPUThreads", "Objectives", "PretrainModule", "SaveLastOnTrainEnd", "SkipCounter",
+           "VLModule", "VideoTextDataModule"]

@@ -18,6 +18,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
+from datapipes.batch import Batch
 from datapipes.pipeline import (
     SKIP_REASONS,
     ClipConfig,
@@ -26,6 +27,7 @@ from datapipes.pipeline import (
     build_train_loader,
     resolve_datasets,
 )
+from datapipes.text import Tokenize
 
 ShardArg = Optional[Union[str, list[str]]]
 
@@ -38,7 +40,9 @@ class VideoTextDataModule(pl.LightningDataModule):
             takes its pattern from ``root/splits.json`` when there is one (``vl data synth`` writes it).
         train_shards: training shards: a spec (path, brace pattern ``a/{000..009}.tar``, glob, URL,
             ``pipe:cmd``) or a list; with ``train_weights`` each list entry is one dataset.
-        val_shards, test_shards, predict_shards: evaluation shards, every sample read once.
+        val_shards, test_shards, predict_shards: evaluation shards, every sample read once (``vl predict``
+            embeds the clips and captions of ``predict_shards``).
+        predict_texts: a UTF-8 text file, one caption per line, whose text embeddings ``vl predict`` writes.
         train_weights: sampling weight per training dataset, e.g. ``[0.7, 0.3]``.
         tokenizer: text tokenizer: ``minilm`` (packaged) or a local Hugging Face directory.
         max_text_len: tokens per text row (padded).
@@ -73,6 +77,7 @@ class VideoTextDataModule(pl.LightningDataModule):
         val_shards: ShardArg = None,
         test_shards: ShardArg = None,
         predict_shards: ShardArg = None,
+        predict_texts: Optional[str] = None,
         train_weights: Optional[list[float]] = None,
         tokenizer: str = "minilm",
         max_text_len: int = 32,
@@ -150,10 +155,18 @@ class VideoTextDataModule(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         """Check the shard lists of ``stage`` now, so a bad path fails at start with a clear message."""
         splits = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["predict"]}
+        if stage == "predict" and self.hparams.predict_texts is not None:
+            if not os.path.isfile(self.hparams.predict_texts):
+                raise FileNotFoundError(f"data.init_args.predict_texts: no file {self.hparams.predict_texts}")
+            if self.shards("predict") is None:
+                return
         for split in splits.get(stage, []):
             spec = self.shards(split)
             if spec is None and split == "val" and stage == "fit":
                 continue  # fitting without validation
+            if spec is None and stage == "predict":
+                raise ValueError("`predict` needs data.init_args.predict_shards (clips and their captions) or "
+                                 "data.init_args.predict_texts (a text file, one caption per line)")
             if spec is None:
                 raise ValueError(f"`{stage}` needs data.init_args.{split}_shards (a path, brace pattern or URL "
                                  f"of shards) or a root with a splits.json")
@@ -226,8 +239,32 @@ class VideoTextDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self.shards("test"), "test")
 
-    def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.shards("predict"), "test")
+    def predict_dataloader(self) -> list[DataLoader]:
+        """The clips of ``predict_shards`` (test-time sampling) and the lines of ``predict_texts``, each given."""
+        loaders = []
+        if self.shards("predict") is not None:
+            loaders.append(self._eval_loader(self.shards("predict"), "test"))
+        if self.hparams.predict_texts is not None:
+            h = self.hparams
+            batches = caption_batches(h.predict_texts, Tokenize(self.tokenizer, h.max_text_len),
+                                      h.eval_batch_size or h.batch_size)
+            loaders.append(DataLoader(batches, batch_size=None))
+        return loaders
+
+
+def caption_batches(path: str, tokenize: Tokenize, batch_size: int) -> list[Batch]:
+    """The non-empty lines of the text file ``path`` as text-only ``Batch``es (no clips: ``video`` (0, 0, 0, 0, 0))
+    of ``batch_size`` captions each."""
+    with open(path, encoding="utf-8") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    if not lines:
+        raise ValueError(f"data.init_args.predict_texts: {path} has no caption (one caption per line)")
+    batches = []
+    for i in range(0, len(lines), batch_size):
+        ids, mask = tokenize(lines[i: i + batch_size])  # (n, L) each
+        batches.append(Batch(video=torch.zeros(0, 0, 0, 0, 0), text_ids=ids, text_mask=mask, keys=[],
+                             captions=lines[i: i + batch_size]))
+    return batches
 
 
 class SkipCounter(pl.Callback):

@@ -5,7 +5,8 @@
 - ``MultipleChoiceModule`` (multiple_choice.py): VTM scoring of each choice, softmax over the choices.
 - ``CaptioningModule`` (captioning.py): the fusion as a causal decoder; greedy and beam search.
 
-Each is a LightningModule for ``vl fit|test -c configs/finetune/<benchmark>_<task>.yaml``.
+Each is a ``vl.lit.module.VLModule`` (backbone, speed switches, training step, checkpoints, reports and
+``vl predict`` shared with pretraining) for ``vl fit|test|predict -c configs/finetune/<benchmark>_<task>.yaml``.
 """
 
 from vl.tasks.captioning import CaptioningModule

@@ -11,7 +11,6 @@ METEOR is reported unavailable where Java is missing).
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Optional
 
 import torch
@@ -20,11 +19,11 @@ from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from datapipes.batch import Batch
+from vl.lit.module import VTC_PARAMETERS, BackboneConfig, VLModule, require_finite_outputs
 from vl.lit.optim import OptimConfig
 from vl.models import VideoLanguageModel
 from vl.models.hub import load_tokenizer
 from vl.metrics import NonFiniteError, nonfinite_message
-from vl.tasks.base import FinetuneModule, require_finite_outputs
 from vl.tasks.metrics import caption_metrics
 
 StepFn = Callable[[Tensor], Tensor]  # prefixes (M, t) long -> log-probs of the next token (M, V)
@@ -136,27 +135,23 @@ def special_ids(tokenizer: Any) -> tuple[int, int, list[int]]:
 # ---------------------------------------------------------------- LightningModule
 
 
-class CaptioningModule(FinetuneModule):
+class CaptioningModule(VLModule):
     """Captioning with the fusion as a causal decoder; LM head = the model's MLM head (tied to the words).
 
-    Args (besides ``FinetuneModule``'s):
+    Args (besides ``BackboneConfig``'s, given by keyword: ``model``, ``video``, ..., ``init_from``):
         tokenizer: the data's tokenizer (``minilm`` or a local directory): begin/end ids and decoding.
         max_len: the most tokens a generated caption has (its end token included); also the longest
             caption prefix trained on (longer training captions are cut).
-        beam_size: 1 decodes greedily; more runs beam search.
-        length_penalty: beam hypotheses are ranked by log-prob / length ** length_penalty.
+        beam_size: 1 decodes greedily; more runs beam search (an evaluation option).
+        length_penalty: beam hypotheses are ranked by log-prob / length ** length_penalty (an evaluation option).
         label_smoothing: of the next-token cross-entropy.
         embed_dropout: dropout on the decoder's input embeddings.
+        optim: AdamW + warmup/cosine settings.
+        max_consecutive_nonfinite: stop after this many steps in a row with a NaN/inf loss.
     """
 
     def __init__(
         self,
-        model: str = "vl_tiny",
-        video: Optional[dict] = None,
-        text: Optional[dict] = None,
-        fusion: Optional[dict] = None,
-        embed_dim: Optional[int] = None,
-        init_from: Optional[str] = None,
         tokenizer: str = "minilm",
         max_len: int = 20,
         beam_size: int = 1,
@@ -165,13 +160,17 @@ class CaptioningModule(FinetuneModule):
         embed_dropout: float = 0.1,
         optim: OptimConfig = OptimConfig(),
         max_consecutive_nonfinite: int = 5,
-        grad_checkpointing: bool = False,
+        **backbone: Any,
     ) -> None:
         if max_len < 1 or beam_size < 1:
             raise ValueError(f"max_len and beam_size must be >= 1, got {max_len} and {beam_size}")
-        super().__init__(model, video, text, fusion, embed_dim, init_from, optim, max_consecutive_nonfinite,
-                         grad_checkpointing, heads=("mlm",))
-        self.save_task_hyperparameters(inspect.currentframe(), evaluation=("beam_size", "length_penalty"))
+        super().__init__(
+            BackboneConfig(**backbone), heads=("mlm",), frozen=VTC_PARAMETERS, optim=optim,
+            max_consecutive_nonfinite=max_consecutive_nonfinite,
+            options=dict(tokenizer=tokenizer, max_len=max_len, label_smoothing=label_smoothing,
+                         embed_dropout=embed_dropout),
+            evaluation=dict(beam_size=beam_size, length_penalty=length_penalty),
+        )
         self.tokenizer = load_tokenizer(tokenizer)
         self.bos, self.eos, self.never = special_ids(self.tokenizer)
         if len(self.tokenizer) > self.model.mlm_head.decoder.out_features:
@@ -179,7 +178,6 @@ class CaptioningModule(FinetuneModule):
                              f"vocabulary ({self.model.mlm_head.decoder.out_features})")
         words = self.model.text_encoder.word_embeddings
         self.embed = CaptionEmbedding(words.embedding_dim, self.model.text_encoder.embed_dim, max_len, embed_dropout)
-        self._outputs: list[dict] = []
 
     def unused_parameters(self, model: VideoLanguageModel) -> set[str]:
         """The VTC parts and the text encoder's layers: captions enter the fusion as word embeddings only."""
@@ -265,7 +263,12 @@ class CaptioningModule(FinetuneModule):
         captions = [self.tokenizer.decode(i, skip_special_tokens=True).strip() for i in ids]
         references = batch.references or [[] for _ in captions]
         for key, caption, refs, ok in zip(batch.keys, captions, references, finite):
-            self._outputs.append({"key": key, "prediction": caption, "references": list(refs), "finite": ok})
+            self.eval_outputs.append({"key": key, "prediction": caption, "references": list(refs), "finite": ok})
+
+    def predict(self, batch: Batch) -> dict[str, list[dict]]:
+        """``vl predict``: the generated caption of each clip."""
+        captions = self.generate(batch.video, frame_mask=batch.frame_mask)
+        return {"rows": [{"key": key, "caption": caption} for key, caption in zip(batch.keys, captions)]}
 
     def finish_eval(self, split: str) -> None:
         outputs = self.take_outputs()

@@ -10,18 +10,18 @@ fine-tuned model. Accuracy overall and per question type (``vl.tasks.metrics``).
 
 from __future__ import annotations
 
-import inspect
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from datapipes.batch import Batch
+from vl.lit.module import VTC_PARAMETERS, BackboneConfig, VLModule, require_finite_outputs
 from vl.lit.optim import OptimConfig
+from vl.metrics import require_finite
 from vl.models import VideoLanguageModel
 from vl.objectives import match_score
-from vl.tasks.base import FinetuneModule, require_finite_outputs
 from vl.tasks.metrics import multiple_choice_accuracy
 
 SCORES = ("vtm", "vtm+vtc")  # VTM log-odds alone, or plus the dual encoder's logit (vl.objectives.match_score)
@@ -56,38 +56,30 @@ def choice_texts(meta: dict, question: str) -> Optional[list[str]]:
     return None
 
 
-class MultipleChoiceModule(FinetuneModule):
+class MultipleChoiceModule(VLModule):
     """Multiple-choice QA by VTM scoring of each choice, softmax over the choices.
 
-    Args: ``FinetuneModule``'s (start from a pretrained checkpoint with ``init_from`` for zero-shot
-    testing or fine-tuning), and ``score``: ``vtm`` (the VTM head's match log-odds) or ``vtm+vtc`` (plus
-    the dual encoder's logit, scale x cosine, of the video and the question + choice: the score
-    ``vl.objectives.match_score`` ranks retrieval re-ranking by). The VTM head binds words to what the video shows
-    through the fusion layers; it starts from the pretraining VTM head, so a checkpoint whose VTM never
-    left its prior (trained on hard negatives only, see ``vl.objectives.vtm``) starts at chance, and
-    ``vtm+vtc`` lets the dual encoder, which already ranks captions (MSRVTT-MC is often scored by it
-    alone), carry such a model.
+    Args: ``BackboneConfig``'s by keyword (start from a pretrained checkpoint with ``init_from`` for zero-shot
+    testing or fine-tuning), ``optim``, ``max_consecutive_nonfinite``, and ``score``: ``vtm`` (the VTM head's
+    match log-odds) or ``vtm+vtc`` (plus the dual encoder's logit, scale x cosine, of the video and the
+    question + choice: the score ``vl.objectives.match_score`` ranks retrieval re-ranking by). The VTM head
+    binds words to what the video shows through the fusion layers; it starts from the pretraining VTM head,
+    so a checkpoint whose VTM never left its prior (trained on hard negatives only, see ``vl.objectives.vtm``)
+    starts at chance, and ``vtm+vtc`` lets the dual encoder, which already ranks captions (MSRVTT-MC is often
+    scored by it alone), carry such a model. The VTC projections stay frozen either way.
     """
 
     def __init__(
         self,
-        model: str = "vl_tiny",
-        video: Optional[dict] = None,
-        text: Optional[dict] = None,
-        fusion: Optional[dict] = None,
-        embed_dim: Optional[int] = None,
-        init_from: Optional[str] = None,
+        score: str = "vtm",
         optim: OptimConfig = OptimConfig(),
         max_consecutive_nonfinite: int = 5,
-        grad_checkpointing: bool = False,
-        score: str = "vtm",
+        **backbone: Any,
     ) -> None:
-        super().__init__(model, video, text, fusion, embed_dim, init_from, optim, max_consecutive_nonfinite,
-                         grad_checkpointing, heads=("vtm",))
         if score not in SCORES:
             raise ValueError(f"multiple choice: score must be one of {SCORES}, got {score!r}")
-        self.save_task_hyperparameters(inspect.currentframe())
-        self._outputs: list[dict] = []
+        super().__init__(BackboneConfig(**backbone), heads=("vtm",), frozen=VTC_PARAMETERS, optim=optim,
+                         max_consecutive_nonfinite=max_consecutive_nonfinite, options=dict(score=score))
 
     def scores(self, batch: Batch) -> Tensor:
         """(B, K) choice scores of the batch."""
@@ -122,12 +114,28 @@ class MultipleChoiceModule(FinetuneModule):
         metas = batch.meta or [{}] * batch.batch_size
         for i in range(batch.batch_size):
             real = batch.choice_mask[i].bool().any(dim=-1)  # (K,)
-            self._outputs.append({
+            self.eval_outputs.append({
                 "key": batch.keys[i], "question": questions[i], "choices": choice_texts(metas[i], questions[i]),
                 "answer_idx": int(batch.answer_idx[i]), "prediction": int(probs[i].argmax()),
                 "probs": [round(float(p), 4) for p in probs[i][real]], "question_type": types[i],
                 "finite": finite[i],
             })
+
+    def predict(self, batch: Batch) -> dict[str, list[dict]]:
+        """``vl predict``: the chosen choice of each question (its index and text) and every choice's probability."""
+        scores = self.scores(batch)  # (B, K), -inf where a question has fewer than K choices
+        real = batch.choice_mask.bool().any(dim=-1)  # (B, K)
+        require_finite(scores[real], "choice scores")
+        probs = scores.float().softmax(dim=1)  # (B, K)
+        questions = batch.captions or [""] * batch.batch_size
+        metas = batch.meta or [{}] * batch.batch_size
+        rows = []
+        for i in range(batch.batch_size):
+            choices, best = choice_texts(metas[i], questions[i]), int(probs[i].argmax())
+            rows.append({"key": batch.keys[i], "question": questions[i], "choices": choices, "prediction": best,
+                         "answer": choices[best] if choices and best < len(choices) else None,
+                         "probs": [round(float(p), 4) for p in probs[i][real[i]]]})
+        return {"rows": rows}
 
     def finish_eval(self, split: str) -> None:
         outputs = self.take_outputs()

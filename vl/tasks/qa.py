@@ -11,11 +11,10 @@ reported overall and per question type where the benchmark has types, next to th
 
 from __future__ import annotations
 
-import inspect
 import json
 import tarfile
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +24,9 @@ from datapipes.batch import Batch
 from datapipes.decode import SkipSample
 from datapipes.shards import expand_shards
 from datapipes.text import qa_items
+from vl.lit.module import VTC_PARAMETERS, BackboneConfig, VLModule, require_finite_outputs
 from vl.lit.optim import OptimConfig
-from vl.tasks.base import FinetuneModule, require_finite_outputs
+from vl.metrics import require_finite
 from vl.tasks.metrics import OOV, AnswerVocab, qa_accuracy
 
 
@@ -88,27 +88,24 @@ def load_vocab(source: str, num_answers: int, min_count: int) -> AnswerVocab:
     return AnswerVocab(answers[:num_answers])
 
 
-class QAModule(FinetuneModule):
+class QAModule(VLModule):
     """Open-ended QA: fused (video, question) -> answer class.
 
-    Args (besides ``FinetuneModule``'s):
+    Args (besides ``BackboneConfig``'s, given by keyword: ``model``, ``video``, ..., ``init_from``):
         answer_vocab: JSON list of answers or training annotation JSONL; None: counted over the training
             shards when ``fit`` starts. A checkpoint's saved vocabulary replaces it on load.
         num_answers: K, the size of the vocabulary (most frequent answers first).
         min_answer_count: answers seen fewer times in training are left out.
         head_hidden: width of the classifier's hidden layer (default: twice the fusion width).
         head_dropout: dropout before the classifier's last layer.
-        predictions_top: answers (with probabilities) written per question to the predictions file.
+        predictions_top: answers (with probabilities) written per question to the predictions file (an
+            evaluation option).
+        optim: AdamW + warmup/cosine settings.
+        max_consecutive_nonfinite: stop after this many steps in a row with a NaN/inf loss.
     """
 
     def __init__(
         self,
-        model: str = "vl_tiny",
-        video: Optional[dict] = None,
-        text: Optional[dict] = None,
-        fusion: Optional[dict] = None,
-        embed_dim: Optional[int] = None,
-        init_from: Optional[str] = None,
         answer_vocab: Optional[str] = None,
         num_answers: int = 1000,
         min_answer_count: int = 1,
@@ -117,16 +114,19 @@ class QAModule(FinetuneModule):
         predictions_top: int = 3,
         optim: OptimConfig = OptimConfig(),
         max_consecutive_nonfinite: int = 5,
-        grad_checkpointing: bool = False,
+        **backbone: Any,
     ) -> None:
-        super().__init__(model, video, text, fusion, embed_dim, init_from, optim, max_consecutive_nonfinite,
-                         grad_checkpointing, heads=())
-        self.save_task_hyperparameters(inspect.currentframe(), evaluation=("predictions_top",))
+        super().__init__(
+            BackboneConfig(**backbone), heads=(), frozen=VTC_PARAMETERS, optim=optim,
+            max_consecutive_nonfinite=max_consecutive_nonfinite,
+            options=dict(answer_vocab=answer_vocab, num_answers=num_answers, min_answer_count=min_answer_count,
+                         head_hidden=head_hidden, head_dropout=head_dropout),
+            evaluation=dict(predictions_top=predictions_top),
+        )
         self.vocab: Optional[AnswerVocab] = None
         self.head: Optional[AnswerHead] = None
         if answer_vocab is not None:
             self.set_vocab(load_vocab(answer_vocab, num_answers, min_answer_count))
-        self._outputs: list[dict] = []
 
     # ---- vocabulary -------------------------------------------------------------------------------
 
@@ -197,12 +197,23 @@ class QAModule(FinetuneModule):
         top_p, top_i = probs.topk(min(self.predictions_top, probs.shape[1]), dim=1)
         types = batch.question_type or [None] * batch.batch_size
         for i in range(batch.batch_size):
-            self._outputs.append({
+            self.eval_outputs.append({
                 "key": batch.keys[i], "question": (batch.captions or [""] * batch.batch_size)[i],
                 "answer": batch.answer[i], "question_type": types[i], "pred_id": int(top_i[i, 0]),
                 "top": [[self.vocab.decode(int(j)), round(float(p), 4)] for p, j in zip(top_p[i], top_i[i])],
                 "finite": finite[i],
             })
+
+    def predict(self, batch: Batch) -> dict[str, list[dict]]:
+        """``vl predict``: the answer of each (video, question) with the top answers and their probabilities."""
+        vocab = self._require_vocab()
+        logits = self.answer_logits(batch).float()  # (B, K)
+        require_finite(logits, "answer logits")
+        top_p, top_i = logits.softmax(dim=1).topk(min(self.predictions_top, logits.shape[1]), dim=1)  # (B, k)
+        questions = batch.captions or [""] * batch.batch_size
+        return {"rows": [{"key": batch.keys[i], "question": questions[i], "prediction": vocab.decode(int(top_i[i, 0])),
+                          "top": [[vocab.decode(int(j)), round(float(p), 4)] for p, j in zip(top_p[i], top_i[i])]}
+                         for i in range(batch.batch_size)]}
 
     def finish_eval(self, split: str) -> None:
         outputs = self.take_outputs()

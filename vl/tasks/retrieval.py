@@ -30,8 +30,7 @@ Metrics: text-to-video and video-to-text R@1/5/10, median and mean rank (``vl.me
 
 from __future__ import annotations
 
-import inspect
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -42,12 +41,12 @@ from datapipes.batch import Batch
 from datapipes.text import Tokenize
 from vl.lit.evaluation import (FrameOrderProbe, RetrievalAccumulator, caption_temporal_flags, frame_order_embeddings,
                                 gather_objects, gather_rows, retrieval_summary, time_order_metrics)
+from vl.lit.module import BackboneConfig, VLModule
 from vl.lit.optim import OptimConfig
 from vl.metrics import gt_ranks, rank_changes, require_finite, retrieval_metrics, retrieval_ranks
 from vl.models import VideoLanguageModel
 from vl.models.hub import load_tokenizer
 from vl.objectives import MATCH_SCORES, VTCLoss, VTMLoss, match_score, vtm_positives
-from vl.tasks.base import FinetuneModule
 
 # ---------------------------------------------------------------- scoring functions
 
@@ -195,14 +194,10 @@ class RetrievalEvalState:
 # ---------------------------------------------------------------- LightningModule
 
 
-EVALUATION_OPTIONS = ("rerank_k", "rerank_on_val", "rerank_batch_size", "rerank_score", "dual_softmax",
-                      "dual_softmax_temperature", "predictions_top", "reversal_eval")
-
-
-class RetrievalModule(FinetuneModule):
+class RetrievalModule(VLModule):
     """Text-video retrieval fine-tuning (VTC + VTM) and evaluation (dual encoder, VTM re-ranking, dual-softmax).
 
-    Args (besides ``FinetuneModule``'s):
+    Args (besides ``BackboneConfig``'s, given by keyword: ``model``, ``video``, ..., ``init_from``):
         tokenizer: tokenizer of paragraph queries (the data's tokenizer: ``minilm`` or a local directory).
         vtc_weight, vtm_weight: loss weights; VTM draws hard negatives from the VTC similarities.
         vtm_hard_fraction: share of VTM negatives drawn by similarity, the rest uniformly (``VTMLoss``).
@@ -218,18 +213,14 @@ class RetrievalModule(FinetuneModule):
         predictions_top: candidates written per query to the predictions file.
         reversal_eval: also score every query against its clip reversed and shuffled in time
             (``reversal_acc``, ``shuffle_acc``; two more video-encoder passes per evaluation batch).
-    """
+        optim: AdamW + warmup/cosine settings.
+        max_consecutive_nonfinite: stop after this many steps in a row with a NaN/inf loss.
 
-    uses_vtc = True
+    The options from ``rerank_k`` on change only how the model is evaluated (``VLModule``'s ``evaluation``).
+    """
 
     def __init__(
         self,
-        model: str = "vl_tiny",
-        video: Optional[dict] = None,
-        text: Optional[dict] = None,
-        fusion: Optional[dict] = None,
-        embed_dim: Optional[int] = None,
-        init_from: Optional[str] = None,
         tokenizer: str = "minilm",
         vtc_weight: float = 1.0,
         vtm_weight: float = 1.0,
@@ -246,17 +237,25 @@ class RetrievalModule(FinetuneModule):
         reversal_eval: bool = True,
         optim: OptimConfig = OptimConfig(),
         max_consecutive_nonfinite: int = 5,
-        grad_checkpointing: bool = False,
+        **backbone: Any,
     ) -> None:
         if rerank_k < 0 or vtc_weight < 0 or vtm_weight < 0:
             raise ValueError("rerank_k, vtc_weight and vtm_weight must be >= 0")
         if rerank_score not in MATCH_SCORES:  # here, not after a whole test pass
             raise ValueError(f"retrieval: rerank_score must be one of {MATCH_SCORES}, got {rerank_score!r}")
-        heads = ("vtm",) if vtm_weight > 0 or rerank_k > 0 else ()
-        frozen = ("fusion.", "vtm_head.") if vtm_weight == 0 else ()  # without VTM, training never fuses
-        super().__init__(model, video, text, fusion, embed_dim, init_from, optim, max_consecutive_nonfinite,
-                         grad_checkpointing, heads=heads, frozen=frozen)
-        self.save_task_hyperparameters(inspect.currentframe(), evaluation=EVALUATION_OPTIONS)
+        super().__init__(
+            BackboneConfig(**backbone),
+            heads=("vtm",) if vtm_weight > 0 or rerank_k > 0 else (),
+            frozen=("fusion.", "vtm_head.") if vtm_weight == 0 else (),  # without VTM, training never fuses
+            optim=optim, max_consecutive_nonfinite=max_consecutive_nonfinite,
+            options=dict(tokenizer=tokenizer, vtc_weight=vtc_weight, vtm_weight=vtm_weight,
+                         vtm_hard_fraction=vtm_hard_fraction, paragraph=paragraph,
+                         paragraph_max_text_len=paragraph_max_text_len),
+            evaluation=dict(rerank_k=rerank_k, rerank_on_val=rerank_on_val, rerank_batch_size=rerank_batch_size,
+                            rerank_score=rerank_score, dual_softmax=dual_softmax,
+                            dual_softmax_temperature=dual_softmax_temperature, predictions_top=predictions_top,
+                            reversal_eval=reversal_eval),
+        )
         self.vtc = VTCLoss()
         self.vtm = VTMLoss(vtm_hard_fraction) if vtm_weight > 0 else None
         self._paragraph_tokenize: Optional[Tokenize] = None

@@ -1,0 +1,103 @@
+"""`vl predict`: embeddings that numpy reads back and that match `vl index`'s for the same clips and captions,
+text embeddings of a captions file, and per-task predictions of a fine-tuning module."""
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from vl.lit.cli import VLLightningCLI
+
+VIDEO = {"num_frames": 4, "img_size": 32}
+DATA = {"num_frames": 4, "frame_size": 32, "max_text_len": 32, "eval_batch_size": 5, "num_workers": 0,
+        "persistent_workers": False}
+
+
+def one_step_checkpoint(tmp: Path, synth: dict) -> Path:
+    """A vl_tiny PretrainModule after one training step, saved as `vl fit` saves it (with its data settings)."""
+    from vl.lit import PretrainModule, VideoTextDataModule
+
+    pl.seed_everything(0)
+    module = PretrainModule(video=VIDEO)
+    data = VideoTextDataModule(train_shards=synth["train"], batch_size=4, batches_per_epoch=1, **DATA)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         default_root_dir=str(tmp))
+    trainer.fit(module, datamodule=data)
+    path = tmp / "model.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def predict(tmp: Path, ckpt: Path, model: dict, **data) -> Path:
+    """`vl predict -c CONFIG --ckpt_path CKPT` in process; the predictions folder."""
+    config = {"model": model, "trainer": {"accelerator": "cpu", "logger": False, "default_root_dir": str(tmp)},
+              "data": {"class_path": "vl.lit.VideoTextDataModule", "init_args": {**DATA, **data}}}
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / "predict.yaml"
+    path.write_text(yaml.safe_dump(config))
+    VLLightningCLI(args=["predict", "-c", str(path), "--ckpt_path", str(ckpt)])
+    return tmp / "predictions"
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_predict_writes_the_embeddings_vl_index_writes(tmp_path: Path, synth_dir: dict) -> None:
+    import faiss
+
+    from vl.search import BuildOptions, build_index
+
+    ckpt = one_step_checkpoint(tmp_path, synth_dir)
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a red square moves left\n\na blue circle grows\n", encoding="utf-8")
+    out = predict(tmp_path / "run", ckpt, {"class_path": "vl.lit.PretrainModule", "init_args": {"video": VIDEO}},
+                  predict_shards=synth_dir["test"], predict_texts=str(captions))
+
+    video, text = np.load(out / "video_embeddings.npy"), np.load(out / "text_embeddings.npy")
+    video_rows, text_rows = read_rows(out / "video_embeddings.jsonl"), read_rows(out / "text_embeddings.jsonl")
+    assert video.dtype == np.float32 and video.shape[0] == len(video_rows) == 12
+    assert text.shape[0] == len(text_rows) == 48 + 2  # 12 clips with 4 captions each, then the 2 lines of the file
+    assert np.allclose(np.linalg.norm(video, axis=1), 1.0, atol=1e-4)
+    assert [r["text"] for r in text_rows[-2:]] == ["a red square moves left", "a blue circle grows"]
+    assert text_rows[-1]["key"] is None and all(r["key"] is not None for r in text_rows[:-2])
+
+    config = build_index(ckpt, [synth_dir["test"]], tmp_path / "index", BuildOptions(progress=False))
+    assert config["num_videos"] == 12
+    index = faiss.read_index(str(tmp_path / "index" / "videos.faiss"))
+    indexed = {json.loads(line)["key"]: index.reconstruct(i) for i, line in
+               enumerate((tmp_path / "index" / "items.jsonl").read_text().splitlines())}
+    for row, emb in zip(video_rows, video):
+        assert np.abs(emb - indexed[row["key"]]).max() < 1e-3, row["key"]
+    indexed_captions = np.load(tmp_path / "index" / "captions.npy")  # every caption of every clip, in items order
+    assert np.abs(text[:48] - indexed_captions).max() < 1e-3
+
+
+def test_predict_without_inputs_is_a_clear_error(tmp_path: Path, synth_dir: dict) -> None:
+    from vl.lit import VideoTextDataModule
+
+    with pytest.raises(ValueError, match="predict_shards .* or data.init_args.predict_texts"):
+        VideoTextDataModule(**DATA).setup("predict")
+    with pytest.raises(FileNotFoundError, match="predict_texts: no file"):
+        VideoTextDataModule(predict_texts=str(tmp_path / "missing.txt"), **DATA).setup("predict")
+
+
+def test_captioning_predict_writes_a_caption_per_clip(tmp_path: Path, synth_dir: dict) -> None:
+    from vl.lit import VideoTextDataModule
+    from vl.lit.predict import PredictionWriter
+    from vl.tasks import CaptioningModule
+
+    torch.manual_seed(0)
+    module = CaptioningModule(video=VIDEO, max_len=3)
+    data = VideoTextDataModule(predict_shards=synth_dir["test"], **DATA)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                         callbacks=[PredictionWriter(str(tmp_path / "out"))])
+    trainer.predict(module, datamodule=data, return_predictions=False)
+    rows = read_rows(tmp_path / "out" / "predictions.jsonl")
+    assert len(rows) == 12 and all(set(r) == {"key", "caption"} and isinstance(r["caption"], str) for r in rows)
+    assert len({r["key"] for r in rows}) == 12

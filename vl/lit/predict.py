@@ -1,0 +1,92 @@
+"""``vl predict -c CONFIG --ckpt_path CKPT``: what a module predicts per batch, and ``PredictionWriter``,
+the callback that writes it (every ``VLModule`` adds one in ``predict`` unless the trainer has one).
+
+Output folder: ``PredictionWriter(output_dir)``, by default ``<trainer.default_root_dir>/predictions``:
+
+- ``video_embeddings.npy`` float32 (Nv, E), L2-normalised; row i belongs to line i of
+  ``video_embeddings.jsonl``: ``{"key": sample key}``.
+- ``text_embeddings.npy`` float32 (Nt, E), L2-normalised; row i belongs to line i of
+  ``text_embeddings.jsonl``: ``{"text": the caption, "key": the key of its clip, or null for a line of
+  a captions file}``. Cosine similarity is the dot product of two rows.
+- ``predictions.jsonl``: one line per item for the fine-tuning tasks (answers, choices, captions).
+
+Pretraining and retrieval write embeddings: of the clips and captions of ``data.init_args.predict_shards``,
+and of the lines of ``data.init_args.predict_texts`` (a text file, one caption per line). Under DDP every
+rank writes its own files, named ``...rank<r>.npy`` / ``.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import lightning.pytorch as pl
+import numpy as np
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
+
+from datapipes.batch import Batch
+from vl.metrics import require_finite
+from vl.models import VideoLanguageModel
+
+
+def embeddings(model: VideoLanguageModel, batch: Batch) -> dict[str, Any]:
+    """The L2-normalised embeddings of the batch's clips (B, E) and text rows (Nt, E) as float32 arrays,
+    with their keys and texts. A batch of a captions file has no clips (``video`` of batch size 0).
+    Raises ``vl.metrics.NonFiniteError`` for a NaN or infinite embedding."""
+    out: dict[str, Any] = {}
+    if batch.batch_size > 0:
+        video = model.encode_video(batch.video, frame_mask=batch.frame_mask)["pooled"]  # (B, Dv)
+        emb = model.embed_video(video).float()  # (B, E)
+        require_finite(emb, "video embeddings")
+        out["video"] = emb.cpu().numpy()
+        out["video_rows"] = [{"key": k} for k in batch.keys]
+    if batch.text_ids.shape[0] > 0:
+        emb = model.embed_text(model.encode_text(batch.text_ids, batch.text_mask)["pooled"]).float()  # (Nt, E)
+        require_finite(emb, "text embeddings")
+        texts = batch.captions or [None] * emb.shape[0]
+        keys = [batch.keys[int(i)] for i in batch.video_index().tolist()] if batch.batch_size > 0 else [None] * len(texts)
+        out["text"] = emb.cpu().numpy()
+        out["text_rows"] = [{"text": t, "key": k} for t, k in zip(texts, keys)]
+    return out
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes what ``predict_step`` returns (``embeddings`` or ``{"rows": [...]}``) into ``output_dir``
+    (None: ``<trainer.default_root_dir>/predictions``) at the end of ``vl predict``; see the module docstring."""
+
+    def __init__(self, output_dir: Optional[str] = None) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = output_dir
+        self._parts: dict[str, list] = {}
+
+    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
+                           batch_indices: Optional[Sequence[int]], batch: Any, batch_idx: int,
+                           dataloader_idx: int) -> None:
+        for name, value in (prediction or {}).items():
+            self._parts.setdefault(name, []).append(value)
+
+    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        parts, self._parts = self._parts, {}
+        out = Path(self.output_dir or Path(trainer.default_root_dir) / "predictions")
+        out.mkdir(parents=True, exist_ok=True)
+        suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+        written = []
+        for kind in ("video", "text"):
+            if kind in parts:
+                np.save(out / f"{kind}_embeddings{suffix}.npy", np.concatenate(parts[kind]).astype(np.float32))
+                written.append(write_jsonl(out / f"{kind}_embeddings{suffix}.jsonl", parts[f"{kind}_rows"]))
+        if "rows" in parts:
+            written.append(write_jsonl(out / f"predictions{suffix}.jsonl", parts["rows"]))
+        if not written:
+            raise ValueError("vl predict produced nothing: give data.init_args.predict_shards or predict_texts")
+        rank_zero_info("Predictions written: " + ", ".join(written))
+
+
+def write_jsonl(path: Path, batches: list[list[dict]]) -> str:
+    """Write the rows of every batch to ``path``, one JSON object a line; returns ``"path (N rows)"``."""
+    rows = [row for rows in batches for row in rows]
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    return f"{path} ({len(rows)} rows)"
