@@ -243,3 +243,54 @@ def test_encode_video_with_drop_feeds_the_fusion():
     assert torch.isfinite(fused["pooled"]).all()
     dense = model.encode_video(video, frame_mask=frame_mask)
     assert dense["tokens"].shape[1] == 32 and "drop" not in dense
+
+
+@pytest.mark.parametrize("temporal,method", [("joint", "random"), ("divided", "tube"), ("divided", "motion")])
+def test_pretraining_step_encodes_the_kept_tokens_once_for_vtc_vtm_mlm(temporal, method):
+    """PretrainModule with token_sparsity: one sparse encoding per training step feeds VTC, VTM and MLM (a
+    quarter of the grid tokens), every loss is finite and trains the encoder; evaluation is dense."""
+    from datapipes.batch import Batch
+    from vl.lit.pretrain import Objectives, PretrainModule
+
+    torch.manual_seed(0)
+    sparsity = TokenSparsity(keep_ratio=0.25, method=method)
+    module = PretrainModule("vl_tiny", video={"temporal": temporal},
+                            objectives=Objectives(vtm=1.0, mlm=1.0, mlm_prob=0.5, token_sparsity=sparsity))
+    enc = module.model.video_encoder
+    calls: list = []
+    encode = module.model.encode_video
+    module.model.encode_video = lambda *a, **k: calls.append(k.get("drop")) or encode(*a, **k)
+    B = 4
+    video = torch.randn(B, enc.num_frames, 3, enc.img_size, enc.img_size)
+    ids = torch.randint(1000, 2000, (B, 8))
+    batch = Batch(video=video, text_ids=ids, text_mask=torch.ones_like(ids), keys=list("abcd"))
+    out = module.compute_losses(batch)
+    assert {"vtc_loss", "vtm_loss", "mlm_loss"} <= set(out)
+    assert len(calls) == 1 and calls[0] is not None  # one encoding, sparse
+    N = enc.grid[0] * enc.grid[1] * enc.grid[2]
+    per_frame = temporal != "joint"
+    kept = num_kept(enc.grid[1] * enc.grid[2], 0.25) * enc.grid[0] if per_frame else num_kept(N, 0.25)
+    assert calls[0].shape == (B, N) and ((~calls[0]).sum(1) == kept).all()
+    loss = sum(v for k, v in out.items() if k.endswith("_loss"))
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert enc.patch_embed.proj.weight.grad.abs().sum() > 0
+    module.eval()
+    calls.clear()
+    module.compute_losses(batch)
+    assert calls == [None]  # evaluation encodes the whole clip
+
+
+def test_pretraining_refuses_sparsity_it_cannot_run():
+    """Video Swin cannot drop tokens, and MVM masking scored on the dense pass cannot follow a sparse one: both
+    are errors when the module is built."""
+    from vl.lit.pretrain import Objectives, PretrainModule
+    from vl.objectives.masking import MaskSpec
+    from vl.objectives.mvm import MVMConfig
+
+    sparse = TokenSparsity(keep_ratio=0.5)
+    with pytest.raises(ValueError, match="swin"):
+        PretrainModule("vl_tiny", video={"name": "swin3d_tiny"}, objectives=Objectives(token_sparsity=sparse))
+    mvm = MVMConfig(masking=[MaskSpec("attended", 0.3)], decoder_dim=64, decoder_heads=2)
+    with pytest.raises(ValueError, match="attended"):
+        PretrainModule("vl_tiny", objectives=Objectives(mvm=1.0, mvm_config=mvm, token_sparsity=sparse))

@@ -13,6 +13,7 @@ from vl.lit.evaluation import RetrievalAccumulator, caption_temporal_flags, fram
 from vl.lit.module import BackboneConfig, VLModule, from_plain
 from vl.lit.optim import OptimConfig
 from vl.models.hub import load_tokenizer
+from vl.models.sparse import TokenSparsity
 from vl.objectives import MLMLoss, VTCLoss, VTMLoss, caption_keys, vtm_positives
 from vl.objectives.mvm import MVMConfig, MVMLoss, build_mvm
 
@@ -33,6 +34,10 @@ class Objectives:
     whole_word: bool = False  # mask every WordPiece of a chosen word together
     mvm: float = 0.0  # masked visual modelling (target, masking and head in `mvm_config`)
     mvm_config: MVMConfig = field(default_factory=MVMConfig)
+    # Encode each training clip on a subset of its tokens, once for VTC, VTM and MLM (keep_ratio 1.0: dense;
+    # random | tube | motion; dense_final_steps: a final dense phase, steps or a share of the run). MVM keeps
+    # its own masked pass; evaluation always encodes the whole clip.
+    token_sparsity: TokenSparsity = field(default_factory=TokenSparsity)
 
 
 class PretrainModule(VLModule):
@@ -76,6 +81,12 @@ class PretrainModule(VLModule):
         self.vtm = VTMLoss(objectives.vtm_hard_fraction) if objectives.vtm > 0 else None
         self.mlm = self._build_mlm(tokenizer, objectives) if objectives.mlm > 0 else None
         self.mvm: Optional[MVMLoss] = build_mvm(objectives.mvm_config, self.model) if objectives.mvm > 0 else None
+        if objectives.token_sparsity.keep_ratio < 1.0:  # fail at start, not at the first step
+            self.model.video_encoder.check_token_layout()  # Video Swin cannot drop tokens: says why
+            scored = {"attended", "text_guided"} & {m.strategy for m in objectives.mvm_config.masking}
+            if self.mvm is not None and scored:
+                raise ValueError(f"objectives.token_sparsity: MVM masking {sorted(scored)} scores the tokens of the "
+                                 f"dense pass, which a sparse step does not have; use random/tube/motion masking")
         self.val_retrieval = RetrievalAccumulator()
         self.test_retrieval = RetrievalAccumulator()
 
@@ -93,7 +104,11 @@ class PretrainModule(VLModule):
 
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
         """Every objective with a non-zero weight on one batch: `{"<name>_loss": ..., metrics...}`."""
-        video = self.model.encode_video(batch.video, frame_mask=batch.frame_mask)  # tokens (B, N, Dv), pooled (B, Dv)
+        sparsity = self.objectives.token_sparsity
+        drop = sparsity.drop_mask(batch.video, batch.frame_mask, self.model.video_encoder, self.global_step,
+                                  self.total_steps() if sparsity.dense_final_steps else None)  # (B, N_grid) | None
+        # tokens (B, N or N_kept, Dv), pooled (B, Dv): one encoding for VTC, VTM and MLM
+        video = self.model.encode_video(batch.video, frame_mask=batch.frame_mask, drop=drop)
         text = self.model.encode_text(batch.text_ids, batch.text_mask)  # tokens (B, L, Dt)
         v_emb = self.model.embed_video(video["pooled"])  # (B, E)
         t_emb = self.model.embed_text(text["pooled"])  # (B, E)
@@ -113,6 +128,10 @@ class PretrainModule(VLModule):
             out.update(self.mvm(self.model, batch.video, video["tokens"], text["tokens"], batch.text_mask, t_emb,
                                 keys=batch.keys, frame_mask=batch.frame_mask))
         return out
+
+    def total_steps(self) -> int:
+        """The run's optimiser steps (the trainer's estimate), for a dense final phase given as a share."""
+        return int(self.trainer.estimated_stepping_batches)
 
     def match_keys(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Caption keys for multi-positive VTC: each text row's and each clip's reference captions'."""
