@@ -383,3 +383,32 @@ def test_pretraining_objectives_ignore_padded_frames():
     assert set(before) == {"vtc_loss", "vtm_loss", "mlm_loss", "mvm_loss"}
     for name in before:
         torch.testing.assert_close(after[name], before[name], rtol=0, atol=1e-5, msg=name)
+
+
+# -- reversed-clip negatives -------------------------------------------------------------------------------
+def test_time_reversal_loss_prefers_the_true_order():
+    """A clip whose reversal embeds the same gives log 2 and accuracy 0 (a tie is not a win); the loss falls
+    as the caption moves toward the true order; and PretrainModule encodes the reversed frames for it."""
+    import math
+
+    from datapipes.batch import Batch
+    from vl.lit.pretrain import Objectives, PretrainModule
+    from vl.objectives import time_reversal_loss
+
+    torch.manual_seed(0)
+    unit = lambda x: torch.nn.functional.normalize(x, dim=-1)  # noqa: E731
+    v, v_rev = unit(torch.randn(4, 8)), unit(torch.randn(4, 8))
+    scale = torch.tensor(math.log(10.0))
+    tie = time_reversal_loss(v, v, unit(torch.randn(4, 8)), scale)
+    assert tie["reversal_loss"].item() == pytest.approx(math.log(2), abs=1e-6) and tie["reversal_acc"] == 0
+    toward_true = [time_reversal_loss(v, v_rev, unit(v + a * (v - v_rev)), scale)["reversal_loss"].item()
+                   for a in (0.0, 0.5, 2.0)]
+    assert toward_true[0] > toward_true[1] > toward_true[2]
+    assert time_reversal_loss(v, v_rev, v, scale)["reversal_acc"] == 1
+
+    module = PretrainModule("vl_tiny", objectives=Objectives(reversal=1.0))
+    video, ids, mask = pairs(B=3)
+    out = module.compute_losses(Batch(video=video, text_ids=ids, text_mask=mask, keys=["a", "b", "c"]))
+    assert {"vtc_loss", "reversal_loss"} <= set(out) and torch.isfinite(out["reversal_loss"])
+    out["reversal_loss"].backward()
+    assert module.model.video_encoder.patch_embed.proj.weight.grad.abs().sum() > 0

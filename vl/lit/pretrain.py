@@ -9,12 +9,13 @@ from typing import Any, Optional
 from torch import Tensor
 
 from datapipes.batch import Batch
-from vl.lit.evaluation import RetrievalAccumulator, caption_temporal_flags, frame_order_embeddings, retrieval_summary
+from vl.lit.evaluation import (RetrievalAccumulator, caption_temporal_flags, frame_order_embeddings, reorder_frames,
+                               retrieval_summary, reversed_order)
 from vl.lit.module import BackboneConfig, VLModule, from_plain
 from vl.lit.optim import OptimConfig
 from vl.models.hub import load_tokenizer
 from vl.models.sparse import TokenSparsity
-from vl.objectives import MLMLoss, VTCLoss, VTMLoss, caption_keys, vtm_positives
+from vl.objectives import MLMLoss, VTCLoss, VTMLoss, caption_keys, time_reversal_loss, vtm_positives
 from vl.objectives.mvm import MVMConfig, MVMLoss, build_mvm
 
 
@@ -26,6 +27,10 @@ class Objectives:
     # Multi-positive VTC: texts in the batch that are one of a clip's captions (duplicates, paraphrases) count
     # as its positives instead of negatives (for data with few distinct captions); false: open_clip's ClipLoss.
     vtc_multi_positive: bool = False
+    # Reversed-clip negatives: each caption must score its clip above the same frames played backwards (a
+    # two-way softmax at VTC's temperature; one more video encoding per step). For captions that say what
+    # happens in time; 0 = off.
+    reversal: float = 0.0
     vtm: float = 0.0  # video-text matching with hard negatives from VTC similarities
     # Share of VTM negatives drawn by VTC similarity (ALBEF: 1.0); the rest uniformly (ViLT/VIOLET: 0.0).
     vtm_hard_fraction: float = 1.0
@@ -99,8 +104,8 @@ class PretrainModule(VLModule):
     # ---- losses ---------------------------------------------------------------------------------
 
     def loss_weights(self) -> dict[str, float]:
-        return {"vtc": self.objectives.vtc, "vtm": self.objectives.vtm, "mlm": self.objectives.mlm,
-                "mvm": self.objectives.mvm}
+        return {"vtc": self.objectives.vtc, "reversal": self.objectives.reversal, "vtm": self.objectives.vtm,
+                "mlm": self.objectives.mlm, "mvm": self.objectives.mvm}
 
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
         """Every objective with a non-zero weight on one batch: `{"<name>_loss": ..., metrics...}`."""
@@ -117,6 +122,11 @@ class PretrainModule(VLModule):
         if self.objectives.vtc > 0:
             keys = self.match_keys(batch) if self.objectives.vtc_multi_positive else None
             out.update(self.vtc(v_emb, t_emb, self.model.logit_scale, keys))
+        if self.objectives.reversal > 0:  # the same frames backwards (padding stays at the end), same tokens kept
+            backwards = self.model.encode_video(reorder_frames(batch.video, batch.frame_mask, reversed_order),
+                                                frame_mask=batch.frame_mask, drop=drop)
+            out.update(time_reversal_loss(v_emb, self.model.embed_video(backwards["pooled"]), t_emb,
+                                          self.model.logit_scale))
         if self.vtm is not None:
             sim = VTCLoss.similarity(v_emb, t_emb, self.model.logit_scale).detach()  # (B, B) for hard negatives
             positives = vtm_positives(batch.text_ids, batch.references, batch.captions)  # (B, B)

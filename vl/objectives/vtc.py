@@ -136,3 +136,22 @@ def caption_keys(texts: Sequence[str], references: Sequence[Sequence[str]],
     for i, keys in enumerate(refs):
         clip_keys[i, : len(keys)] = torch.tensor(keys)
     return torch.tensor(text_keys, dtype=torch.long, device=device), clip_keys.to(device)
+
+
+def time_reversal_loss(video_embeds: Tensor, reversed_embeds: Tensor, text_embeds: Tensor,
+                       logit_scale: Tensor) -> dict[str, Tensor]:
+    """Each caption against its clip and the same frames played backwards (Test of Time's reversed-video
+    negatives): a two-way softmax at VTC's temperature whose target is the true order.
+
+    video_embeds, reversed_embeds, text_embeds (B, E), row i of each the same clip / its caption, all
+    L2-normalised; logit_scale as ``VTCLoss``. Returns ``{"reversal_loss", "reversal_acc"}``, the accuracy
+    being the share of captions that already score the true order higher. Meant for data whose captions say
+    what happens in time: a caption of a still scene fits both orders, and the loss then only adds noise.
+    """
+    scale = logit_scale.clamp(max=math.log(100.0)).exp()
+    true = (text_embeds * video_embeds).sum(dim=-1)  # (B,)
+    backwards = (text_embeds * reversed_embeds).sum(dim=-1)  # (B,)
+    logits = scale * torch.stack([true, backwards], dim=1)  # (B, 2)
+    target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    loss = nn.functional.cross_entropy(logits, target)
+    return {"reversal_loss": loss, "reversal_acc": (true > backwards).float().mean().detach()}
