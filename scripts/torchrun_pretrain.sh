@@ -3,6 +3,7 @@
 # MASTER_ADDR. torchrun starts one process per GPU; Lightning reads torchrun's environment.
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 scripts/torchrun_pretrain.sh configs/pretrain/violet_base.yaml
 set -euo pipefail
+PATH="$PATH:$(cd "$(dirname "$0")/.." && pwd)/.venv/bin"  # finds vl whether or not .venv is active
 CONFIG=${1:?usage: scripts/torchrun_pretrain.sh CONFIG.yaml [extra vl fit args]}
 shift
 GPUS=${GPUS:-8}

@@ -255,3 +255,141 @@ def test_a_run_prints_no_dependency_advertisements_or_deprecations(tmp_path, syn
     assert "Tip" not in caplog.text and "Tip" not in err
     assert not [w for w in caught if "LeafSpec" in str(w.message)]
     assert "max_steps=2" in caplog.text  # Lightning's own notices about the run are kept
+
+
+# ---- runs that would overwrite checkpoints, random weights, GPU configs on CPU, help ------------------
+
+
+def test_a_new_run_does_not_overwrite_an_earlier_runs_checkpoints(tmp_path, synth_dir, capsys, caplog):
+    """A checkpoint folder that holds checkpoints: a new run (no --ckpt_path) stops before training with one
+    line naming --overwrite and leaves the files alone; with --overwrite it deletes them and trains. A run
+    shorter than its validation interval says in one line that no ranked checkpoint exists yet, without
+    Lightning's "monitored key not found" or "directory is not empty" warnings."""
+    import logging
+    import warnings
+
+    cfg = str(tiny_config(tmp_path, synth_dir))
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    earlier = folder / "best-step=480.ckpt"
+    earlier.write_bytes(b"an earlier run's checkpoint")
+    code, err = vl_in_process(capsys, "fit", "-c", cfg, "--trainer.max_steps", "1")
+    errors = [line for line in err.splitlines() if line.startswith("vl: error:")]
+    assert code == 1 and len(errors) == 1 and no_traceback(err), err[-2000:]
+    assert f"{folder} holds the checkpoints of an earlier run (best-step=480.ckpt)" in errors[0]
+    assert "--overwrite" in errors[0] and "--ckpt_path last" in errors[0]
+    assert earlier.read_bytes() == b"an earlier run's checkpoint" and not (folder / "last.ckpt").exists()
+
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        code, err = vl_in_process(capsys, "fit", "-c", cfg, "--trainer.max_steps", "1", "--overwrite")
+    assert code == 0, err[-2000:]
+    assert not earlier.exists() and "deleted 1 checkpoint(s) of an earlier run" in err
+    assert torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 1
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "monitored key" in m or "exists and is not empty" in m], messages
+    assert caplog.text.count("no validation ran before step 1") == 1
+
+
+def test_random_weights_are_announced_unless_the_config_says_so(capsys):
+    from vl.lit.cli import warn_random_weights
+    from vl.lit.pretrain import PretrainModule
+
+    module = PretrainModule(model="vl_tiny")
+    warn_random_weights(module, {"init_args": {"model": "vl_tiny"}})
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vl: warning: the video encoder (vit_st_tiny) and text encoder")
+    assert "start from random weights" in err[0] and "--model.init_args.video.pretrained" in err[0]
+
+    explicit = {"model": "vl_tiny", "video": {"pretrained": None}, "text": {"pretrained": None}}
+    warn_random_weights(module, {"init_args": explicit})
+    warn_random_weights(module, {"init_args": {"model": "vl_tiny", "init_from": "pretrained.ckpt"}})
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without a GPU gives")
+def test_a_gpu_config_on_a_cpu_machine_says_what_to_pass(tmp_path, synth_dir, capsys):
+    code, err = vl_in_process(capsys, "fit", "-c", str(tiny_config(tmp_path, synth_dir)), "--trainer.accelerator", "gpu")
+    errors = [line for line in err.splitlines() if line.startswith("vl: error:")]
+    assert code == 1 and len(errors) == 1 and no_traceback(err), err[-2000:]
+    assert "trainer.accelerator: gpu" in errors[0] and "--trainer configs/trainer/cpu.yaml" in errors[0]
+    assert (ROOT / "configs" / "trainer" / "cpu.yaml").is_file()
+
+
+def test_fit_help_says_where_the_model_and_data_options_are(capsys):
+    from vl.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0
+    flat = " ".join(out.split())
+    assert "`vl fit -c CONFIG --print_config` prints every key of a config" in flat
+    assert "--model.help CLASS" in flat and "--overwrite" in flat and "[options]" not in out
+
+
+def test_typo_errors_name_the_subcommand_and_how_to_see_the_options(tmp_path, synth_dir, capsys):
+    code, err = vl_in_process(capsys, "fit", "-c", str(tiny_config(tmp_path, synth_dir)),
+                              "--model.init_args.optim.lrr", "0.1")
+    lines = [line for line in err.splitlines() if not line.startswith("vl fit: loading")]
+    assert code == 2 and len(lines) == 2, err
+    assert lines[0] == "vl fit: error: unrecognized arguments: --model.init_args.optim.lrr"
+    assert "--print_config" in lines[1] and "[options]" not in err
+
+
+# ---- progress: totals where they are knowable --------------------------------------------------------
+
+
+def test_shard_samples_are_counted_from_tar_headers(synth_dir, tmp_path):
+    from datapipes.shards import expand_shards
+    from vl.search.index import count_samples, count_shard_samples
+
+    counts = count_samples(expand_shards(synth_dir["train"]))
+    assert [(c.samples, c.media) for c in counts] == [(16, 16)] * 3
+    gz = tmp_path / "x.tar.gz"
+    gz.write_bytes(b"\x1f\x8b")
+    assert count_shard_samples(str(gz)) is None and count_shard_samples("s3://bucket/x.tar") is None
+    assert count_samples([synth_dir["val"].replace("{000000..000000}", "000000"), str(gz)]) is None
+
+
+@pytest.mark.parametrize("num_workers, eval_batch_size", [(0, 5), (2, 5), (2, 4)])
+def test_eval_bar_total_is_the_number_of_batches_the_loader_yields(synth_dir, num_workers, eval_batch_size):
+    """The counted total equals the batches the evaluation loader really yields: 1 val shard of 12 clips
+    split by sample across workers, and 3 train shards of 16 split by shard."""
+    from types import SimpleNamespace
+
+    from vl.lit.callbacks import eval_batches
+    from vl.lit.data import VideoTextDataModule
+
+    dm = VideoTextDataModule(val_shards=synth_dir["val"], test_shards=synth_dir["train"], num_frames=2,
+                             frame_size=32, eval_batch_size=eval_batch_size, num_workers=num_workers,
+                             persistent_workers=False, pin_memory=False)
+    trainer = SimpleNamespace(datamodule=dm, global_rank=0, world_size=1)
+    dm.trainer = None
+    for split, loader in (("val", dm.val_dataloader), ("test", dm.test_dataloader)):
+        expected = eval_batches(trainer, split)
+        assert expected is not None and expected == sum(1 for _ in loader()), split
+
+
+def test_steps_bounded_runs_show_no_negative_epoch_total():
+    """`max_epochs` -1 (a run bounded by max_steps, as the tokenizer configs are): "Epoch 0", not "Epoch 0/-2"."""
+    from types import SimpleNamespace
+
+    from vl.lit.callbacks import VLProgressBar
+
+    bar = VLProgressBar()
+    bar._trainer = SimpleNamespace(max_epochs=-1)
+    assert bar._get_train_description(0).strip() == "Epoch 0"
+    bar._trainer = SimpleNamespace(max_epochs=8)
+    assert bar._get_train_description(3).strip() == "Epoch 3/7"
+
+
+def test_index_progress_total_counts_shard_samples_and_files(synth_dir, tmp_path):
+    from vl.search.index import _total_items
+    from vl.search.sources import find_units
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        (videos / name).write_bytes(b"")
+    assert _total_items(find_units([synth_dir["train"], str(videos)])) == 48 + 2

@@ -10,15 +10,25 @@ to the file that names it, so a new run overrides only what differs. Unknown key
 with status 2 and one line naming the key. Other errors a user can fix (a missing shard or checkpoint, a
 file that is not a checkpoint, a bad setting) exit with status 1 and one line; `VL_DEBUG=1` shows the
 traceback instead.
+
+This module imports neither torch nor Lightning: `vl --help`, the tools' dispatch and the mistakes that
+need no model (an unknown command, a config file that does not exist, a misspelled section or trainer
+option) answer in a fraction of a second. `vl fit|validate|test|predict` print their first line before
+loading PyTorch and Lightning, which takes most of their start-up.
 """
 
 from __future__ import annotations
 
+import ast
+import difflib
+import functools
 import importlib
+import importlib.util
 import os
 import pickle
 import sys
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Callable, Optional, Sequence
 
 LIGHTNING_COMMANDS = {
     "fit": "train a model (pretraining or fine-tuning) from a config",
@@ -35,6 +45,10 @@ TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("vl.search.app", "serve a search index in a Gradio app (`vl demo --index INDEX`)"),
 }
 
+# `vl fit --overwrite`: start afresh in a checkpoint folder that holds an earlier run's checkpoints (vl's own
+# option, taken out of the command line before LightningCLI parses it, so no saved config.yaml carries it).
+OVERWRITE = "--overwrite"
+
 
 def _usage() -> str:
     lines = ["usage: vl <command> [options]", "", "Training (LightningCLI; `vl <command> --help` lists every option):"]
@@ -46,7 +60,9 @@ def _usage() -> str:
         "Examples:",
         "  vl fit -c configs/pretrain/demo.yaml --trainer.max_steps 5",
         "  vl fit -c configs/pretrain/demo.yaml --ckpt_path last      # resume",
+        "  vl fit -c configs/pretrain/demo.yaml --overwrite           # start over, deleting the run's checkpoints",
         "  vl test -c configs/pretrain/demo.yaml --ckpt_path runs/demo/checkpoints/last.ckpt",
+        "  vl fit -c configs/pretrain/demo.yaml --print_config        # every model, data and trainer option",
         "",
         "Errors are one line; set VL_DEBUG=1 for the full traceback (VL_DEBUG=1 vl fit ...).",
     ]
@@ -75,14 +91,122 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {' '.join(text.split())}"
 
 
-def run_lightning(argv: list[str] | None) -> int:
-    """Parse `argv` (None: sys.argv) with LightningCLI and run the subcommand; returns an exit status."""
+# ---- checks of a Lightning command line that need no import of torch or Lightning ---------------------
+
+SECTIONS = ("trainer", "model", "data")  # config sections (vl runs LightningCLI without optimizer sections)
+COMMON_OPTIONS = ("-c", "--config", "--print_config", "--seed_everything", "-h", "--help")
+SKIPPED_ARGUMENTS = {"self", "model", "train_dataloaders", "val_dataloaders", "dataloaders", "datamodule"}
+
+
+@functools.lru_cache(maxsize=1)
+def _trainer_signatures() -> Optional[dict[str, set[str]]]:
+    """Argument names of Lightning's ``Trainer.__init__`` and of ``fit``/``validate``/``test``/``predict``,
+    read from its source without importing it; None when the source cannot be found or read."""
+    spec = importlib.util.find_spec("lightning")  # a top-level package: found, not imported
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "pytorch" / "trainer" / "trainer.py"
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == "Trainer":
+            methods = {f.name: f for f in node.body if isinstance(f, ast.FunctionDef)}
+            wanted = ("__init__", *LIGHTNING_COMMANDS)
+            if not all(m in methods for m in wanted):
+                return None
+            return {m: {a.arg for a in methods[m].args.args + methods[m].args.kwonlyargs} - SKIPPED_ARGUMENTS
+                    for m in wanted}
+    return None
+
+
+def _looks_like_file(value: str) -> bool:
+    """A config value that names a YAML/JSON file (not inline YAML such as ``{max_steps: 1}``)."""
+    return value.endswith((".yaml", ".yml", ".json")) and not any(c in value for c in "{}\n: ")
+
+
+def _suggest(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def precheck(command: str, args: Sequence[str]) -> Optional[str]:
+    """A one-line error for the mistakes in ``vl COMMAND ARGS`` that need no model to find: a config file that
+    does not exist, an unknown option or section, an unknown trainer option; None when none is found (the
+    full parse, after loading Lightning, checks everything else: model and data keys, types, values)."""
+    signatures = _trainer_signatures()
+    if signatures is None:
+        return None
+    options = [*COMMON_OPTIONS, *(f"--{a}" for a in sorted(signatures[command])), *(f"--{s}" for s in SECTIONS)]
+    if command == "fit":
+        options.append(OVERWRITE)
+    trainer_keys = sorted(signatures["__init__"]) + ["help"]
+    for i, token in enumerate(args):
+        if not token.startswith("-") or token == "-" or token[1:2].isdigit() or token[1:2] == ".":
+            continue  # a value (negative numbers included)
+        if token == "--":
+            break
+        key, eq, inline = token.partition("=")
+        value = inline if eq else (args[i + 1] if i + 1 < len(args) else "")
+        section, dot, rest = key[2:].partition(".")
+        if dot and section in SECTIONS:
+            name = rest.split(".")[0].rstrip("+")
+            if section == "trainer" and name not in trainer_keys:
+                return (f"unrecognized arguments: {key}"
+                        + _suggest(name, trainer_keys).replace("(did you mean ", "(did you mean --trainer."))
+            continue
+        if dot:  # a misspelled section: --trainr.max_steps
+            close = difflib.get_close_matches(section, SECTIONS, n=1, cutoff=0.6)
+            hint = f" (did you mean --{close[0]}.{rest}?)" if close else f" (sections: {', '.join(SECTIONS)})"
+            return f"unrecognized arguments: {key}{hint}"
+        if key == OVERWRITE and command != "fit":
+            return f"{OVERWRITE} is an option of `vl fit` (it starts a run afresh in a folder of old checkpoints)"
+        if key not in options and not (key.startswith("--") and sum(o.startswith(key) for o in options) == 1):
+            return f"unrecognized arguments: {key}" + _suggest(key, options)
+        if key in ("-c", "--config", "--trainer") and _looks_like_file(value) and not os.path.isfile(value):
+            return f"{key} {value}: no such file"
+    return None
+
+
+def _configs(args: Sequence[str]) -> list[str]:
+    """The config files named by ``-c``/``--config``."""
+    found = []
+    for i, token in enumerate(args):
+        if token in ("-c", "--config") and i + 1 < len(args):
+            found.append(args[i + 1])
+        elif token.startswith("--config="):
+            found.append(token.split("=", 1)[1])
+    return found
+
+
+def run_lightning(args: list[str], from_sys_argv: bool = False) -> int:
+    """Run ``vl COMMAND ARGS`` (``args[0]`` is the command) with LightningCLI; returns an exit status.
+    ``from_sys_argv``: ``args`` are the process's own arguments (LightningCLI then reads them from
+    ``sys.argv``, as it prefers)."""
+    command, rest = args[0], args[1:]
+    error = precheck(command, rest)
+    if error is not None:
+        print(f"vl {command}: error: {error}", file=sys.stderr)
+        print(f"vl {command}: `vl {command} --help` lists the options; `vl {command} -c CONFIG --print_config` "
+              f"shows every key of a config with its value", file=sys.stderr)
+        return 2
+    overwrite = OVERWRITE in rest
+    rest = [a for a in rest if a != OVERWRITE]
+    configs = _configs(rest)
+    print(f"vl {command}: loading {', '.join(configs) if configs else 'PyTorch and Lightning'} ...",
+          file=sys.stderr, flush=True)
+
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     from vl.lit.cli import VLLightningCLI
     from vl.lit.safety import NonFiniteLossError
 
+    if from_sys_argv:
+        sys.argv[1:] = [command, *rest]
     try:
-        VLLightningCLI(args=argv)
-    except (*USER_ERRORS, NonFiniteLossError) as e:
+        VLLightningCLI(args=None if from_sys_argv else [command, *rest], overwrite=overwrite)
+    except (*USER_ERRORS, NonFiniteLossError, MisconfigurationException) as e:
         if os.environ.get("VL_DEBUG", "") not in ("", "0"):
             raise
         print(f"vl: error: {one_line(e)} (VL_DEBUG=1 shows the traceback)", file=sys.stderr)
@@ -101,9 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command in TOOL_COMMANDS:
         return int(_tool_main(command)(args[1:]) or 0)
     if command in LIGHTNING_COMMANDS:
-        return run_lightning(None if argv is None else args)
+        return run_lightning(args, from_sys_argv=argv is None)
     print(_usage(), file=sys.stderr)
-    print(f"\nerror: unknown command {command!r}", file=sys.stderr)
+    commands = [*LIGHTNING_COMMANDS, *TOOL_COMMANDS]
+    print(f"\nerror: unknown command {command!r}{_suggest(command, commands)}", file=sys.stderr)
     return 2
 
 

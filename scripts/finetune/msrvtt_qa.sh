@@ -4,6 +4,7 @@
 # Prepare the data first (see each config's header). Each task's metrics, predictions and checkpoints
 # go to runs/finetune/<config name>/.
 set -euo pipefail
+PATH="$PATH:$(cd "$(dirname "$0")/../.." && pwd)/.venv/bin"  # finds vl whether or not .venv is active
 PRE=${1:?usage: $0 PRETRAINED.ckpt [vl options]}
 shift
 cd "$(dirname "$0")/../.."

@@ -1,6 +1,8 @@
 """LightningCLI as `vl` uses it: subclass mode, omegaconf interpolation, one-line config errors, and
-checks that `--ckpt_path` names a checkpoint, that evaluation has trained weights and that no model option
-is silently replaced by a checkpoint's."""
+checks that `--ckpt_path` names a checkpoint, that evaluation has trained weights, that no model option
+is silently replaced by a checkpoint's, that a new run does not overwrite an earlier run's checkpoints,
+that a GPU config is not run on a machine without one, and that a model starting from random weights
+says so."""
 
 from __future__ import annotations
 
@@ -12,10 +14,11 @@ from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
 
-from vl.lit.callbacks import SaveLastOnTrainEnd
+from vl.lit.callbacks import SaveLastOnTrainEnd, VLProgressBar
 from vl.lit.checkpoint import RandomState, check_checkpoint_file
 from vl.lit.data import SkipCounter
 
@@ -30,13 +33,23 @@ class _DropAdvertisements(logging.Filter):
 
 def quiet_dependency_notices() -> None:
     """Silence the notices of dependencies that say nothing about the user's run, each by its exact text:
-    Lightning's advertisements, and the FutureWarning that Lightning's own use of torch's deprecated
-    ``LeafSpec`` raises on every step (a call inside Lightning, which a user cannot change)."""
+
+    - Lightning's advertisements;
+    - the FutureWarning that Lightning's own use of torch's deprecated ``LeafSpec`` raises on every step
+      (a call inside Lightning, which a user cannot change);
+    - "Checkpoint directory ... exists and is not empty": ``vl fit`` checks the folder itself before the
+      run starts (an error naming ``--overwrite`` unless the run resumes with ``--ckpt_path``);
+    - "ModelCheckpoint(monitor=...) could not find the monitored key": Lightning warns so only while no
+      validation has run (after one, a missing key is its error), i.e. on a run shorter than its
+      validation interval; ``SaveLastOnTrainEnd`` says in one line that no ranked checkpoint exists yet.
+    """
     rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropAdvertisements) for f in rank_zero_log.filters):
         rank_zero_log.addFilter(_DropAdvertisements())
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty\.")
+    warnings.filterwarnings("ignore", message=r"`ModelCheckpoint\(monitor=.*\)` could not find the monitored key")
 
 
 class VLArgumentParser(LightningArgumentParser):
@@ -56,14 +69,32 @@ class VLArgumentParser(LightningArgumentParser):
         return key
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        prog = self.prog or "vl"
+        # Headed by the subcommand as the user typed it (`vl fit`), whichever parser (the main one, a
+        # subcommand's) found the error, never argparse's "vl [options] fit" or the script's file name.
+        given = self.argv[0] if self.argv and self.argv[0] in ("fit", "validate", "test", "predict") else "fit"
+        prog = f"vl {given}"
         first = " ".join(str(message).split())  # collapse jsonargparse's multi-line messages
-        head, sep, options = first.partition("unrecognized arguments: ")
+        head, sep, options = first.partition("nrecognized arguments: ")
         if sep:
-            first = head + sep + " ".join(self.full_key(o) for o in options.split() if o.startswith("--"))
+            first = "unrecognized arguments: " + " ".join(self.full_key(o) for o in options.split() if o.startswith("--"))
         print(f"{prog}: error: {first}", file=sys.stderr)
-        print(f"{prog}: run `{prog} --help` for the accepted options.", file=sys.stderr)
+        print(f"{prog}: `{prog} --help` lists the options; `{prog} -c CONFIG --print_config` shows every key of a "
+              f"config with its value", file=sys.stderr)
         sys.exit(2)
+
+
+SUBCOMMAND_HELP = (
+    "Model and data options depend on the classes a config names, so they are not listed here: "
+    "`vl {command} -c CONFIG --print_config` prints every key of a config (model, data, trainer) with its value, "
+    "and `vl {command} --model.help CLASS` (e.g. vl.lit.PretrainModule) or `--data.help vl.lit.VideoTextDataModule` "
+    "lists a class's options with their help. Override any key as --model.init_args.KEY VALUE."
+)
+FIT_HELP = (" --overwrite: start afresh in a checkpoint folder that holds an earlier run's checkpoints "
+            "(they are deleted); without it such a run stops, unless it resumes with --ckpt_path.")
+
+
+class NoGPUError(ValueError):
+    """A config asks for a GPU on a machine that has none."""
 
 
 class VLLightningCLI(LightningCLI):
@@ -73,8 +104,10 @@ class VLLightningCLI(LightningCLI):
     project (pretraining, each fine-tuning task) runs through the same command.
     """
 
-    def __init__(self, args: list[str] | None = None, **kwargs: Any) -> None:
+    def __init__(self, args: list[str] | None = None, overwrite: bool = False, **kwargs: Any) -> None:
+        """``overwrite``: `vl fit --overwrite` (``check_checkpoint_folders``)."""
         quiet_dependency_notices()
+        self.overwrite = overwrite
         VLArgumentParser.argv = list(sys.argv[1:] if args is None else args)
         kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf"})
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
@@ -82,7 +115,9 @@ class VLLightningCLI(LightningCLI):
         kwargs.setdefault("parser_class", VLArgumentParser)
         # Every run counts skipped samples and leaves a resumable last.ckpt, whatever its config says.
         # Checkpoints also hold the global random state, so a resumed run draws the same dropout masks.
-        kwargs.setdefault("trainer_defaults", {"callbacks": [SkipCounter(), SaveLastOnTrainEnd(), RandomState()]})
+        # Progress bars have totals for evaluation over counted shards (added unless the config has a bar).
+        kwargs.setdefault("trainer_defaults", {"callbacks": [SkipCounter(), SaveLastOnTrainEnd(), RandomState(),
+                                                             VLProgressBar()]})
         super().__init__(
             pl.LightningModule,
             pl.LightningDataModule,
@@ -98,11 +133,25 @@ class VLLightningCLI(LightningCLI):
         listed = config.get("callbacks") or []
         listed = listed if isinstance(listed, list) else [listed]
         have = {type(cb) for cb in [*listed, *callbacks]}
+        has_bar = config.get("enable_progress_bar") is False or any(issubclass(t, ProgressBar) for t in have)
         defaults = self.trainer_defaults.get("callbacks", [])
         defaults = defaults if isinstance(defaults, list) else [defaults]
-        self.trainer_defaults = {**self.trainer_defaults,
-                                 "callbacks": [cb for cb in defaults if type(cb) not in have]}
+        self.trainer_defaults = {**self.trainer_defaults, "callbacks": [
+            cb for cb in defaults if type(cb) not in have and not (has_bar and isinstance(cb, ProgressBar))]}
         return super()._instantiate_trainer(config, callbacks)
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        """Lightning's, with each subcommand's usage and errors headed `vl fit`, not `vl [options] fit`."""
+        super()._add_subcommands(parser, **kwargs)
+        for subcommand, subparser in self._subcommand_parsers.items():
+            subparser.prog = f"vl {subcommand}"
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        """Lightning's, with a help text that says where the model and data options are (and fit's --overwrite)."""
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        text = SUBCOMMAND_HELP.format(command=subcommand) + (FIT_HELP if subcommand == "fit" else "")
+        parser.description = f"{parser.description or ''}\n\n{text}".strip()
+        return parser
 
     # ---- checks of --ckpt_path and of where an evaluated model's weights come from -------------------
 
@@ -127,8 +176,12 @@ class VLLightningCLI(LightningCLI):
                     f"model with it (a fine-tuning config can start from this checkpoint with init_from)")
 
     def before_instantiate_classes(self) -> None:
-        """Refuse to evaluate a model that has no trained weights (one line saying how to give them)."""
+        """Refuse a GPU config on a machine without one, and to evaluate a model that has no trained weights
+        (one line each saying what to pass), before any model is built."""
         subcommand = self.config.get("subcommand")
+        if subcommand is None:
+            return
+        check_accelerator(self.config[subcommand].get("trainer"))
         if subcommand not in ("validate", "test", "predict"):
             return
         config = self.config[subcommand]
@@ -140,8 +193,13 @@ class VLLightningCLI(LightningCLI):
                 f"fine-tuning task --model.init_args.init_from PATH.ckpt")
 
     def _run_subcommand(self, subcommand: str) -> None:
-        if self.config_init[subcommand].get("ckpt_path") == "last":
+        ckpt_path = self.config_init[subcommand].get("ckpt_path")
+        if ckpt_path == "last":
             self._check_last_exists(subcommand)
+        if subcommand == "fit":
+            check_checkpoint_folders(self.trainer, resuming=ckpt_path is not None, overwrite=self.overwrite)
+            if ckpt_path is None:
+                warn_random_weights(self.model, self.config[subcommand].get("model"))
         super()._run_subcommand(subcommand)
 
     def _check_last_exists(self, subcommand: str) -> None:
@@ -155,6 +213,89 @@ class VLLightningCLI(LightningCLI):
             raise FileNotFoundError(
                 f"--ckpt_path last: no {ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION} in "
                 f"{where}. To start a new run, leave out --ckpt_path; to resume, give the run's checkpoint file")
+
+
+def check_accelerator(trainer: Any) -> None:
+    """NoGPUError when the trainer config asks for a GPU (``accelerator: gpu|cuda``) and none is usable;
+    Lightning's own message ("No supported gpu backend found!") says neither which setting nor what to do."""
+    accelerator = trainer.get("accelerator") if trainer is not None else None
+    if not isinstance(accelerator, str) or accelerator.lower() not in ("gpu", "cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise NoGPUError(f"this config runs on a GPU (trainer.accelerator: {accelerator}) and this machine has none: "
+                         f"add --trainer configs/trainer/cpu.yaml to run it on the CPU")
+
+
+def checkpoint_folders(trainer: pl.Trainer) -> list[Path]:
+    """The folders this run's ModelCheckpoints will write to, resolved as Lightning resolves them at setup
+    (a ``dirpath`` of None: the first logger's version folder, a new one per run for CSV/TensorBoard)."""
+    folders = []
+    for cb in trainer.checkpoint_callbacks:
+        if not isinstance(cb, ModelCheckpoint):
+            continue
+        dirpath = cb.dirpath
+        resolve = getattr(cb, "_ModelCheckpoint__resolve_ckpt_dir", None)
+        if dirpath is None and resolve is not None:
+            dirpath = resolve(trainer)
+        if dirpath is not None and "://" not in str(dirpath):
+            folders.append(Path(dirpath))
+    return folders
+
+
+def check_checkpoint_folders(trainer: pl.Trainer, resuming: bool, overwrite: bool) -> None:
+    """A new run (no ``--ckpt_path``) whose checkpoint folder already holds checkpoints would overwrite
+    ``last.ckpt`` and mix its ``best-*`` files with the earlier run's: FileExistsError naming the options,
+    unless ``overwrite`` (`vl fit --overwrite`), which deletes those checkpoints first (rank 0)."""
+    if resuming:
+        return
+    for folder in checkpoint_folders(trainer):
+        old = sorted(folder.glob(f"*{ModelCheckpoint.FILE_EXTENSION}")) if folder.is_dir() else []
+        if not old:
+            continue
+        names = ", ".join(p.name for p in old[:3]) + (f" and {len(old) - 3} more" if len(old) > 3 else "")
+        if not overwrite:
+            raise FileExistsError(
+                f"{folder} holds the checkpoints of an earlier run ({names}): resume it with --ckpt_path last, "
+                f"start over with --overwrite (deletes them), or give this run another checkpoint folder")
+        if trainer.is_global_zero:
+            for path in old:
+                path.unlink(missing_ok=True)
+            _print_rank_zero(f"vl fit: --overwrite: deleted {len(old)} checkpoint(s) of an earlier run in {folder}")
+
+
+@rank_zero_only
+def _print_rank_zero(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def warn_random_weights(module: pl.LightningModule, model_config: Any) -> None:
+    """One line when the video or text encoder of a new model starts from random weights although no config
+    said so: a preset such as clip_base names a pretrained tower, and without ``video.pretrained`` (a local
+    file) it would train from scratch without a word. ``pretrained: null`` in the part's config says
+    "from scratch" explicitly and silences the line; ``init_from`` (fine-tuning) loads a whole checkpoint."""
+    net = getattr(module, "model", None)
+    init_args = model_config.get("init_args") if model_config is not None else None
+    if init_args is None or init_args.get("init_from") or not hasattr(net, "video_encoder"):
+        return
+    config = getattr(net, "config", None) or {}
+    random_parts = []
+    for part in ("video", "text"):
+        given = init_args.get(part) or {}
+        encoder = getattr(net, f"{part}_encoder", None)
+        if encoder is None or not hasattr(encoder, "pretrained_parameter_names"):
+            continue
+        if ("pretrained" in given and given["pretrained"] is None) or encoder.pretrained_parameter_names():
+            continue
+        name = (config.get(part) or {}).get("name", part)
+        random_parts.append(f"{part} encoder ({name})")
+    if random_parts:
+        first = random_parts[0].split()[0]
+        _print_rank_zero(
+            f"vl: warning: the {' and '.join(random_parts)} of {init_args.get('model')} start from random weights: "
+            f"set --model.init_args.{first}.pretrained PATH (see the config's header), or pretrained: null in the "
+            f"config to train from scratch on purpose")
 
 
 # Values of --ckpt_path that Lightning resolves itself.

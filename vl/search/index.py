@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import tarfile
 import threading
 import time
 import warnings
@@ -32,7 +33,8 @@ from typing import Iterator, Literal, Optional, Sequence
 import numpy as np
 import torch
 
-from datapipes.decode import SkipSample
+from datapipes.decode import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, SkipSample
+from datapipes.shards import split_key
 from vl.metrics import NonFiniteError, nonfinite_message, require_finite
 from vl.objectives import match_score
 from vl.search.encoder import Encoder, normalize_query, prepare_clip
@@ -221,6 +223,8 @@ def _run_units(units: list[Unit], state: dict, encoder: Encoder, out: Path, opts
     with ThreadPoolExecutor(max(1, opts.workers), thread_name_prefix="vl-index-decode") as pool:
         for u, unit in enumerate(units):
             if u in state["done_units"]:
+                if bar is not None:  # done before an interruption: counted, so the bar's total is reached
+                    bar.update(sum(v["count"] for k, v in state["chunks"].items() if k.split(":")[0] == str(u)))
                 continue
             c = 0
             while f"{u}:{c}" in state["chunks"]:
@@ -278,6 +282,62 @@ def _finalize(out: Path, state: dict, opts: BuildOptions, model_config: dict) ->
     return config
 
 
+@dataclass
+class ShardCount:
+    """What one shard holds, from its tar headers."""
+
+    samples: int  # keys (every sample, with or without a video)
+    media: int  # samples with a video or image file
+
+
+def count_shard_samples(url: str) -> Optional[ShardCount]:
+    """The samples of one local uncompressed shard, counted from its tar headers (file contents are skipped,
+    not read: a 1 GB shard is counted in milliseconds); None for a remote, compressed or unreadable shard.
+    Keys are grouped as the data pipeline groups them (``datapipes.shards.split_key``)."""
+    path = url[len("file://"):] if url.startswith("file://") else url
+    if "://" in path or path.startswith("pipe:") or not path.endswith(".tar") or not os.path.isfile(path):
+        return None
+    media_ext = set(VIDEO_EXTENSIONS + IMAGE_EXTENSIONS)
+    keys: set[str] = set()
+    media: set[str] = set()
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, ext = split_key(member.name)
+                if key is None:
+                    continue
+                keys.add(key)
+                if ext is not None and ext.lower() in media_ext:
+                    media.add(key)
+    except (OSError, tarfile.TarError, EOFError):
+        return None
+    return ShardCount(samples=len(keys), media=len(media))
+
+
+def count_samples(urls: Sequence[str], budget_s: float = 5.0) -> Optional[list[ShardCount]]:
+    """``count_shard_samples`` of every shard; None when one cannot be counted or counting takes longer than
+    ``budget_s`` seconds (a total is a convenience, never worth a long wait)."""
+    deadline = time.monotonic() + budget_s
+    counts = []
+    for url in urls:
+        count = count_shard_samples(url)
+        if count is None or time.monotonic() > deadline:
+            return None
+        counts.append(count)
+    return counts
+
+
+def _total_items(units: list[Unit]) -> Optional[int]:
+    """Inputs of a build, for the progress bar: files of folders plus samples of shards; None when a shard
+    cannot be counted."""
+    files = sum(len(u.files) for u in units if u.kind == "files")
+    shards = [u.name for u in units if u.kind == "shard"]
+    counts = count_samples(shards) if shards else []
+    return None if counts is None else files + sum(c.samples for c in counts)
+
+
 def build_index(ckpt: str | Path, videos: Sequence[str], out: str | Path, options: Optional[BuildOptions] = None,
                 device: str = "cpu", encoder: Optional[Encoder] = None) -> dict:
     """Embed every video of ``videos`` (folders, files, shard specs) with the model of ``ckpt`` into ``out``.
@@ -295,12 +355,11 @@ def build_index(ckpt: str | Path, videos: Sequence[str], out: str | Path, option
     encoder = encoder or Encoder.from_checkpoint(ckpt, device)
     state = _prepare_out(out, _signature(ckpt, units, encoder, options.chunk_size), options.overwrite)
     (out / "config.json").unlink(missing_ok=True)  # marks the index incomplete until _finalize rewrites it
-    total = sum(len(u.files) for u in units) if all(u.kind == "files" for u in units) else None
     bar = None
     if options.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, desc="indexing", unit="video", dynamic_ncols=True)
+        bar = tqdm(total=_total_items(units), desc="indexing", unit="video", dynamic_ncols=True)
     try:
         _run_units(units, state, encoder, out, options, bar)
     finally:
