@@ -28,7 +28,8 @@ def tiny_config(tmp: Path, synth: dict, **trainer) -> Path:
         eval_batch_size=6, num_workers=0, batches_per_epoch=2, num_frames=4,
     )
     cfg["trainer"].update(default_root_dir=str(tmp), check_val_every_n_epoch=1, log_every_n_steps=1, **trainer)
-    cfg["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp)
+    for logger in cfg["trainer"]["logger"]:
+        logger["init_args"]["save_dir"] = str(tmp)
     cfg["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(tmp / "checkpoints")
     path = tmp / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -40,7 +40,7 @@ LIGHTNING_COMMANDS = {
 # name -> (module with a `main(argv) -> int`, one-line help). Imported only when used, so `vl fit` does
 # not pay for Gradio or FAISS.
 TOOL_COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("datapipes.cli", "write, inspect and synthesise WebDataset shards (`vl data --help`)"),
+    "data": ("vl.tools.data", "write, inspect and synthesise WebDataset shards (`vl data --help`)"),
     "index": ("vl.search.cli", "embed a folder or shards of videos into a FAISS search index (`vl index --help`)"),
     "demo": ("vl.search.app", "serve a search index in a Gradio app (`vl demo --index INDEX`)"),
 }

@@ -15,7 +15,8 @@ import torch
 
 # Data settings a model was trained with, recorded in checkpoints so that search and inference prepare
 # new videos and queries the same way.
-PREPROCESS_KEYS = ("num_frames", "frame_size", "norm", "tokenizer", "max_text_len", "val_sampling", "sample_fps")
+PREPROCESS_KEYS = ("num_frames", "frame_size", "norm", "tokenizer", "max_text_len", "val_sampling", "sample_fps",
+                   "decode_short_side", "backend", "allow_images")  # search decodes as the model was trained
 
 
 @dataclass
