@@ -147,7 +147,9 @@ def test_holdout_keeps_test_compositions_out_of_training():
         return {(*m["objects"][0], FAMILIES[m["label"]]) for m in metas}
 
     cfg = SynthConfig(frames=4, size=16, fps=8, holdout=True)
-    train, test = compositions("train", 160, cfg), compositions("test", 120, cfg)
+    train, test = compositions("train", 160, cfg), compositions("test", 24, cfg)
+    first = [json.loads(make_sample("test", i, cfg)["json"]) for i in range(24)]
+    assert len({(*m["objects"][0], m["label"]) for m in first}) == 24  # every held-out (object, event) once
     print(f"\n{len(train)} training and {len(test)} test compositions of 48")
     assert not train & test
     assert {(c, s) for c, s, _ in test} <= {(c, s) for c, s, _ in train}  # objects seen, with other events
