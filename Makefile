@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: setup
-	$(VL) data synth --out $(DEMO_DATA) --train 2000 --val 200 --test 200 --skip-existing
+	$(VL) data synth --out $(DEMO_DATA) --train 2000 --val 24 --test 24 --holdout --skip-existing
 	@# a second make demo keeps the trained run (vl fit refuses to overwrite it: make clean starts over)
 	test -f $(DEMO_RUN)/checkpoints/last.ckpt || $(VL) fit -c configs/pretrain/demo.yaml --data.init_args.root $(DEMO_DATA)
 	$(VL) test -c configs/pretrain/demo.yaml --data.init_args.root $(DEMO_DATA) --ckpt_path $(DEMO_RUN)/checkpoints/last.ckpt
