@@ -60,6 +60,17 @@ def summary(out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
+def table(path: Path, delimiter: str = ",") -> list[dict]:
+    """The rows of a delimited file with a header line, as the test reads them (CSV quoting)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter=delimiter))
+
+
+def nonempty_lines(path: Path) -> list[str]:
+    """The non-blank lines of a text file."""
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def assert_counts_add_up(out: Path, records_in_files: int) -> dict:
     """The summary's count: records read (as many as the annotation files hold, counted by the test from
     the files themselves) = written + skipped."""
@@ -150,6 +161,12 @@ def test_msrvtt_official_and_1k_splits(tmp_path):
     s = summary(out)
     assert s["skipped"] == {"video without captions": 2, "missing video": 1}
     assert s["written"]["test_1k"] == 1
+    # one record per video of each output: the info JSONs' `videos`, the 9k list's rows, the 1k-A csv's videos
+    infos = [json.loads((ann / n).read_text()) for n in ("train_val_videodatainfo.json", "test_videodatainfo.json")]
+    train_9k, test_1k_rows = table(ann / "MSRVTT_train.9k.csv"), table(ann / "MSRVTT_JSFUSION_test.csv")
+    assert_counts_add_up(
+        out, sum(len(info["videos"]) for info in infos) + len(train_9k) + len({r["video_id"] for r in test_1k_rows})
+    )
 
 
 def test_msrvtt_without_videos_keeps_default_names(tmp_path):
@@ -158,6 +175,7 @@ def test_msrvtt_without_videos_keeps_default_names(tmp_path):
     msrvtt.main(["--annotations", str(ann / "MSRVTT_JSFUSION_test.csv"), "--out", str(out)])
     assert [r["video"] for r in load(out, "test_1k")] == ["video7010.mp4", "video9999.mp4"]
     assert any("not checked" in n for n in summary(out)["notes"])
+    assert_counts_add_up(out, len({r["video_id"] for r in table(ann / "MSRVTT_JSFUSION_test.csv")}))
 
 
 def test_msrvtt_multiple_choice_both_published_formats(tmp_path):
@@ -178,6 +196,9 @@ def test_msrvtt_multiple_choice_both_published_formats(tmp_path):
     assert record["video"] == "video7010.mp4" and record["split"] == "test"
     assert record["qa"] == [{"question": "", "choices": options, "answer_idx": 3, "id": 0}]
     assert summary(tmp_path / "a")["skipped"] == {"malformed multiple-choice row": 1}
+    items = [json.loads(line) for line in nonempty_lines(ann / "msrvtt_mc_test.jsonl")]
+    assert len({item["clip_name"] for item in items}) == len(items)  # one clip a line: a record per line
+    assert_counts_add_up(tmp_path / "a", len(items))
 
     ann = tmp_path / "jsfusion"
     write_lines(
@@ -194,6 +215,9 @@ def test_msrvtt_multiple_choice_both_published_formats(tmp_path):
     assert first["id"] == "video7010" and first["qa"][0]["answer_idx"] == 0 and first["qa"][0]["id"] == "mc0"
     assert second["qa"][0]["choices"][4] == 'e "quoted"'
     assert summary(tmp_path / "b")["skipped"] == {"malformed multiple-choice row": 1}
+    rows = table(ann / "MSR_MC_test.csv", delimiter="\t")
+    assert len({row["vid_key"] for row in rows}) == len(rows)  # one clip a row: a record per row
+    assert_counts_add_up(tmp_path / "b", len(rows))
 
 
 def test_msrvtt_frozen_layout(tmp_path):
@@ -219,6 +243,8 @@ def test_msrvtt_frozen_layout(tmp_path):
     s = summary(out)
     assert s["skipped"] == {"video without captions": 1}
     assert any("MSRVTT_JSFUSION_test.csv" in n for n in s["notes"])  # test_1k has 20 captions per video here
+    listed = [line for name in ("train", "val") for line in nonempty_lines(lists / f"{name}_list_jsfusion.txt")]
+    assert_counts_add_up(out, len(listed))  # one record per listed video id
 
 
 def test_finetune_configs_name_files_the_converters_write(tmp_path):
@@ -298,6 +324,12 @@ def test_msrvtt_qa_type_is_the_first_word_not_the_video_category(tmp_path):
     s = summary(out)
     assert s["skipped"] == {"malformed question": 1}
     assert "test questions per type: what 1, who 1, how 1, when 1, where 1, other 1" in s["notes"]
+    records = 0  # one per video of each file, and one per question without text (never grouped)
+    for name in ("train_qa.json", "test_qa.json"):
+        items = json.loads((ann / name).read_text())
+        records += len({i["video_id"] for i in items if i["question"].strip()})
+        records += sum(not i["question"].strip() for i in items)
+    assert_counts_add_up(out, records)
 
 
 def test_msvd_qa_real_rows_in_both_video_layouts(tmp_path):
@@ -333,11 +365,16 @@ def test_msvd_qa_mapping_is_optional_and_bad_lines_are_counted(tmp_path):
     msvd_qa.main(["--annotations", str(ann), "--out", str(out)])
     assert [r["video"] for r in load(out, "train")] == ["vid1.avi", "vid2.avi"]
     assert any("no youtube_mapping.txt" in n for n in summary(out)["notes"])
+    videos_in_qa = len({item["video_id"] for item in json.loads((ann / "train_qa.json").read_text())})
+    assert_counts_add_up(out, videos_in_qa)
     write_lines(ann / "youtube_mapping.txt", ["-4wsuPCjDBc_5_15 vid1", "broken line here"])
     videos = touch_videos(tmp_path / "msvd", ["YouTubeClips/-4wsuPCjDBc_5_15.avi"])
     msvd_qa.main(["--annotations", str(ann), "--videos", str(videos), "--out", str(out)])
     assert [r["video"] for r in load(out, "train")] == ["YouTubeClips/-4wsuPCjDBc_5_15.avi"]
     assert summary(out)["skipped"] == {"malformed mapping line": 1, "missing video": 1}
+    # the malformed mapping line is counted among the skips although it is no record: read = videos + 1
+    bad_mapping = [line for line in nonempty_lines(ann / "youtube_mapping.txt") if not line.split()[-1][3:].isdigit()]
+    assert_counts_add_up(out, videos_in_qa + len(bad_mapping))
 
 
 # ---------------------------------------------------------------- TGIF-QA
@@ -391,6 +428,12 @@ def test_tgif_qa_open_ended_and_multiple_choice(tmp_path):
     assert first["choices"][first["answer_idx"]] == "sing" and second["answer_idx"] == 0
     assert load(out, "action_train")[0]["qa"][0]["answer_idx"] == 2
     assert summary(out)["skipped"] == {"malformed frameqa row": 1, "malformed transition row": 1}
+    records = 0  # one per GIF of each file, and one per malformed row (no question, or answer index past a5)
+    for name in ("Train_frameqa_question.tsv", "Test_transition_question.csv", "Train_action_question.tsv"):
+        rows = table(ann / name, delimiter="\t")
+        bad = [r for r in rows if not r["question"] or ("a1" in r and int(r["answer"]) >= 5)]
+        records += len({r["gif_name"] for r in rows if r not in bad}) + len(bad)
+    assert_counts_add_up(out, records)
 
 
 def test_tgif_qa_header_without_required_column_is_an_error(tmp_path):
@@ -459,6 +502,8 @@ def test_didemo_joins_descriptions_in_temporal_order(tmp_path):
     assert test[0]["video"] == "12090392@N02_13482799053_87ef417396.mp4"  # converted copy found by name
     assert test[1]["caption"] == "a car drives." and test[1]["split"] == "test"
     assert summary(out)["skipped"] == {"malformed moment": 1}
+    good = [m for m in moments if isinstance(m["times"], list)]
+    assert_counts_add_up(out, len({m["video"] for m in good}) + len(moments) - len(good))  # per video + bad moment
 
 
 def test_didemo_real_video_names_in_the_download_scripts_layout(tmp_path):
@@ -519,6 +564,12 @@ def test_lsmdc_retrieval_groups_sentences_per_clip(tmp_path):
     ]
     assert load(out, "test_1k")[0]["split"] == "test"
     assert summary(out)["skipped"] == {"malformed row": 1}
+    records = 0  # one per clip of each file, and one per row whose times are not times
+    for name in ("LSMDC16_annos_training.csv", "LSMDC16_challenge_1000_publictect.csv"):
+        rows = [line.split("\t") for line in nonempty_lines(ann / name)]
+        bad = [row for row in rows if not row[1][:1].isdigit()]
+        records += len({row[0] for row in rows if row not in bad}) + len(bad)
+    assert_counts_add_up(out, records)
 
 
 def test_lsmdc_multiple_choice_answer_indices(tmp_path):
@@ -545,6 +596,11 @@ def test_lsmdc_multiple_choice_answer_indices(tmp_path):
     lsmdc.main(["--annotations", str(ann), "--out", str(tmp_path / "again")])
     assert load(tmp_path / "again", "mc_train") == [train]  # reproducible
     assert summary(out)["skipped"] == {"malformed multiple-choice row": 1}
+    test_rows = [line.split("\t") for line in nonempty_lines(ann / "LSMDC16_multiple_choice_test_randomized.csv")]
+    bad = [row for row in test_rows if not 1 <= int(row[-1]) <= 5]
+    train_rows = [line.split("\t") for line in nonempty_lines(ann / "LSMDC16_multiple_choice_train.csv")]
+    clips = len({row[0] for row in test_rows if row not in bad}) + len({row[0] for row in train_rows})
+    assert_counts_add_up(out, clips + len(bad))  # one record per clip of each file, one per bad row
 
 
 # ---------------------------------------------------------------- ActivityNet Captions
@@ -583,6 +639,7 @@ def test_activitynet_paragraphs_and_v_prefix(tmp_path):
     (val,) = load(out, "val_1")
     assert val["split"] == "val" and val["id"] == "v_uqiMw7tQ1Cc"
     assert summary(out)["skipped"] == {"malformed video entry": 1}
+    assert_counts_add_up(out, sum(len(json.loads((ann / n).read_text())) for n in ("train.json", "val_1.json")))
 
 
 # ---------------------------------------------------------------- YouCook2
@@ -628,6 +685,9 @@ def test_youcook2_one_clip_per_segment(tmp_path):
     (val,) = load(out, "val")
     assert val["caption"] == "chop the onion" and val["video"].endswith(".webm")
     assert summary(out)["skipped"] == {"segment out of range": 2, "video without annotations": 1}
+    database = json.loads((ann / "youcookii_annotations_trainval.json").read_text())["database"]
+    # one record per annotated segment, and one per video without any
+    assert_counts_add_up(out, sum(len(video["annotations"]) or 1 for video in database.values()))
 
 
 # ---------------------------------------------------------------- shared plumbing
