@@ -6,6 +6,8 @@ the loaded parameters reach the optimiser's pretrained group; CLS tokens with pa
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import timm
 import torch
 from safetensors.torch import load_file, save_file
@@ -358,3 +360,26 @@ def test_class_tokens_with_padded_frames_and_masks(temporal):
     assert out.shape == (2, 8 + (64 if temporal == "joint" else 128), enc.embed_dim)
     enc.pool(out).sum().backward()
     assert all(p.grad is not None for p in enc.parameters())
+
+
+@pytest.mark.slow
+def test_videomae_base_config_is_videomae_base(tmp_path, monkeypatch):
+    """configs/pretrain/videomae_base.yaml with a VideoMAE-B folder (random weights, saved by transformers) in
+    place of /weights/videomae-base: every encoder weight loads and the video encoder's tokens equal
+    VideoMAEModel's last_hidden_state on a 16-frame 224 px clip."""
+    from vl.lit.cli import VLLightningCLI
+
+    torch.manual_seed(0)
+    ref = VideoMAEModel(VideoMAEConfig()).eval()
+    ref.save_pretrained(tmp_path / "videomae-base")
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    cpu = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
+           "--trainer.precision", "32-true", "--trainer.num_nodes", "1", "--trainer.logger", "false"]
+    cli = VLLightningCLI(args=["-c", "configs/pretrain/videomae_base.yaml", *cpu,
+                               "--model.init_args.video.pretrained", str(tmp_path / "videomae-base")], run=False)
+    enc = cli.model.model.video_encoder.eval()
+    assert enc.pretrained_parameter_names() == {n for n, _ in enc.named_parameters()}
+    clip = torch.randn(1, 16, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(enc.forward_features(clip), ref(pixel_values=clip).last_hidden_state,
+                                   rtol=0, atol=1e-5)
