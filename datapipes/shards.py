@@ -13,7 +13,9 @@ import glob
 import os
 import random
 import tarfile
+import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import IO, Optional, Union
 
 import braceexpand
@@ -362,3 +364,50 @@ def mix_streams(sources: list[Iterator[dict]], weights: Sequence[float], seed: i
     while True:
         (source,) = rng.choices(sources, weights=weights)
         yield next(source)
+
+
+@dataclass
+class ShardCount:
+    """What one shard holds, from its tar headers."""
+
+    samples: int  # keys (every sample, with or without a video)
+    media: int  # samples with a video or image file
+
+
+def count_shard_samples(url: str) -> Optional[ShardCount]:
+    """The samples of one local uncompressed shard, counted from its tar headers (file contents are skipped,
+    not read: a 1 GB shard is counted in milliseconds); None for a remote, compressed or unreadable shard.
+    Keys are grouped as the data pipeline groups them (``datapipes.shards.split_key``)."""
+    path = url[len("file://"):] if url.startswith("file://") else url
+    if "://" in path or path.startswith("pipe:") or not path.endswith(".tar") or not os.path.isfile(path):
+        return None
+    media_ext = set(VIDEO_EXTENSIONS + IMAGE_EXTENSIONS)
+    keys: set[str] = set()
+    media: set[str] = set()
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, ext = split_key(member.name)
+                if key is None:
+                    continue
+                keys.add(key)
+                if ext is not None and ext.lower() in media_ext:
+                    media.add(key)
+    except (OSError, tarfile.TarError, EOFError):
+        return None
+    return ShardCount(samples=len(keys), media=len(media))
+
+
+def count_samples(urls: Sequence[str], budget_s: float = 5.0) -> Optional[list[ShardCount]]:
+    """``count_shard_samples`` of every shard; None when one cannot be counted or counting takes longer than
+    ``budget_s`` seconds (a total is a convenience, never worth a long wait)."""
+    deadline = time.monotonic() + budget_s
+    counts = []
+    for url in urls:
+        count = count_shard_samples(url)
+        if count is None or time.monotonic() > deadline:
+            return None
+        counts.append(count)
+    return counts

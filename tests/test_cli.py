@@ -343,7 +343,7 @@ def test_typo_errors_name_the_subcommand_and_how_to_see_the_options(tmp_path, sy
 
 def test_shard_samples_are_counted_from_tar_headers(synth_dir, tmp_path):
     from datapipes.shards import expand_shards
-    from vl.search.index import count_samples, count_shard_samples
+    from datapipes.shards import count_samples, count_shard_samples
 
     counts = count_samples(expand_shards(synth_dir["train"]))
     assert [(c.samples, c.media) for c in counts] == [(16, 16)] * 3

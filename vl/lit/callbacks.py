@@ -131,8 +131,7 @@ def eval_batches(trainer: pl.Trainer, split: str) -> Optional[int]:
     It mirrors how ``datapipes.shards.SplitShards`` shares the shards: whole shards per rank and worker when
     there are enough, else every n-th sample; each worker batches its share, the last batch partial.
     """
-    from datapipes.shards import expand_shards
-    from vl.search.index import count_samples
+    from datapipes.shards import count_samples, expand_shards
 
     dm = trainer.datamodule
     hparams = getattr(dm, "hparams", None)

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import tarfile
 import threading
 import time
 import warnings
@@ -33,8 +32,8 @@ from typing import Iterator, Literal, Optional, Sequence
 import numpy as np
 import torch
 
-from datapipes.decode import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, SkipSample
-from datapipes.shards import split_key
+from datapipes.decode import SkipSample
+from datapipes.shards import count_samples
 from vl.metrics import NonFiniteError, nonfinite_message, require_finite
 from vl.objectives import match_score
 from vl.search.encoder import Encoder, normalize_query, prepare_clip
@@ -280,53 +279,6 @@ def _finalize(out: Path, state: dict, opts: BuildOptions, model_config: dict) ->
               "sources": [u["name"] for u in state["signature"]["units"]]}
     _write_json(out / "config.json", config)
     return config
-
-
-@dataclass
-class ShardCount:
-    """What one shard holds, from its tar headers."""
-
-    samples: int  # keys (every sample, with or without a video)
-    media: int  # samples with a video or image file
-
-
-def count_shard_samples(url: str) -> Optional[ShardCount]:
-    """The samples of one local uncompressed shard, counted from its tar headers (file contents are skipped,
-    not read: a 1 GB shard is counted in milliseconds); None for a remote, compressed or unreadable shard.
-    Keys are grouped as the data pipeline groups them (``datapipes.shards.split_key``)."""
-    path = url[len("file://"):] if url.startswith("file://") else url
-    if "://" in path or path.startswith("pipe:") or not path.endswith(".tar") or not os.path.isfile(path):
-        return None
-    media_ext = set(VIDEO_EXTENSIONS + IMAGE_EXTENSIONS)
-    keys: set[str] = set()
-    media: set[str] = set()
-    try:
-        with tarfile.open(path, mode="r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, ext = split_key(member.name)
-                if key is None:
-                    continue
-                keys.add(key)
-                if ext is not None and ext.lower() in media_ext:
-                    media.add(key)
-    except (OSError, tarfile.TarError, EOFError):
-        return None
-    return ShardCount(samples=len(keys), media=len(media))
-
-
-def count_samples(urls: Sequence[str], budget_s: float = 5.0) -> Optional[list[ShardCount]]:
-    """``count_shard_samples`` of every shard; None when one cannot be counted or counting takes longer than
-    ``budget_s`` seconds (a total is a convenience, never worth a long wait)."""
-    deadline = time.monotonic() + budget_s
-    counts = []
-    for url in urls:
-        count = count_shard_samples(url)
-        if count is None or time.monotonic() > deadline:
-            return None
-        counts.append(count)
-    return counts
 
 
 def _total_items(units: list[Unit]) -> Optional[int]:
