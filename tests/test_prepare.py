@@ -133,7 +133,7 @@ def msrvtt_fixture(ann: Path) -> None:
     with open(ann / "MSRVTT_JSFUSION_test.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["key", "vid_key", "video_id", "sentence"])
-        w.writerow(["ret0", "msr7010", "video7010", "a girl wearing red top, is putting a sweater on a dog"])
+        w.writerow(["ret0", "msr7010", "video7010", "a caption written for this test, with a comma"])
         w.writerow(["ret1", "msr9999", "video9999", "a cartoon character sings"])
     write_lines(ann / "MSRVTT_train.9k.csv", ["video_id", "video0", "video1", "video5"])
 
@@ -156,7 +156,7 @@ def test_msrvtt_official_and_1k_splits(tmp_path):
     assert [r["id"] for r in load(out, "train_9k")] == ["video0", "video1"]  # video5 has no captions
     test_1k = load(out, "test_1k")
     assert [r["id"] for r in test_1k] == ["video7010"]  # video9999 has no file
-    assert test_1k[0]["caption"] == "a girl wearing red top, is putting a sweater on a dog"
+    assert test_1k[0]["caption"] == "a caption written for this test, with a comma"
 
     s = summary(out)
     assert s["skipped"] == {"video without captions": 2, "missing video": 1}
@@ -167,6 +167,30 @@ def test_msrvtt_official_and_1k_splits(tmp_path):
     assert_counts_add_up(
         out, sum(len(info["videos"]) for info in infos) + len(train_9k) + len({r["video_id"] for r in test_1k_rows})
     )
+
+
+def test_msrvtt_1k_a_test_real_rows(tmp_path):
+    """CLIP4Clip's `MSRVTT_JSFUSION_test.csv` (comma-separated, header `key,vid_key,video_id,sentence`, one
+    sentence per 1k-A test video); real rows, fixtures README."""
+    out, ann = tmp_path / "out", FIXTURES / "msrvtt"
+    rows = table(ann / "MSRVTT_JSFUSION_test.csv")
+    # JSFusion's vid_key msr9770 names MSR-VTT's video9770
+    assert all(row["vid_key"] == "msr" + row["video_id"].removeprefix("video") for row in rows)
+    videos = touch_videos(tmp_path / "videos", ["video9770.mp4", "video9771.mp4", "video7020.mp4"])  # no video9773
+    paths = msrvtt.main(["--annotations", str(ann), "--videos", str(videos), "--out", str(out)])
+    assert set(paths) == {"test_1k"}
+    test_1k = load(out, "test_1k")
+    assert [r["id"] for r in test_1k] == ["video9770", "video9771", "video7020"]  # file order
+    assert test_1k[2] == {
+        "id": "video7020",
+        "video": "video7020.mp4",
+        "split": "test",
+        "caption": "a woman creating a fondant baby and flower",
+        "captions": ["a woman creating a fondant baby and flower"],
+    }
+    assert [r["caption"] for r in test_1k] == [row["sentence"] for row in rows if row["video_id"] != "video9773"]
+    assert summary(out)["skipped"] == {"missing video": 1}
+    assert_counts_add_up(out, len({row["video_id"] for row in rows}))  # one record per video: 3 written + 1
 
 
 def test_msrvtt_without_videos_keeps_default_names(tmp_path):
@@ -359,7 +383,7 @@ def test_msvd_qa_real_rows_in_both_video_layouts(tmp_path):
     assert_counts_add_up(out, len({item["video_id"] for item in items}))  # one record per video
 
 
-def test_msvd_qa_mapping_is_optional_and_bad_lines_are_counted(tmp_path):
+def test_msvd_qa_mapping_is_optional_and_a_bad_line_is_an_error(tmp_path, capsys):
     ann, out = tmp_path / "ann", tmp_path / "out"
     write_json(ann / "train_qa.json", qa_items([1, 2]))
     msvd_qa.main(["--annotations", str(ann), "--out", str(out)])
@@ -367,14 +391,20 @@ def test_msvd_qa_mapping_is_optional_and_bad_lines_are_counted(tmp_path):
     assert any("no youtube_mapping.txt" in n for n in summary(out)["notes"])
     videos_in_qa = len({item["video_id"] for item in json.loads((ann / "train_qa.json").read_text())})
     assert_counts_add_up(out, videos_in_qa)
-    write_lines(ann / "youtube_mapping.txt", ["-4wsuPCjDBc_5_15 vid1", "broken line here"])
+    # the first line of the real file (fixtures/prepare/msvd_qa/youtube_mapping.txt's source), then a broken one
+    write_lines(ann / "youtube_mapping.txt", ["-4wsuPCjDBc_5_15 vid1", "", "broken line here"])
     videos = touch_videos(tmp_path / "msvd", ["YouTubeClips/-4wsuPCjDBc_5_15.avi"])
-    msvd_qa.main(["--annotations", str(ann), "--videos", str(videos), "--out", str(out)])
-    assert [r["video"] for r in load(out, "train")] == ["YouTubeClips/-4wsuPCjDBc_5_15.avi"]
-    assert summary(out)["skipped"] == {"malformed mapping line": 1, "missing video": 1}
-    # the malformed mapping line is counted among the skips although it is no record: read = videos + 1
-    bad_mapping = [line for line in nonempty_lines(ann / "youtube_mapping.txt") if not line.split()[-1][3:].isdigit()]
-    assert_counts_add_up(out, videos_in_qa + len(bad_mapping))
+    argv = ["--annotations", str(ann), "--videos", str(videos), "--out", str(tmp_path / "out2")]
+    # a mapping line is no record: not a skipped sample but an error naming the file and line (3)
+    with pytest.raises(common.AnnotationError, match=r"youtube_mapping\.txt:3: expected '<youtube clip name> vidN'"):
+        msvd_qa.main(argv)
+    assert common.run(msvd_qa.main, argv) == 1 and "youtube_mapping.txt:3" in capsys.readouterr().err
+    assert not (tmp_path / "out2" / "train.jsonl").exists()
+    write_lines(ann / "youtube_mapping.txt", ["-4wsuPCjDBc_5_15 vid1"])
+    msvd_qa.main(argv)
+    assert [r["video"] for r in load(tmp_path / "out2", "train")] == ["YouTubeClips/-4wsuPCjDBc_5_15.avi"]
+    assert summary(tmp_path / "out2")["skipped"] == {"missing video": 1}
+    assert_counts_add_up(tmp_path / "out2", videos_in_qa)
 
 
 # ---------------------------------------------------------------- TGIF-QA
@@ -640,6 +670,48 @@ def test_activitynet_paragraphs_and_v_prefix(tmp_path):
     assert val["split"] == "val" and val["id"] == "v_uqiMw7tQ1Cc"
     assert summary(out)["skipped"] == {"malformed video entry": 1}
     assert_counts_add_up(out, sum(len(json.loads((ann / n).read_text())) for n in ("train.json", "val_1.json")))
+
+
+def test_activitynet_real_rows(tmp_path):
+    """Real val_1 / val_2 entries: sentences with leading (and doubled) spaces, timestamps out of order,
+    an end past the float duration (95.04 > 95.03999999999999), a video in both files."""
+    out, ann = tmp_path / "out", FIXTURES / "activitynet"
+    val_1 = json.loads((ann / "val_1.json").read_text())
+    val_2 = json.loads((ann / "val_2.json").read_text())
+    # v_frePM0YGtQE has no file; the others are stored as the downloads name them, with or without v_
+    videos = touch_videos(tmp_path / "videos", ["uqiMw7tQ1Cc.mp4", "v_D0pVkTEYQg8.webm", "qI1ZayfiGHI.mkv"])
+    paths = activitynet.main(["--annotations", str(ann), "--videos", str(videos), "--out", str(out)])
+    assert set(paths) == {"val_1", "val_2"}
+    records = {r["id"]: r for r in load(out, "val_1")}
+    assert list(records) == ["v_uqiMw7tQ1Cc", "v_D0pVkTEYQg8", "v_qI1ZayfiGHI"]  # file order, minus the missing one
+    first = records["v_uqiMw7tQ1Cc"]
+    assert first["video"] == "uqiMw7tQ1Cc.mp4" and first["split"] == "val" and "start" not in first
+    assert val_1["v_uqiMw7tQ1Cc"]["sentences"][1].startswith("  The coach")
+    assert first["captions"] == [" ".join(s.split()) for s in val_1["v_uqiMw7tQ1Cc"]["sentences"]]
+    assert first["caption"] == (
+        "A weight lifting tutorial is given. The coach helps the guy in red with the proper body placement and "
+        "lifting technique."
+    )
+    # timestamps [[4.39, 21.41], [4.17, 14.24], [14.34, 15.95]] in the file: sorted by start
+    bike = records["v_D0pVkTEYQg8"]
+    assert bike["segments"] == [[4.17, 14.24], [4.39, 21.41], [14.34, 15.95]]
+    handles = val_1["v_D0pVkTEYQg8"]["sentences"][1]
+    assert bike["captions"][0] == handles.strip() == "The guy has his hand on the handles."
+    squash = records["v_qI1ZayfiGHI"]  # the end overshoots the duration by a float rounding: kept
+    assert squash["segments"][-1] == [36.59, 95.04] and squash["duration"] == 95.03999999999999
+    (second,) = load(out, "val_2")  # the same video, annotated again in val_2
+    assert second["id"] == "v_uqiMw7tQ1Cc" and second["video"] == "uqiMw7tQ1Cc.mp4"
+    assert second["captions"][0] == val_2["v_uqiMw7tQ1Cc"]["sentences"][0]
+    assert summary(out)["skipped"] == {"missing video": 1}
+    assert_counts_add_up(out, len(val_1) + len(val_2))  # one record per video of each file: 4 written + 1
+
+    activitynet.main(["--annotations", str(ann), "--out", str(tmp_path / "all")])  # videos not checked
+    cat = {r["id"]: r for r in load(tmp_path / "all", "val_1")}["v_frePM0YGtQE"]
+    assert "the cat  and" in val_1["v_frePM0YGtQE"]["sentences"][5]
+    assert cat["captions"][5] == "The guy pets the cat and puts the cat on the floor."  # spaces collapsed
+    assert cat["duration"] == 175.17000000000002 and len(cat["segments"]) == 8
+    assert summary(tmp_path / "all")["skipped"] == {}
+    assert_counts_add_up(tmp_path / "all", len(val_1) + len(val_2))
 
 
 # ---------------------------------------------------------------- YouCook2

@@ -78,7 +78,12 @@ def param_groups(
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
-    """A LambdaLR factor: linear 0 -> 1 over warmup, then cosine 1 -> min_ratio at total_steps."""
+    """A LambdaLR factor: linear 0 -> 1 over warmup, then cosine 1 -> min_ratio at total_steps, held there.
+
+    Not transformers' ``get_cosine_with_min_lr_schedule_with_warmup``, whose factor is 0 at step 0 (the
+    first optimiser step does nothing: the whole warmup when ``warmup_steps`` is 1) and whose cosine rises
+    again past ``num_training_steps`` (a run that outlives its estimated length, or resumes with a larger
+    ``max_steps``, would climb back to the peak rate instead of staying at the floor)."""
     total_steps = max(total_steps, warmup_steps + 1)
 
     def factor(step: int) -> float:

@@ -37,6 +37,11 @@ def mask_tokens(
     each *word* is, and all its pieces with it). Chosen tokens become ``mask_token_id`` 80% of the time,
     a uniformly random token 10%, and stay as they are 10%. ``labels`` hold the original id where
     chosen and ``-100`` elsewhere. ``generator`` must live on ``ids``' device.
+
+    Not transformers' ``DataCollatorForLanguageModeling``: it masks in the collate function with one
+    generator per collator (seeded once, its state not part of a checkpoint), and its whole-word masking
+    needs a fast tokenizer's offset mapping; here masking runs on the already tokenised batch on the
+    model's device with the step's own generator, so a resumed run masks exactly as the uninterrupted one.
     """
     device = ids.device
     specials = torch.as_tensor(sorted(set(special_ids)), dtype=ids.dtype, device=device)
