@@ -237,6 +237,10 @@ class VideoEncoder(nn.Module):
     every time step) or None (cannot drop tokens: ``check_token_layout`` says why).
     ``token_keep(frame_mask, drop=drop)`` is then (B, prefix + N_kept), and ``pool`` averages the kept
     tokens of real frames.
+
+    ``drops_masked_tokens``: True when an MVM ``mask`` removes the masked cells from the encoded sequence
+    (sparse encoding, MAE-style: every clip must then mask the same number of cells), False when they are
+    encoded as a learned mask token.
     """
 
     embed_dim: int
@@ -247,6 +251,7 @@ class VideoEncoder(nn.Module):
     num_prefix_tokens: int = 0
     is_pretrained: bool = False
     token_layout: Literal["any", "per_frame"] | None = None  # which token-drop masks forward_features takes
+    drops_masked_tokens: bool = False  # an MVM mask removes the masked cells (True) or replaces them (False)
 
     def __init__(self) -> None:
         super().__init__()

@@ -342,7 +342,8 @@ class VideoViT(VideoEncoder):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.num_prefix_tokens = self.grid[0] if class_token else 0
         # Joint attention drops masked tokens, so only the other modes need a mask token.
-        self.mask_token = None if temporal == "joint" else nn.Parameter(torch.zeros(embed_dim))
+        self.drops_masked_tokens = temporal == "joint"  # joint attention runs on the visible tokens only
+        self.mask_token = None if self.drops_masked_tokens else nn.Parameter(torch.zeros(embed_dim))
         norm_layer = partial(LayerNorm, eps=norm_eps)
         self.blocks = nn.ModuleList([self._block(temporal, dpr, embed_dim, num_heads, mlp_ratio, roll_ratio,
                                                  init_values, norm_layer, int(class_token))
@@ -416,7 +417,7 @@ class VideoViT(VideoEncoder):
         P = self.num_prefix_tokens
         if P:
             keep[:, :P] = self.frame_keep(frame_mask)
-        if mask is None or self.mask_token is not None or drop is not None:
+        if mask is None or not self.drops_masked_tokens or drop is not None:
             return keep
         mask = check_mask(mask, keep.shape[0], self.num_grid_tokens, "vit_st")
         return torch.cat([keep[:, :P], keep_visible(keep[:, P:, None], mask)[..., 0]], dim=1)  # (B, P + N_visible)
@@ -431,7 +432,7 @@ class VideoViT(VideoEncoder):
             x = x + self.pos_embed()
         else:
             mask = check_mask(mask, x.shape[0], x.shape[1], "vit_st")
-            if self.mask_token is None:
+            if self.drops_masked_tokens:
                 x = keep_visible(x + self.pos_embed(), mask)  # (B, N_visible, D)
             else:
                 x = replace_masked(x, mask, self.mask_token) + self.pos_embed()

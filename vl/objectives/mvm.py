@@ -194,16 +194,13 @@ class MVMLoss(nn.Module):
         """Masked clip -> grid tokens (B, N, D) (masked ones as mask tokens) or (B, N_vis, D) (dropped).
         ``frame_mask`` (B, T) False = padded frame: the encoder and the fusion ignore those frames."""
         encoder = model.video_encoder
-        try:
-            tokens = encoder.forward_features(video, mask, frame_mask)  # (B, P + N or P + N_vis, Dv)
-        except ValueError as e:
-            counts = mask.sum(dim=1)
-            if bool((counts != counts[0]).any()):
-                raise ValueError(f"mvm: {type(encoder).__name__} drops masked tokens (sparse encoding), which needs "
-                                 f"the same masked count in every sample; the strategies mask "
-                                 f"{self.masker.counts(self.grid)} tokens of the {self.grid} grid: give them "
-                                 f"ratios that mask equal counts") from e
-            raise
+        counts = mask.sum(dim=1)  # (B,)
+        if encoder.drops_masked_tokens and bool((counts != counts[0]).any()):
+            raise ValueError(f"mvm: {type(encoder).__name__} drops masked tokens (sparse encoding), which needs "
+                             f"the same masked count in every sample; the strategies mask "
+                             f"{self.masker.counts(self.grid)} tokens of the {self.grid} grid: give them "
+                             f"ratios that mask equal counts")
+        tokens = encoder.forward_features(video, mask, frame_mask)  # (B, P + N or P + N_vis, Dv)
         if self.source == "fusion":
             fused = model.fuse(tokens, text_tokens, text_mask, encoder.token_keep(frame_mask, mask))
             if "video_tokens" not in fused:
