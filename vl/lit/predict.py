@@ -13,16 +13,23 @@ Output folder: ``PredictionWriter(output_dir)``, by default ``<trainer.default_r
 Pretraining and retrieval write embeddings: of the clips and captions of ``data.init_args.predict_shards``,
 and of the lines of ``data.init_args.predict_texts`` (a text file, one caption per line). Under DDP every
 rank writes its own files, named ``...rank<r>.npy`` / ``.jsonl``.
+
+Raw video files: ``data.init_args.predict_videos``, a folder (every video file under it, sorted, hidden
+files left out), one video file or a glob of them, read and decoded as ``vl index`` reads them, with the
+same keys (the path relative to the folder, without extension: ``cats/001``). A file that gives no clip is
+skipped and counted, never dropped silently: the run logs how many by reason, and ``video_skipped.jsonl``
+lists each (``{"key", "reason", "detail"}``).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -79,8 +86,18 @@ class PredictionWriter(BasePredictionWriter):
                 written.append(write_jsonl(out / f"{kind}_embeddings{suffix}.jsonl", parts[f"{kind}_rows"]))
         if "rows" in parts:
             written.append(write_jsonl(out / f"predictions{suffix}.jsonl", parts["rows"]))
+        skipped = getattr(trainer.datamodule, "predict_skipped", None)
+        if skipped is not None:
+            written.append(write_jsonl(out / f"video_skipped{suffix}.jsonl", [skipped]))
+            if skipped:
+                reasons: dict[str, int] = {}
+                for row in skipped:
+                    reasons[row["reason"]] = reasons.get(row["reason"], 0) + 1
+                rank_zero_info(f"vl predict: skipped {len(skipped)} video file(s) that gave no clip ("
+                               + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())) + ")")
         if not written:
-            raise ValueError("vl predict produced nothing: give data.init_args.predict_shards or predict_texts")
+            raise ValueError("vl predict produced nothing: give data.init_args.predict_shards, predict_videos or "
+                             "predict_texts")
         rank_zero_info("Predictions written: " + ", ".join(written))
 
 
@@ -90,3 +107,53 @@ def write_jsonl(path: Path, batches: list[list[dict]]) -> str:
     with open(path, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     return f"{path} ({len(rows)} rows)"
+
+
+# ---- videos named by file: a folder, files or a glob ---------------------------------------------------------
+
+class VideoFileBatches(torch.utils.data.IterableDataset):
+    """The videos of ``predict_videos`` (a folder, one video file or a glob of them) as clip-only ``Batch``es
+    (no text rows): read as ``vl index`` reads them (``vl.search.sources``: the same files in the same order,
+    the same keys) and decoded in the loading process by the pipeline's evaluation path. A file that gives
+    no clip is appended to ``skipped`` as ``{"key", "reason", "detail"}`` and counted in its batch's
+    ``skipped``."""
+
+    def __init__(self, spec: str, clip_config: Any, batch_size: int, max_text_len: int) -> None:
+        from vl.search.sources import find_units
+
+        super().__init__()
+        self.units = [u for u in find_units([spec]) if u.kind == "files"]
+        if not self.units:
+            raise ValueError(f"data.init_args.predict_videos: {spec} names shards, not videos: give them as "
+                             f"data.init_args.predict_shards")
+        self.cfg, self.batch_size, self.max_text_len = clip_config, batch_size, max_text_len
+        self.skipped: list[dict] = []
+
+    def _batch(self, keys: list[str], clips: list, skipped: dict[str, int]) -> Batch:
+        empty = torch.zeros(0, self.max_text_len, dtype=torch.long)
+        return Batch(video=torch.stack([c[0] for c in clips]), frame_mask=torch.stack([c[1] for c in clips]).bool(),
+                     text_ids=empty, text_mask=empty.clone(), keys=keys, captions=[], skipped=skipped)
+
+    def __iter__(self) -> Iterator[Batch]:
+        from datapipes.decode import SkipSample
+        from vl.search.sources import item_clip, unit_items
+
+        self.skipped.clear()
+        keys: list[str] = []
+        clips: list = []
+        counts: dict[str, int] = {}
+        for unit in self.units:
+            for item in unit_items(unit, 0, []):
+                try:
+                    clip = item_clip(item, self.cfg)
+                except SkipSample as e:
+                    self.skipped.append({"key": item.key, "reason": e.reason, "detail": e.detail})
+                    counts[e.reason] = counts.get(e.reason, 0) + 1
+                    continue
+                keys.append(item.key)
+                clips.append(clip)
+                if len(keys) == self.batch_size:
+                    yield self._batch(keys, clips, counts)
+                    keys, clips, counts = [], [], {}
+        if keys:
+            yield self._batch(keys, clips, counts)

@@ -38,7 +38,7 @@ from vl.metrics import NonFiniteError, nonfinite_message, require_finite
 from vl.objectives import match_score
 from vl.search.encoder import Encoder, normalize_query, prepare_clip
 from vl.search.faiss_index import FaissSpec, build_faiss, choose_spec, configure
-from vl.search.sources import RawItem, Unit, find_units, unit_items
+from vl.search.sources import RawItem, Unit, find_units, item_clip, unit_items
 
 INDEX_VERSION = 1
 DERIVED_FILES = ("config.json", "videos.faiss", "items.jsonl", "captions.npy", "skipped.jsonl")
@@ -72,14 +72,8 @@ Clip = tuple[torch.Tensor, torch.Tensor]  # (T, C, H, W) normalised clip, (T,) f
 
 def _load_clip(item: RawItem, clip_cfg) -> Clip | SkipSample:
     """Decode one item (in a worker thread) into its clip and frame mask; failures are returned, not raised."""
-    if item.error is not None:
-        return item.error
     try:
-        data = item.data if item.data is not None else Path(item.path).read_bytes()
-    except OSError as e:
-        return SkipSample("read_error", f"{type(e).__name__}: {e}")
-    try:
-        return prepare_clip(data, clip_cfg, item.meta)
+        return item_clip(item, clip_cfg)
     except SkipSample as e:
         return e
 

@@ -1,7 +1,8 @@
 """Where the videos of an index come from: folders (with caption sidecars), single files and WebDataset shards.
 
-``find_units`` turns the inputs of ``vl index`` into units, each read in a stable order so that a build can
-resume at an item's position; ``unit_items`` yields a unit's items as ``RawItem``s, undecoded.
+``find_units`` turns the inputs of ``vl index`` (and of ``vl predict``'s ``predict_videos``) into units, each
+read in a stable order so that a build can resume at an item's position; ``unit_items`` yields a unit's items
+as ``RawItem``s, undecoded; ``item_clip`` decodes one through the pipeline's evaluation path.
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal, Optional, Sequence
 
+import torch
+
+from datapipes.augment import normalize
 from datapipes.decode import VIDEO_EXTENSIONS, SkipSample, SkipTally
 from datapipes.meta import check_status, parse_meta
+from datapipes.process import ClipConfig, load_clip
 from datapipes.shards import expand_shards, shard_samples
 from datapipes.text import caption_list, decode_text
 
@@ -170,3 +175,18 @@ def unit_items(unit: Unit, start: int, tar_errors: list[dict]) -> Iterator[RawIt
     for reason, n in counter.totals().items():
         tar_errors.append({"key": None, "source": unit.name, "reason": reason, "count": n,
                            "detail": counter.last_detail.get(reason, "")})
+
+
+def item_clip(item: RawItem, cfg: ClipConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """One item -> its normalised clip (T, C, H, W) and frame mask (T,) bool (False: a frame padding a short
+    clip), decoded by ``datapipes.process.load_clip`` in evaluation mode as the training pipeline's
+    evaluation decodes it. Raises ``SkipSample`` for an item that gives no clip (its known ``error``, a file
+    that cannot be read, ``decode_error``, ``not_a_video``, ...)."""
+    if item.error is not None:
+        raise item.error
+    try:
+        data = item.data if item.data is not None else Path(item.path).read_bytes()
+    except OSError as e:
+        raise SkipSample("read_error", f"{type(e).__name__}: {e}") from e
+    clip = load_clip(data, item.meta or {}, cfg, train=False)
+    return normalize(clip.video, cfg.norm), clip.frame_mask
