@@ -205,6 +205,50 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     return loaded
 
 
+_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")
+
+
+def _interpolated_keys(value: Any) -> set[str]:
+    """The keys that ``${key}`` interpolations in a config's strings refer to."""
+    if isinstance(value, dict):
+        return set().union(*(_interpolated_keys(v) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(_interpolated_keys(v) for v in value)) if value else set()
+    return set(_INTERPOLATION.findall(value)) if isinstance(value, str) else set()
+
+
+def with_command_line_values(config: dict[str, Any], argv: Sequence[str]) -> dict[str, Any] | None:
+    """``config`` with the command line's value of every key that one of its ``${...}`` refers to, or None
+    when the command line sets none of them.
+
+    jsonargparse resolves a file's interpolations when it reads the file, before the command line's
+    overrides apply, so ``--trainer.default_root_dir runs/x`` would leave the logs and checkpoints that
+    interpolate it in the config's folder, and ``--data.init_args.num_frames 4`` would build a model for
+    the config's frame count. Writing those values into the file's mapping first makes every
+    interpolation see what the command line says (jsonargparse then applies the same values again)."""
+    wanted = _interpolated_keys(config)
+    given: dict[str, Any] = {}
+    for i, token in enumerate(argv):
+        if not token.startswith("--"):
+            continue
+        key, eq, value = token[2:].partition("=")
+        if key not in wanted or (not eq and i + 1 >= len(argv)):
+            continue
+        given[key] = yaml.safe_load(value if eq else argv[i + 1])
+    if not given:
+        return None
+    config = deepcopy(config)
+    for key, value in given.items():
+        *parents, last = key.split(".")
+        node = config
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[last] = value
+    return config
+
+
 class VLArgumentParser(LightningArgumentParser):
     """A LightningArgumentParser whose errors are one line naming the bad key, not a page of usage, and whose
     ``-c`` files may override a base file (``resolve_config_bases``)."""
@@ -220,11 +264,17 @@ class VLArgumentParser(LightningArgumentParser):
             resolved = _resolve_config_bases(Path(str(path)))
         except ConfigBaseError as e:
             self.error(str(e))
-        if resolved is None:
+        try:
+            own = _read_mapping(Path(str(path))) if resolved is None and Path(str(path)).is_file() else None
+        except ConfigBaseError:
+            own = None  # not YAML: jsonargparse says so, with its own message
+        config = resolved[0] if resolved is not None else own
+        overridden = with_command_line_values(config, self.argv) if config is not None else None
+        if resolved is None and overridden is None:
             return super().parse_path(path, *args, **kwargs)
-        merged, files = resolved
-        self._merged_content = yaml.safe_dump(merged, sort_keys=False, allow_unicode=True)
-        VLArgumentParser.merged_from.append(describe_config_files(files))
+        self._merged_content = yaml.safe_dump(overridden or config, sort_keys=False, allow_unicode=True)
+        if resolved is not None:
+            VLArgumentParser.merged_from.append(describe_config_files(resolved[1]))
         try:
             return super().parse_path(path, *args, **kwargs)
         finally:
