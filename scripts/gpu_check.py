@@ -7,11 +7,12 @@ prepared command that stops by itself (default about 8 minutes, ``--quick`` abou
               and records the versions it found; fails if vl, DeepSpeed or CUDA is missing.
 2. cuda_tests Every CUDA-only test (``pytest.mark.gpu``, or a ``skipif`` whose reason starts "needs CUDA"),
               collected with ``pytest --collect-only`` and run; a test skipped on a GPU is a failure.
-3. fit        ``vl fit`` of each base pretraining config (allinone_base, clip_base, violet_base) on tiny
-              synthetic shards (``vl data synth``) under DeepSpeed ZeRO-2, ZeRO-3 and FSDP on one device,
+3. fit        ``vl fit`` of each base pretraining config (allinone_base, clip_base, videomae_base,
+              violet_base) on tiny synthetic shards (``vl data synth``) under DeepSpeed ZeRO-2, ZeRO-3 and FSDP on one device,
               bf16-mixed, then a resume from the checkpoint each run wrote (``--ckpt_path last``).
-              ``--quick``: one config per strategy. violet_base names the user's BERT-base and DALL-E
-              weights; random-weight stand-ins in the same formats are written to a temp dir.
+              ``--quick``: each config and each strategy once. The configs name the user's weights
+              (BERT-base, DALL-E, Video Swin-B, ViT-B/16, VideoMAE-B); random-weight stand-ins in the same
+              formats are written to a temp dir.
 4. throughput Base-size train-step samples/s and peak memory of ``vit_st`` joint / divided and ``clip_st``
               beside their Hugging Face / open_clip peers (``scripts/bench/peers.py``'s ``compare``, same
               run), and of ``swin3d``; MFU = model FLOPs of a step (``FlopCounterMode`` on the meta device:
@@ -59,13 +60,14 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts" / "bench")]  # vl and peers.py from a checkout
 
-BASE_CONFIGS = ("allinone_base", "clip_base", "violet_base")
+BASE_CONFIGS = ("allinone_base", "clip_base", "videomae_base", "violet_base")
+BASE_MODELS = ("allinone_base", "clip_base", "violet_base")  # the registered base models (memory stage)
 STRATEGIES = ("deepspeed_stage_2", "deepspeed_stage_3", "fsdp")
 QUICK_PAIRS = (("allinone_base", "deepspeed_stage_2"), ("clip_base", "deepspeed_stage_3"),
-               ("violet_base", "fsdp"))  # --quick: every config once, every strategy once
+               ("videomae_base", "deepspeed_stage_2"), ("violet_base", "fsdp"))  # --quick: every config and strategy once
 FIT_STEPS, RESUME_STEPS = 2, 3  # the first run stops at step 2, the resumed one continues to step 3
 FRAMES, IMAGE, BATCH = 8, 224, 8  # throughput: 8 frames of 224 px, 8 clips per step
-WORKERS = 5  # fits and the test run side by side on the one GPU: 9 fit + resume pairs take two waves
+WORKERS = 6  # fits and the test run side by side on the one GPU: 12 fit + resume pairs take two waves
 MEMORY_BATCH = 32  # as BENCHMARKS.md's computed memory table
 MEMORY_TOLERANCE = 0.25  # measured peak within +-25% of the computed total (which leaves out workspaces)
 # Dense (no sparsity) bf16 tensor-core peak, FLOP/s, from NVIDIA's data sheets; the first name contained in
@@ -239,11 +241,14 @@ def fit_argv(config: str, strategy: str, data: Path, weights: Path, max_steps: i
                  "--model.init_args.video.pretrained", str(weights / "swin3d_b.pth")]
     if config == "allinone_base":
         argv += ["--model.init_args.video.pretrained", str(weights / "vit_base_patch16_224.safetensors")]
+    if config == "videomae_base":
+        argv += ["--model.init_args.video.pretrained", str(weights / "videomae-base")]
     return argv + (["--ckpt_path", "last"] if resume else [])
 
 
 def fit_plan(quick: bool) -> list[tuple[str, str]]:
-    """(config, strategy) pairs to fit: all nine, or one per config and strategy with ``--quick``."""
+    """(config, strategy) pairs to fit: every config under every strategy, or each config and each strategy
+    once with ``--quick``."""
     return list(QUICK_PAIRS) if quick else [(c, s) for c in BASE_CONFIGS for s in STRATEGIES]
 
 
@@ -251,12 +256,13 @@ def write_stand_in_weights(weights: Path) -> None:
     """Random-weight stand-ins, in the formats the base configs expect, for the user's weights they name: a
     BERT-base directory in Hugging Face format (with the packaged uncased WordPiece tokenizer), a DALL-E dVAE
     encoder state dict (``vl.models.dalle`` loads either that or OpenAI's pickle), torchvision's Video
-    Swin-B state dict (violet_base) and timm's ViT-B/16 with its 21k-class head (allinone_base)."""
+    Swin-B state dict (violet_base), timm's ViT-B/16 with its 21k-class head (allinone_base) and a
+    ``save_pretrained`` folder of Hugging Face's VideoMAE-B (videomae_base)."""
     import timm
     import torch
     import torchvision
     from safetensors.torch import save_file
-    from transformers import BertConfig, BertModel
+    from transformers import BertConfig, BertModel, VideoMAEConfig, VideoMAEModel
 
     from vl.models.dalle import DalleEncoder
     from vl.models.hub import load_tokenizer
@@ -268,6 +274,7 @@ def write_stand_in_weights(weights: Path) -> None:
     torch.save(torchvision.models.video.swin3d_b().state_dict(), weights / "swin3d_b.pth")
     vit = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=21843)
     save_file(vit.state_dict(), str(weights / "vit_base_patch16_224.safetensors"))
+    VideoMAEModel(VideoMAEConfig(use_mean_pooling=True)).save_pretrained(weights / "videomae-base")
 
 
 def run_command(cmd: list[str], cwd: Path, timeout: float) -> tuple[int, str]:
@@ -389,7 +396,7 @@ def computed_memory_gib() -> dict[str, float]:
     section = text.split("## Memory of the base models (computed)", 1)[-1].split("\n## ", 1)[0]
     found = {m.group(1): float(m.group(2))
              for m in re.finditer(r"^\| `(\w+)` .*\| \*\*([\d.]+) GiB\*\* \|$", section, re.MULTILINE)}
-    missing = [c for c in BASE_CONFIGS if c not in found]
+    missing = [c for c in BASE_MODELS if c not in found]
     if missing:
         raise ValueError(f"BENCHMARKS.md's computed memory table has no total for {missing}")
     return found
@@ -458,7 +465,7 @@ def dry_run(report: Report) -> None:
         return True, ", ".join(f"{m} {gib} GiB" for m, gib in totals.items()), totals
 
     timed(report, "memory", "BENCHMARKS.md computed totals", computed)
-    for model in BASE_CONFIGS:
+    for model in BASE_MODELS:
         def build(m=model) -> tuple[bool, str, dict]:
             params = sum(p.numel() for p in memory_module(m, "meta").parameters())
             return params > 0, f"{params / 1e6:.1f}M parameters on meta", {"params": params}
@@ -526,7 +533,7 @@ def gpu_run(report: Report, args: argparse.Namespace, deadline: float) -> None:
                 report.add(Check("throughput", name, False, detail="not run: out of time"))
                 continue
             timed(report, "throughput", name, lambda n=name: measure_encoder(n, rounds, steps))
-        for model in BASE_CONFIGS:
+        for model in BASE_MODELS:
             if time.monotonic() > measure_until:
                 report.add(Check("memory", model, False, detail="not run: out of time"))
                 continue

@@ -18,7 +18,8 @@ def test_dry_run_parses_collects_and_builds_everything(tmp_path):
     for config in gpu_check.BASE_CONFIGS:
         for strategy in gpu_check.STRATEGIES:
             assert ("fit", f"{config} x {strategy}") in names
-        assert ("memory", f"{config}: meta build") in names
+    for model in gpu_check.BASE_MODELS:
+        assert ("memory", f"{model}: meta build") in names
     assert sum(stage == "throughput" for stage, _ in names) == 4  # vit_st joint/divided, clip_st, swin3d
     tests = next(c for c in report["checks"] if c["stage"] == "cuda_tests")["data"]["tests"]
     assert any("test_sharded_strategy_trains_the_demo_model[fsdp]" in t for t in tests), tests
