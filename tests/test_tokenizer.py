@@ -84,6 +84,37 @@ def test_short_fit_lowers_reconstruction_error_and_saves_a_loadable_checkpoint(s
     assert torch.equal(loaded.encode(fixed), module.tokenizer.eval().encode(fixed))
 
 
+def test_nonfinite_losses_are_skipped_then_stop_the_run_without_a_nan_checkpoint(synth_dir, tmp_path):
+    """The tokenizer trainer has the training safety of every vl module: a NaN loss skips the step (the
+    weights stay finite), `max_consecutive_nonfinite` in a row stop the run, and a checkpoint of NaN
+    weights is refused."""
+    import lightning.pytorch as pl
+    import pytest
+
+    from vl.lit import VideoTextDataModule
+    from vl.lit.safety import NonFiniteCheckpointError, NonFiniteLossError
+    from vl.lit.tokenizer import TokenizerModule
+
+    torch.manual_seed(0)
+    module = TokenizerModule("fsq_tiny", frames_per_clip=1, max_consecutive_nonfinite=3)
+    losses = module.losses
+    module.losses = lambda images: {**losses(images), "loss": torch.tensor(float("nan"), requires_grad=True)}
+    dm = VideoTextDataModule(root=synth_dir["dir"], num_frames=4, frame_size=32, batch_size=4, num_workers=0,
+                             batches_per_epoch=8, persistent_workers=False, max_text_len=16)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=8, default_root_dir=str(tmp_path), enable_progress_bar=False,
+                         enable_model_summary=False, logger=False, enable_checkpointing=False, limit_val_batches=0)
+    before = {k: v.clone() for k, v in module.tokenizer.state_dict().items()}
+    with pytest.raises(NonFiniteLossError, match="3 consecutive steps had a non-finite loss"):
+        trainer.fit(module, datamodule=dm)
+    after = module.tokenizer.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no skipped step touched the weights
+    with torch.no_grad():
+        next(module.tokenizer.parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteCheckpointError):
+        trainer.save_checkpoint(tmp_path / "poisoned.ckpt")
+    assert not (tmp_path / "poisoned.ckpt").exists()
+
+
 def _save_as_dall_e_pickle(encoder: dalle.DalleEncoder, path, monkeypatch) -> None:
     """torch.save the encoder as if its classes came from the `dall_e` package (as OpenAI's encoder.pkl)."""
     package, enc_mod, utils_mod = (types.ModuleType(n) for n in ("dall_e", "dall_e.encoder", "dall_e.utils"))

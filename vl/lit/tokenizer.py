@@ -24,6 +24,7 @@ from torch import Tensor
 
 from datapipes.batch import Batch
 from vl.lit.optim import OptimConfig, build_optimizer
+from vl.lit.safety import NonFiniteGuard
 from vl.models.dalle import unnormalize
 from vl.models.vq_tokenizer import codebook_usage, create_tokenizer
 
@@ -38,16 +39,22 @@ class TokenizerModule(pl.LightningModule):
         recon_loss: ``mse`` or ``l1`` on normalised pixels.
         grid_images: images in the saved reconstruction grid.
         optim: optimiser and schedule.
+        max_consecutive_nonfinite: stop after this many steps in a row with a NaN/inf loss or gradient.
+
+    Not a ``VLModule``: it trains no video-language backbone. It shares that base's training safety
+    (``NonFiniteGuard``): a step with a non-finite loss or gradient is skipped and counted, too many in a
+    row stop the run naming the checkpoint to go back to, and a checkpoint is never written from NaN weights.
     """
 
     def __init__(self, visual_tokenizer: str = "fsq_tiny", options: Optional[dict[str, Any]] = None,
                  frames_per_clip: int = 2, recon_loss: Literal["mse", "l1"] = "mse", grid_images: int = 8,
-                 optim: OptimConfig = OptimConfig()) -> None:
+                 optim: OptimConfig = OptimConfig(), max_consecutive_nonfinite: int = 5) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.config = {"name": visual_tokenizer, **(options or {})}
         self.tokenizer = create_tokenizer(visual_tokenizer, **(options or {}))
         self.optim = optim
+        self.guard = NonFiniteGuard(max_consecutive_nonfinite)
         self._val_counts: Optional[Tensor] = None
         self._val_images: Optional[Tensor] = None
 
@@ -70,12 +77,21 @@ class TokenizerModule(pl.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         out = self.losses(self.frames(batch.video, train=True))
+        parts = {"recon_loss": out["recon_loss"], "aux_loss": out["aux_loss"]}
+        if not self.guard.check(out["loss"], parts, self.trainer):
+            self.log("train/nonfinite_steps", float(self.guard.total), batch_size=batch.batch_size)
+            return None  # skip this optimiser step (all ranks agree, see NonFiniteGuard)
         usage = codebook_usage(out["ids"], self.tokenizer.codebook_size)
         logs = {"train/loss": out["loss"], "train/recon_loss": out["recon_loss"], "train/aux_loss": out["aux_loss"],
                 "train/codebook_usage": usage["usage"], "train/perplexity": usage["perplexity"]}
         self.log_dict({k: v.detach() for k, v in logs.items()}, batch_size=batch.batch_size)
         self.log("loss", out["loss"].detach(), prog_bar=True, logger=False, batch_size=batch.batch_size)
         return out["loss"]
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Skip a step whose gradients are not finite: a NaN from backward never reaches the weights."""
+        if not self.guard.check_gradients(optimizer, self.trainer, self):
+            self.log("train/nonfinite_steps", float(self.guard.total))
 
     def on_validation_epoch_start(self) -> None:
         self._val_counts = torch.zeros(self.tokenizer.codebook_size, device=self.device)
@@ -117,4 +133,12 @@ class TokenizerModule(pl.LightningModule):
         return build_optimizer(self.tokenizer, self.optim, total_steps=int(self.trainer.estimated_stepping_batches))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Refuses (``NonFiniteCheckpointError``) to write NaN/inf weights or optimiser state; records the
+        tokenizer's config (for MVM's ``vq`` target) and the guard's counters."""
+        self.guard.check_checkpoint(checkpoint, self.trainer)
         checkpoint["vl_tokenizer_config"] = dict(self.config)
+        checkpoint["vl_nonfinite"] = self.guard.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "vl_nonfinite" in checkpoint:
+            self.guard.load_state_dict(checkpoint["vl_nonfinite"])
