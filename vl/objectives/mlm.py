@@ -3,14 +3,13 @@ optionally whole-word, predicted from the fused text tokens by ``model.mlm_head`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from vl.models import VideoLanguageModel
+from .interfaces import MaskedLanguageModel
 
 IGNORE_INDEX = -100  # label of positions that are not predicted (PyTorch's cross-entropy default)
 
@@ -95,7 +94,7 @@ class MLMLoss(nn.Module):
         starts = word_starts(tokenizer.convert_ids_to_tokens(list(range(size)))) if whole_word else None
         return cls(mask_token_id, size, tokenizer.all_special_ids, prob, starts)
 
-    def forward(self, model: "VideoLanguageModel", video_tokens: Tensor, text_ids: Tensor, text_mask: Tensor,
+    def forward(self, model: MaskedLanguageModel, video_tokens: Tensor, text_ids: Tensor, text_mask: Tensor,
                 video_mask: Tensor | None = None, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         if model.mlm_head is None:
             raise ValueError("mlm: the model was built without an MLM head; add 'mlm' to its heads")

@@ -22,18 +22,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import torch
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
+from .interfaces import MaskedVideoModel
 from .masking import Grid, MaskSpec, VideoMasker, attention_scores, motion_scores, similarity_scores
 from .mvm_targets import FeatureTarget, HOGTarget, PixelTarget, Target, VQTarget
 
-if TYPE_CHECKING:
-    from vl.models import VideoLanguageModel
 
 TARGETS: tuple[str, ...] = ("vq", "pixel", "hog", "feature")
 
@@ -161,7 +160,7 @@ class MVMLoss(nn.Module):
 
     # -- steps ------------------------------------------------------------------------------------
     @torch.no_grad()
-    def mask_scores(self, model: "VideoLanguageModel", video: Tensor, video_tokens: Tensor, text_tokens: Tensor,
+    def mask_scores(self, model: MaskedVideoModel, video: Tensor, video_tokens: Tensor, text_tokens: Tensor,
                     text_mask: Tensor, text_embeds: Tensor, needed: set[str],
                     frame_mask: Optional[Tensor] = None) -> dict[str, Tensor]:
         """(B, N) scores of the scored strategies in ``needed``, from the unmasked pass (``video`` with its
@@ -180,7 +179,7 @@ class MVMLoss(nn.Module):
             scores["motion"] = motion_scores(video.float(), self.grid)
         return scores
 
-    def mask_video(self, model: "VideoLanguageModel", video: Tensor, video_tokens: Tensor, text_tokens: Tensor,
+    def mask_video(self, model: MaskedVideoModel, video: Tensor, video_tokens: Tensor, text_tokens: Tensor,
                    text_mask: Tensor, text_embeds: Tensor, generator: Optional[torch.Generator] = None,
                    frame_mask: Optional[Tensor] = None) -> Tensor:
         """One strategy per sample -> mask (B, N) bool on the grid, True = masked."""
@@ -189,7 +188,7 @@ class MVMLoss(nn.Module):
                                   self.masker.needed(choice), frame_mask)
         return self.masker(self.grid, choice, scores, generator, video.device)
 
-    def forward_encoder(self, model: "VideoLanguageModel", video: Tensor, mask: Tensor, text_tokens: Tensor,
+    def forward_encoder(self, model: MaskedVideoModel, video: Tensor, mask: Tensor, text_tokens: Tensor,
                         text_mask: Tensor, frame_mask: Optional[Tensor] = None) -> Tensor:
         """Masked clip -> grid tokens (B, N, D) (masked ones as mask tokens) or (B, N_vis, D) (dropped).
         ``frame_mask`` (B, T) False = padded frame: the encoder and the fusion ignore those frames."""
@@ -223,7 +222,7 @@ class MVMLoss(nn.Module):
         """Predictions (M, out_dim) and targets (M, ...) of the masked tokens -> loss and metrics."""
         return self.target.loss(pred, target)
 
-    def forward(self, model: "VideoLanguageModel", video: Tensor, video_tokens: Tensor, text_tokens: Tensor,
+    def forward(self, model: MaskedVideoModel, video: Tensor, video_tokens: Tensor, text_tokens: Tensor,
                 text_mask: Tensor, text_embeds: Tensor, generator: Optional[torch.Generator] = None,
                 keys: Optional[Sequence[str]] = None, frame_mask: Optional[Tensor] = None) -> dict[str, Tensor]:
         video = fill_padded_frames(video, frame_mask)  # (B, T, C, H, W): padded frames copy real ones
@@ -300,7 +299,7 @@ def build_target(cfg: MVMConfig, encoder: nn.Module) -> Target:
     raise ValueError(f"mvm: unknown target {cfg.target!r}; valid: {', '.join(TARGETS)}")
 
 
-def build_mvm(cfg: MVMConfig, model: "VideoLanguageModel") -> MVMLoss:
+def build_mvm(cfg: MVMConfig, model: MaskedVideoModel) -> MVMLoss:
     """The MVM objective of ``cfg`` for ``model`` (its video encoder's grid; its fusion width for ``fusion``)."""
     encoder = model.video_encoder
     in_dim = model.fusion.dim if cfg.source == "fusion" else encoder.embed_dim

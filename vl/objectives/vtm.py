@@ -15,14 +15,12 @@ all; the hard ones then teach it what the dual encoder confuses.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from vl.models import VideoLanguageModel
+from .interfaces import MatchingModel
 
 
 def check_hard_fraction(hard_fraction: float) -> float:
@@ -106,7 +104,7 @@ class VTMLoss(nn.Module):
         super().__init__()
         self.hard_fraction = check_hard_fraction(hard_fraction)  # at construction, not at the first step
 
-    def forward(self, model: "VideoLanguageModel", video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor,
+    def forward(self, model: MatchingModel, video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor,
                 sim_v2t: Tensor, positive_mask: Tensor | None = None, video_mask: Tensor | None = None,
                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
         if model.vtm_head is None:
