@@ -21,7 +21,11 @@ from vl.metrics import gt_ranks, order_accuracy, order_tie_tolerance, require_fi
 
 
 def gather_rows(x: Tensor) -> Tensor:
-    """Concatenate a (N_rank, ...) tensor from every rank; N may differ between ranks."""
+    """Concatenate a (N_rank, ...) tensor from every rank; N may differ between ranks.
+
+    Not Lightning's ``LightningModule.all_gather``, which stacks tensors of one shape: the ranks' evaluation
+    shards hold different numbers of clips, so the sizes are gathered first and the rows padded to the
+    longest."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
     n = torch.tensor([x.shape[0]], device=x.device)
