@@ -78,6 +78,37 @@ def jpeg_bytes(width: int = 40, height: int = 30, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
+def save_as_dall_e_pickle(encoder, path: Path | str) -> None:
+    """torch.save a ``vl.models.dalle.DalleEncoder`` as OpenAI's encoder.pkl is pickled: its classes named from
+    the ``dall_e`` package (stand-in modules while saving; the classes and ``sys.modules`` restored after)."""
+    import sys
+    import types
+
+    import torch
+
+    from vl.models import dalle
+
+    package, enc_mod, utils_mod = (types.ModuleType(n) for n in ("dall_e", "dall_e.encoder", "dall_e.utils"))
+    enc_mod.Encoder, enc_mod.EncoderBlock, utils_mod.Conv2d = dalle.DalleEncoder, dalle.DalleEncoderBlock, dalle.DalleConv2d
+    renames = ((dalle.DalleEncoder, "dall_e.encoder", "Encoder"), (dalle.DalleEncoderBlock, "dall_e.encoder", "EncoderBlock"),
+               (dalle.DalleConv2d, "dall_e.utils", "Conv2d"))
+    original = [(cls, cls.__module__, cls.__qualname__) for cls, _, _ in renames]
+    saved = {n: sys.modules.get(n) for n in ("dall_e", "dall_e.encoder", "dall_e.utils")}
+    try:
+        sys.modules.update({"dall_e": package, "dall_e.encoder": enc_mod, "dall_e.utils": utils_mod})
+        for cls, module, name in renames:
+            cls.__module__, cls.__qualname__ = module, name
+        torch.save(encoder, path)
+    finally:
+        for cls, module, name in original:
+            cls.__module__, cls.__qualname__ = module, name
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
 def write_tar(path: Path | str, samples: list[dict]) -> str:
     """Write samples ``{"__key__", ext: bytes|str}`` to one tar with webdataset's TarWriter; returns the path."""
     import webdataset as wds

@@ -9,23 +9,18 @@ command-line overrides only (sizes, `--trainer configs/trainer/cpu.yaml`, one st
 in this process. A probe checks, after Lightning's setup and before the first step, that parameters of the
 model equal the file's tensors (so the weights were loaded, not just accepted), and that the one training
 step has a finite loss. Everything the config writes (logs, checkpoints) goes to a temporary folder.
-
-Note: the configs' `${data.init_args.num_frames}` / `frame_size` interpolations are resolved when the
-config file is read, before the command line is applied, so the test overrides the video encoder's
-`num_frames` / `img_size` beside the data's (a user shrinking a base config must do the same).
 """
 
 from __future__ import annotations
 
 import math
 import re
-import sys
-import types
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import save_as_dall_e_pickle
 from vl.cli import main as vl_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,25 +109,7 @@ def dalle_pickle(folder: Path) -> tuple[str, dict[str, torch.Tensor]]:
 
     encoder = perturb(dalle.DalleEncoder(n_hid=8, n_blk_per_group=1, vocab_size=64), 5)
     path = folder / "encoder.pkl"
-    package, enc_mod, utils_mod = (types.ModuleType(n) for n in ("dall_e", "dall_e.encoder", "dall_e.utils"))
-    enc_mod.Encoder, enc_mod.EncoderBlock, utils_mod.Conv2d = dalle.DalleEncoder, dalle.DalleEncoderBlock, dalle.DalleConv2d
-    renames = ((dalle.DalleEncoder, "dall_e.encoder", "Encoder"), (dalle.DalleEncoderBlock, "dall_e.encoder", "EncoderBlock"),
-               (dalle.DalleConv2d, "dall_e.utils", "Conv2d"))
-    original = [(cls, cls.__module__, cls.__qualname__) for cls, _, _ in renames]
-    saved = {n: sys.modules.get(n) for n in ("dall_e", "dall_e.encoder", "dall_e.utils")}
-    try:
-        sys.modules.update({"dall_e": package, "dall_e.encoder": enc_mod, "dall_e.utils": utils_mod})
-        for cls, module, name in renames:
-            cls.__module__, cls.__qualname__ = module, name
-        torch.save(encoder, path)
-    finally:
-        for cls, module, name in original:
-            cls.__module__, cls.__qualname__ = module, name
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
+    save_as_dall_e_pickle(encoder, path)
     assert b"dall_e.encoder" in path.read_bytes()
     return str(path), encoder.state_dict()
 

@@ -4,11 +4,11 @@ reconstruction error and writes a checkpoint MVM can load, and the DALL-E encode
 from __future__ import annotations
 
 import sys
-import types
 
 import pytest
 import torch
 
+from conftest import save_as_dall_e_pickle
 from vl.models import dalle
 from vl.models.vq_tokenizer import codebook_usage, create_tokenizer, list_tokenizers, load_tokenizer_checkpoint
 
@@ -115,31 +115,12 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run_without_a_nan_checkpoint
     assert not (tmp_path / "poisoned.ckpt").exists()
 
 
-def _save_as_dall_e_pickle(encoder: dalle.DalleEncoder, path, monkeypatch) -> None:
-    """torch.save the encoder as if its classes came from the `dall_e` package (as OpenAI's encoder.pkl)."""
-    package, enc_mod, utils_mod = (types.ModuleType(n) for n in ("dall_e", "dall_e.encoder", "dall_e.utils"))
-    enc_mod.Encoder, enc_mod.EncoderBlock, utils_mod.Conv2d = dalle.DalleEncoder, dalle.DalleEncoderBlock, dalle.DalleConv2d
-    renames = ((dalle.DalleEncoder, "dall_e.encoder", "Encoder"), (dalle.DalleEncoderBlock, "dall_e.encoder", "EncoderBlock"),
-               (dalle.DalleConv2d, "dall_e.utils", "Conv2d"))
-    original = [(cls, cls.__module__, cls.__qualname__) for cls, _, _ in renames]
-    with monkeypatch.context() as m:
-        for name, module in (("dall_e", package), ("dall_e.encoder", enc_mod), ("dall_e.utils", utils_mod)):
-            m.setitem(sys.modules, name, module)
-        try:
-            for cls, module, name in renames:
-                cls.__module__, cls.__qualname__ = module, name
-            torch.save(encoder, path)
-        finally:
-            for cls, module, name in original:
-                cls.__module__, cls.__qualname__ = module, name
-    assert "dall_e" not in sys.modules
-
-
-def test_dalle_encoder_loads_from_its_pickle_without_the_dall_e_package(tmp_path, monkeypatch):
+def test_dalle_encoder_loads_from_its_pickle_without_the_dall_e_package(tmp_path):
     torch.manual_seed(0)
     encoder = dalle.DalleEncoder(n_hid=8, n_blk_per_group=1, vocab_size=64)
     path = tmp_path / "encoder.pkl"
-    _save_as_dall_e_pickle(encoder, path, monkeypatch)
+    save_as_dall_e_pickle(encoder, path)
+    assert "dall_e" not in sys.modules
     assert b"dall_e.encoder" in path.read_bytes()
     tokenizer = dalle.DalleTokenizer(str(path), norm="imagenet")
     images = torch.randn(2, 3, 32, 32)

@@ -17,10 +17,9 @@ from typing import Iterator, Literal, Optional, Sequence
 
 import torch
 
-from datapipes.augment import normalize
 from datapipes.decode import VIDEO_EXTENSIONS, SkipSample, SkipTally
 from datapipes.meta import check_status, parse_meta
-from datapipes.process import ClipConfig, load_clip
+from datapipes.process import ClipConfig
 from datapipes.shards import expand_shards, shard_samples
 from datapipes.text import caption_list, decode_text
 
@@ -179,14 +178,14 @@ def unit_items(unit: Unit, start: int, tar_errors: list[dict]) -> Iterator[RawIt
 
 def item_clip(item: RawItem, cfg: ClipConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """One item -> its normalised clip (T, C, H, W) and frame mask (T,) bool (False: a frame padding a short
-    clip), decoded by ``datapipes.process.load_clip`` in evaluation mode as the training pipeline's
-    evaluation decodes it. Raises ``SkipSample`` for an item that gives no clip (its known ``error``, a file
-    that cannot be read, ``decode_error``, ``not_a_video``, ...)."""
+    clip): the item's bytes read, then ``vl.search.encoder.prepare_clip``. Raises ``SkipSample`` for an item
+    that gives no clip (its known ``error``, a file that cannot be read, ``decode_error``, ``not_a_video``, ...)."""
+    from vl.search.encoder import prepare_clip
+
     if item.error is not None:
         raise item.error
     try:
         data = item.data if item.data is not None else Path(item.path).read_bytes()
     except OSError as e:
         raise SkipSample("read_error", f"{type(e).__name__}: {e}") from e
-    clip = load_clip(data, item.meta or {}, cfg, train=False)
-    return normalize(clip.video, cfg.norm), clip.frame_mask
+    return prepare_clip(data, cfg, item.meta)
