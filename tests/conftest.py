@@ -15,6 +15,11 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `vl` records its classes' options in a cache (vl.known_options); the suite keeps its own, never the user's.
+if "VL_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["VL_CACHE_DIR"] = tempfile.mkdtemp(prefix="vl-test-cache-")
 # The same floating-point kernels on every x86-64 machine: PyTorch picks its vectorised kernels, MKL its
 # BLAS code path and oneDNN its JIT kernels by the CPU's instruction set, so an AVX-512 machine and an
 # AVX2 one round differently and a few hundred training steps of the quality tests end in different

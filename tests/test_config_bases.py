@@ -150,14 +150,16 @@ def test_base_errors_name_the_files(tmp_path, files, config, match):
 
 
 def vl_errors(capsys, *args: str) -> tuple[int, list[str]]:
-    """`vl ARGS` in this process: (exit status, its lines on stderr after the "loading ..." line)."""
+    """`vl ARGS` in this process: (exit status, its lines on stderr but the "loading ..." line, which a
+    mistake found before loading Lightning does not print)."""
     from vl.cli import main
 
     try:
         code = main(list(args))
     except SystemExit as e:
         code = e.code
-    return code, [line for line in capsys.readouterr().err.splitlines() if line.startswith("vl fit:")][1:]
+    return code, [line for line in capsys.readouterr().err.splitlines()
+                  if line.startswith("vl fit:") and not line.startswith("vl fit: loading ")]
 
 
 def test_base_errors_are_one_line_from_the_cli(tmp_path, capsys):

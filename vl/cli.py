@@ -13,8 +13,11 @@ traceback instead.
 
 This module imports neither torch nor Lightning: `vl --help`, the tools' dispatch and the mistakes that
 need no model (an unknown command, a config file that does not exist, a misspelled section or trainer
-option) answer in a fraction of a second. `vl fit|validate|test|predict` print their first line before
-loading PyTorch and Lightning, which takes most of their start-up.
+option) answer in a fraction of a second. A misspelled model or data key, on the command line or in a
+config file, and `vl fit --help` are answered as fast once any earlier command has loaded the classes and
+recorded their options (vl.known_options); the first time, they wait for the full parse.
+`vl fit|validate|test|predict` print their first line before loading PyTorch and Lightning, which takes
+most of their start-up.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ import os
 import pickle
 import sys
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
+
+from vl import known_options
 
 LIGHTNING_COMMANDS = {
     "fit": "train a model (pretraining or fine-tuning) from a config",
@@ -95,6 +100,7 @@ def one_line(error: BaseException) -> str:
 
 SECTIONS = ("trainer", "model", "data")  # config sections (vl runs LightningCLI without optimizer sections)
 COMMON_OPTIONS = ("-c", "--config", "--print_config", "--seed_everything", "-h", "--help")
+SECTION_KEYS = ("class_path", "dict_kwargs", "help")  # --model.KEY that are not the class's own options
 SKIPPED_ARGUMENTS = {"self", "model", "train_dataloaders", "val_dataloaders", "dataloaders", "datamodule"}
 
 
@@ -131,13 +137,78 @@ def _suggest(word: str, choices: Sequence[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+def section_classes(args: Sequence[str]) -> dict[str, Optional[str]]:
+    """The class path the command line gives ``model`` and ``data``, in order: each ``-c`` file's
+    ``class_path`` (bases merged in), ``--model CLASS``, ``--model.class_path CLASS``; None where it is not a
+    plain class path (a file or inline YAML given as ``--model``) or no file says. Raises ConfigBaseError
+    for a config whose base is wrong, OSError/ValueError for one that cannot be read."""
+    from vl.config import load_config
+
+    found: dict[str, Optional[str]] = {"model": None, "data": None}
+    for i, token in enumerate(args):
+        key, eq, inline = token.partition("=")
+        value = inline if eq else (args[i + 1] if i + 1 < len(args) else "")
+        if key in ("-c", "--config") and _looks_like_file(value) and os.path.isfile(value):
+            config = load_config(value)
+            for section in found:
+                part = config.get(section)
+                if isinstance(part, dict) and isinstance(part.get("class_path"), str):
+                    found[section] = part["class_path"]
+                elif part is not None and not isinstance(part, dict):
+                    found[section] = None
+        for section in found:
+            if key in (f"--{section}", f"--{section}.class_path"):
+                found[section] = value if value.replace(".", "").replace("_", "").isalnum() else None
+    return found
+
+
+def _config_key_error(path: str, trees: dict, classes: dict[str, Optional[str]]) -> Optional[str]:
+    """A one-line error for a model/data key of config ``path`` that its class does not have."""
+    from vl.config import load_config
+
+    config = load_config(path)
+    for section in ("model", "data"):
+        part = config.get(section)
+        if not isinstance(part, dict) or not isinstance(part.get("init_args"), dict):
+            continue
+        class_path = part.get("class_path") if isinstance(part.get("class_path"), str) else classes[section]
+        if class_path not in trees:
+            continue
+        stack: list[tuple[list[str], Any]] = [([], part["init_args"])]
+        while stack:
+            prefix, mapping = stack.pop()
+            for name in mapping:
+                parts = [*prefix, str(name)]
+                miss = known_options.unknown_key(trees[class_path], parts)
+                if miss is not None:
+                    index, allowed = miss
+                    close = known_options.suggest_key(parts, index, allowed)
+                    hint = f" (did you mean {section}.init_args.{close}?)" if close else ""
+                    return (f"{path}: {section}.init_args.{'.'.join(parts[:index + 1])} is not an option of "
+                            f"{class_path}{hint}")
+                if isinstance(mapping[name], dict):
+                    stack.append((parts, mapping[name]))
+    return None
+
+
 def precheck(command: str, args: Sequence[str]) -> Optional[str]:
-    """A one-line error for the mistakes in ``vl COMMAND ARGS`` that need no model to find: a config file that
-    does not exist, an unknown option or section, an unknown trainer option; None when none is found (the
-    full parse, after loading Lightning, checks everything else: model and data keys, types, values)."""
+    """A one-line error for the mistakes in ``vl COMMAND ARGS`` found before torch and Lightning load: a
+    config file that does not exist or whose base is wrong, an unknown option or section, an unknown trainer
+    option, and a model or data key (on the command line or in a ``-c`` file) that its class lacks, once a
+    run has recorded that class's options (vl.known_options); None when none is found (the full parse, after
+    loading Lightning, checks everything: keys, types, values)."""
     signatures = _trainer_signatures()
     if signatures is None:
         return None
+    from vl.config import ConfigBaseError
+
+    try:
+        classes = section_classes(args)
+    except ConfigBaseError as e:
+        return str(e)
+    except (OSError, ValueError):  # not YAML: the full parse says so, with jsonargparse's message
+        classes = {"model": None, "data": None}
+    trees = known_options.recorded_trees() if any(classes.values()) else {}
     options = [*COMMON_OPTIONS, *(f"--{a}" for a in sorted(signatures[command])), *(f"--{s}" for s in SECTIONS)]
     if command == "fit":
         options.append(OVERWRITE)
@@ -155,6 +226,16 @@ def precheck(command: str, args: Sequence[str]) -> Optional[str]:
             if section == "trainer" and name not in trainer_keys:
                 return (f"unrecognized arguments: {key}"
                         + _suggest(name, trainer_keys).replace("(did you mean ", "(did you mean --trainer."))
+            parts = [p.rstrip("+") for p in rest.split(".")]
+            if section in ("model", "data") and classes[section] in trees and parts[0] not in SECTION_KEYS:
+                shorthand = parts[0] != "init_args"  # --model.lr means --model.init_args.lr
+                miss = known_options.unknown_key(trees[classes[section]], parts if shorthand else parts[1:])
+                if miss is not None:
+                    index, allowed = miss
+                    close = known_options.suggest_key(parts if shorthand else parts[1:], index, allowed)
+                    prefix = f"--{section}." if shorthand else f"--{section}.init_args."
+                    hint = f" (did you mean {prefix}{close}?)" if close else f" ({classes[section]} has no such option)"
+                    return f"unrecognized arguments: {key}{hint}"
             continue
         if dot:  # a misspelled section: --trainr.max_steps
             close = difflib.get_close_matches(section, SECTIONS, n=1, cutoff=0.6)
@@ -166,6 +247,13 @@ def precheck(command: str, args: Sequence[str]) -> Optional[str]:
             return f"unrecognized arguments: {key}" + _suggest(key, options)
         if key in ("-c", "--config", "--trainer") and _looks_like_file(value) and not os.path.isfile(value):
             return f"{key} {value}: no such file"
+        if key in ("-c", "--config") and trees and _looks_like_file(value):
+            try:
+                error = _config_key_error(value, trees, classes)
+            except (OSError, ValueError):
+                error = None
+            if error is not None:
+                return error
     return None
 
 
@@ -191,6 +279,12 @@ def run_lightning(args: list[str], from_sys_argv: bool = False) -> int:
         print(f"vl {command}: `vl {command} --help` lists the options; `vl {command} -c CONFIG --print_config` "
               f"shows every key of a config with its value", file=sys.stderr)
         return 2
+    help_only = rest in (["-h"], ["--help"])
+    if help_only:
+        text = known_options.cached_help(command)
+        if text is not None:
+            sys.stdout.write(text)
+            return 0
     overwrite = OVERWRITE in rest
     rest = [a for a in rest if a != OVERWRITE]
     configs = _configs(rest)
@@ -205,13 +299,40 @@ def run_lightning(args: list[str], from_sys_argv: bool = False) -> int:
     if from_sys_argv:
         sys.argv[1:] = [command, *rest]
     try:
+        if help_only:
+            return _help_recorded(command, lambda: VLLightningCLI(args=None if from_sys_argv else [command, *rest]))
         VLLightningCLI(args=None if from_sys_argv else [command, *rest], overwrite=overwrite)
     except (*USER_ERRORS, NonFiniteLossError, MisconfigurationException) as e:
         if os.environ.get("VL_DEBUG", "") not in ("", "0"):
             raise
         print(f"vl: error: {one_line(e)} (VL_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 1
+    finally:  # Lightning and the model code are loaded now: record their options for the next command line
+        try:
+            named = list(section_classes(rest).values())
+        except Exception:
+            named = []
+        known_options.record(named)
     return 0
+
+
+def _help_recorded(command: str, run: Callable[[], object]) -> int:
+    """Run LightningCLI's ``--help`` (``run``), print its text and record it (vl.known_options.record_help)."""
+    import contextlib
+    import io
+
+    captured = io.StringIO()
+    code: object = 0
+    with contextlib.redirect_stdout(captured):
+        try:
+            run()
+        except SystemExit as e:
+            code = e.code
+    text = captured.getvalue()
+    sys.stdout.write(text)
+    if code in (0, None) and text:
+        known_options.record_help(command, text)
+    return int(code or 0) if isinstance(code, (int, type(None))) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
