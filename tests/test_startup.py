@@ -33,8 +33,10 @@ def probe(*args: str) -> tuple[int, list[str], str]:
     return int(lines["EXIT"]), [m for m in lines["HEAVY"].split(",") if m], out.stderr
 
 
-def test_help_imports_nothing_heavy():
-    code, heavy, _ = probe("--help")
+@pytest.mark.parametrize("args", [("--help",), ("data", "--help"), ("data", "synth", "--help"),
+                                  ("data", "shards", "--help"), ("data", "inspect", "--help")])
+def test_help_imports_nothing_heavy(args):
+    code, heavy, _ = probe(*args)
     assert code == 0 and heavy == []
 
 
