@@ -223,3 +223,17 @@ def fault_shards(tmp_path_factory) -> dict:
     truncated.write_bytes(data[: len(data) * 2 // 3])  # cuts the 5th sample's mp4 in the middle
     os.remove(full)
     return {"faults": faults, "good": good, "truncated": str(truncated), "dir": str(out)}
+
+
+# `make test` runs files on two workers (`-n 2 --dist loadfile`), handing them out in collection order. The
+# files that train models for minutes go first, so that the short files fill in behind them instead of the
+# long ones starting last and leaving one worker idle at the end.
+LONGEST_FIRST = ("test_tasks_quality.py", "test_temporal.py", "test_quality.py", "test_cli.py", "test_readme.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within each file, and of the other files, is kept
