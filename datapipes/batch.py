@@ -31,7 +31,7 @@ class Batch:
     choice_mask: Optional[Tensor] = None  # (B, K, L)
     answer_idx: Optional[Tensor] = None  # (B,) long, index of the right choice
     references: Optional[list[list[str]]] = None  # (B,) all reference captions of each clip
-    captions: Optional[list[str]] = None  # (Nt,) the raw text of each text row
+    texts: Optional[list[str]] = None  # (Nt,) the raw text of each text row: a caption, or a QA question
     meta: list[dict] = field(default_factory=list)  # (B,) the sample's json, for predictions files
     # Samples the pipeline skipped, by reason, since the previous batch of the same worker: the main
     # process sums these into `data/skipped/<reason>` metrics (DataLoader workers cannot share counters).

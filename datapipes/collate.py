@@ -63,7 +63,7 @@ def collate(
         text_video_index=text_video_index,
         frame_mask=frame_mask,
         references=[s.references for s in samples],
-        captions=texts,
+        texts=texts,
         meta=[s.meta for s in samples],
         skipped=dict(skipped or {}),
     )

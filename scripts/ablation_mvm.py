@@ -6,7 +6,7 @@
 
 Steps (each a `vl` command a user could type):
 1. ``vl data synth`` writes synthetic shards (8 frames of 32 px) unless they exist.
-2. ``vl fit -c configs/tokenizer/fsq_tiny.yaml``: the FSQ tokenizer of the ``vq`` arm.
+2. ``vl fit -c configs/vq_tokenizer/fsq_tiny.yaml``: the FSQ tokenizer of the ``vq`` arm.
 3. ``vl fit -c configs/ablation/mvm_base.yaml [-c configs/ablation/mvm_<target>.yaml]`` for each arm:
    VTC + MLM (``base``), then VTC + MLM + MVM with ``pixel``, ``hog``, ``vq`` and ``feature`` targets (the
    teacher of ``feature`` is the ``base`` arm's frozen video encoder). Same seed, data, steps, optimiser.
@@ -81,7 +81,7 @@ def train_tokenizer(args: argparse.Namespace) -> Path:
     """Step 2: the tiny FSQ tokenizer (one for every seed); returns its last checkpoint."""
     ckpt = args.out / "tokenizer" / "checkpoints" / "last.ckpt"
     if not ckpt.exists():
-        vl("fit", "-c", "configs/tokenizer/fsq_tiny.yaml", "-c", str(run_yaml(args.out / "tokenizer")),
+        vl("fit", "-c", "configs/vq_tokenizer/fsq_tiny.yaml", "-c", str(run_yaml(args.out / "tokenizer")),
            "--data.init_args.root", str(args.data), "--trainer.max_steps", str(args.tokenizer_steps),
            "--trainer.check_val_every_n_epoch", "1000")
     return ckpt

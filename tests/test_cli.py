@@ -165,6 +165,39 @@ def test_ckpt_path_last_without_a_checkpoint_is_an_error(tmp_path, synth_dir, ca
     assert not (tmp_path / "checkpoints" / "last.ckpt").exists()  # nothing trained
 
 
+def test_a_checkpoint_recording_earlier_option_names_still_evaluates(tmp_path, synth_dir, capsys):
+    """`vl test --ckpt_path` restores a checkpoint's hyper-parameters as the module's arguments: a checkpoint
+    that records options under earlier names (``text.pool_type``; a retrieval task's top-level
+    ``vtm_weight``) evaluates as the same checkpoint under today's names."""
+    from vl.lit.checkpoint import recorded_hparams
+
+    cfg = tiny_config(tmp_path, synth_dir)
+    code, err = vl_in_process(capsys, "fit", "-c", str(cfg), "--trainer.max_steps", "1")
+    assert code == 0, err
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["hyper_parameters"]["text"]["pooling"] == "mean"
+    old = dict(ckpt)
+    text = {("pool_type" if k == "pooling" else k): v for k, v in ckpt["hyper_parameters"]["text"].items()}
+    old["hyper_parameters"] = {**ckpt["hyper_parameters"], "text": text}
+    old["vl_model_config"] = {**ckpt["vl_model_config"], "text": {**ckpt["vl_model_config"]["text"]}}
+    old["vl_model_config"]["text"]["pool_type"] = old["vl_model_config"]["text"].pop("pooling")
+    torch.save(old, tmp_path / "old.ckpt")
+
+    results = []
+    for name in ("last.ckpt", "old.ckpt"):
+        path = tmp_path / "checkpoints" / name if name == "last.ckpt" else tmp_path / name
+        code, err = vl_in_process(capsys, "test", "-c", str(cfg), "--ckpt_path", str(path))
+        assert code == 0, err
+        results.append(json.loads(max(tmp_path.rglob("test_metrics.json"), key=lambda p: p.stat().st_mtime).read_text()))
+    assert results[0] == results[1]
+
+    retrieval = {"vtc_weight": 1.0, "vtm_weight": 0.5, "vtm_hard_fraction": 0.25, "text": {"pool_type": "cls"},
+                 "fusion": {"pool": "mean", "depth": 2}, "optim": {"lr": 1e-4}}
+    assert recorded_hparams(retrieval) == {"objectives": {"vtc": 1.0, "vtm": 0.5, "vtm_hard_fraction": 0.25},
+                                           "text": {"pooling": "cls"}, "fusion": {"pooling": "mean", "depth": 2},
+                                           "optim": {"lr": 1e-4}}
+
+
 @pytest.mark.parametrize("command", ["test", "validate"])
 def test_evaluation_without_weights_is_an_error(tmp_path, synth_dir, capsys, command):
     code, err = vl_in_process(capsys, command, "-c", str(tiny_config(tmp_path, synth_dir)))

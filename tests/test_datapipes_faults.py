@@ -101,7 +101,7 @@ def test_question_modes_count_samples_without_questions(tmp_path, tokenizer):
     assert batch.skipped == {"no_question": 1, "bad_qa": 1}
     cfg = ClipConfig(num_frames=4, size=32, max_text_len=12, text_field="qa")
     (batch,) = list(build_eval_loader(shard, tokenizer, cfg, batch_size=4))
-    assert batch.answer == ["grey"] and batch.captions == ["what colour?"]
+    assert batch.answer == ["grey"] and batch.texts == ["what colour?"]
     assert batch.references == [["a grey clip gets brighter"]]
     assert batch.skipped == {"no_question": 2}
 

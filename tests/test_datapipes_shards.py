@@ -143,7 +143,7 @@ def test_video2dataset_layout_loads_unchanged(v2d_shards, tokenizer):
     batches = list(build_eval_loader(v2d_shards["pattern"], tokenizer, CFG, batch_size=3))
     assert [k for b in batches for k in b.keys] == v2d_shards["keys"]
     assert sum(b.skipped.get("status_not_success", 0) for b in batches) == len(v2d_shards["failed"]) == 2
-    assert batches[0].captions[0] == "clip number 000000000"
+    assert batches[0].texts[0] == "clip number 000000000"
     assert batches[0].meta[0]["url"].startswith("https://")
     glob_keys = _keys(build_eval_loader(f"{v2d_shards['dir']}/*.tar", tokenizer, CFG, batch_size=3))
     assert glob_keys == v2d_shards["keys"]  # the _stats.json files beside the shards are not read
@@ -194,7 +194,7 @@ def test_random_caption_in_training(tmp_path, tokenizer):
     sample["json"] = json.dumps({"captions": captions}).encode()
     shard = write_tar(tmp_path / "m.tar", [sample])
     loader = build_train_loader(shard, tokenizer, CFG, batch_size=4, batches_per_epoch=5, shuffle_buffer=1)
-    drawn = [c for b in loader for c in b.captions]
+    drawn = [c for b in loader for c in b.texts]
     assert set(drawn) <= set(captions) and len(set(drawn)) >= 3
     assert all(b.references == [captions] * 4 and b.text_video_index is None for b in loader)
 
@@ -208,7 +208,7 @@ def test_keys_with_dots_load(tmp_path, tokenizer):
     batches = list(build_eval_loader(shard, tokenizer, CFG, batch_size=8))
     keys = [k for b in batches for k in b.keys]
     assert keys == ["clip.v2", "plain", "videos/2021.05.01.take.3"]
-    captions = {k: c for b in batches for k, c in zip(b.keys, b.captions)}
+    captions = {k: c for b in batches for k, c in zip(b.keys, b.texts)}
     assert captions["clip.v2"] == "a dotted key" and captions["videos/2021.05.01.take.3"] == "a dated key"
     skipped = Counter()
     for b in batches:

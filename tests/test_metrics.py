@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from vl.metrics import best_ranks, gt_ranks, rank_changes, rank_metrics, retrieval_metrics, sign_test_worse
+from vl.evaluation.retrieval import best_ranks, gt_ranks, rank_changes, rank_metrics, retrieval_metrics, sign_test_worse
 
 
 def test_gt_ranks_by_hand():
@@ -72,7 +72,7 @@ NAN = float("nan")
 
 
 def test_nan_scores_are_an_error_not_a_perfect_rank():
-    from vl.metrics import NonFiniteError
+    from vl.evaluation.retrieval import NonFiniteError
 
     sim = torch.full((3, 3), NAN)  # a model with NaN weights: every comparison with NaN is false
     with pytest.raises(NonFiniteError, match="non-finite similarity scores: 3 of 3 rows"):
@@ -87,7 +87,7 @@ def test_nan_scores_are_an_error_not_a_perfect_rank():
 
 def test_pretraining_evaluation_refuses_nan_embeddings():
     from vl.lit.evaluation import RetrievalAccumulator
-    from vl.metrics import NonFiniteError
+    from vl.evaluation.retrieval import NonFiniteError
 
     acc = RetrievalAccumulator()
     video = torch.randn(4, 8)
@@ -101,7 +101,7 @@ def test_vl_index_refuses_a_nan_model(tmp_path, synth_dir, capsys):
     """`vl index` on a checkpoint with NaN weights fails naming the embeddings instead of 'indexed 12 videos'
     whose every query returns nothing."""
     from vl.cli import main
-    from vl.metrics import NonFiniteError
+    from vl.evaluation.retrieval import NonFiniteError
     from vl.models import create_model
     from vl.search.faiss_index import FaissSpec, build_faiss
 
@@ -127,7 +127,7 @@ def test_vl_index_refuses_a_nan_model(tmp_path, synth_dir, capsys):
 
 
 def test_order_accuracy_by_hand_ties_count_half():
-    from vl.metrics import NonFiniteError, order_accuracy, order_outcomes, order_tie_tolerance
+    from vl.evaluation.retrieval import NonFiniteError, order_accuracy, order_outcomes, order_tie_tolerance
 
     true = torch.tensor([0.9, 0.2, 0.5, 0.3])
     altered = torch.tensor([0.1, 0.4, 0.5, 0.3 + 1e-7])  # win, loss, exact tie, a rounding-size loss
@@ -149,7 +149,7 @@ def test_order_accuracy_by_hand_ties_count_half():
 
 
 def test_padded_clip_reverses_and_shuffles_only_its_real_frames():
-    from vl.lit.evaluation import reorder_frames, reversed_order, shuffled_order
+    from vl.evaluation.frame_order import reorder_frames, reversed_order, shuffled_order
 
     video = torch.arange(8.0).view(1, 8, 1, 1, 1).repeat(2, 1, 1, 1, 1)  # (2, 8, 1, 1, 1): pixel = frame number
     mask = torch.tensor([[True] * 3 + [False] * 5, [True] * 8])  # 3 real frames padded to 8; a full clip
@@ -168,7 +168,7 @@ def test_padded_clip_reverses_and_shuffles_only_its_real_frames():
 
 
 def test_caption_temporal_flags_come_from_the_json_only():
-    from vl.lit.evaluation import caption_temporal_flags
+    from vl.evaluation.frame_order import caption_temporal_flags
 
     meta = [{"temporal": True}, {"captions": ["a dog runs", "a red ball"], "temporal": [True, False]},
             {"captions": ["first a square, then a circle"]}]  # says nothing: unknown, whatever the words
@@ -195,7 +195,7 @@ def order_batch():
     frame_mask = torch.tensor([[True] * 8, [True] * 3 + [False] * 5, [True] + [False] * 7])
     return Batch(video=torch.randn(3, 8, 3, 32, 32, generator=g), text_ids=ids, text_mask=torch.ones_like(ids),
                  keys=["k0", "k1", "k2"], text_video_index=torch.tensor([0, 0, 1, 1, 2, 2]), frame_mask=frame_mask,
-                 captions=["a", "b", "c", "d", "e", "f"],
+                 texts=["a", "b", "c", "d", "e", "f"],
                  meta=[{"temporal": True}, {"captions": ["c", "d"], "temporal": [True, False]}, {}])
 
 

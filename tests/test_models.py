@@ -290,7 +290,7 @@ def test_text_encoder_forward_backward(name, options):
     assert tokens.shape == (B, ids.shape[1], enc.embed_dim)
     pooled = enc.pool(tokens, mask)
     assert pooled.shape == (B, enc.embed_dim)
-    if enc.pool_type == "cls":
+    if enc.pooling == "cls":
         torch.testing.assert_close(pooled, tokens[:, 0])
     else:
         torch.testing.assert_close(pooled[1], tokens[1, 6])  # the last real token
@@ -367,14 +367,14 @@ def test_fusion_pool_reads_the_first_text_token_or_the_mean_of_the_real_ones(nam
     out = cls_pool(video, text, mask)
     torch.testing.assert_close(out["pooled"], out["text_tokens"][:, 0])
     torch.manual_seed(0)
-    mean_pool = create_fusion(name, video_dim=64, text_dim=64, depth=1, pool="mean").eval()
+    mean_pool = create_fusion(name, video_dim=64, text_dim=64, depth=1, pooling="mean").eval()
     out = mean_pool(video, text, mask)
     for b in range(B):
         real = out["text_tokens"][b, mask[b].bool()]  # padding left out of the mean
         torch.testing.assert_close(out["pooled"][b], real.mean(dim=0))
     assert not torch.allclose(out["pooled"][1], out["text_tokens"][1].mean(dim=0))  # row 1 is padded
-    with pytest.raises(ValueError, match="pool must be one of"):
-        create_fusion(name, video_dim=64, text_dim=64, depth=1, pool="max")
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        create_fusion(name, video_dim=64, text_dim=64, depth=1, pooling="max")
 
 
 def test_fusion_width_is_configurable():
@@ -406,7 +406,7 @@ def test_preset_forward_backward(name):
 
 def test_model_with_open_clip_text_tower():
     model = create_model("clip_tiny", text={"name": "clip_text_tiny"}, heads=["vtm"])
-    assert model.mlm_head is None and model.text_encoder.pool_type == "eot"
+    assert model.mlm_head is None and model.text_encoder.pooling == "eot"
     ids, mask = text_batch()
     out = model(clip(), ids, mask)
     (out["video_embeds"] @ out["text_embeds"].T).sum().backward()
@@ -553,12 +553,12 @@ def test_vit_st_none_sees_frames_as_an_unordered_set():
 
 
 def test_text_mean_pooling_averages_the_real_tokens_only():
-    enc = create_text_encoder("bert_tiny", pool_type="mean")
+    enc = create_text_encoder("bert_tiny", pooling="mean")
     tokens = torch.arange(2 * 3 * 2, dtype=torch.float).view(2, 3, 2)
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     torch.testing.assert_close(enc.pool(tokens, mask), torch.stack([tokens[0, :2].mean(0), tokens[1].mean(0)]))
-    with pytest.raises(ValueError, match="pool_type"):
-        create_text_encoder("bert_tiny", pool_type="max")
+    with pytest.raises(ValueError, match="pooling"):
+        create_text_encoder("bert_tiny", pooling="max")
 
 
 # -- padded frames (Batch.frame_mask) -------------------------------------------------------------

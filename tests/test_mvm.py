@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from vl.models import create_model, create_video_encoder
-from vl.models.vq_tokenizer import create_tokenizer
+from vl.models.vq_tokenizer import create_vq_tokenizer
 from vl.objectives.masking import MaskSpec
 from vl.objectives.mvm import MVMConfig, MVMDecoder, MVMLoss, TeacherConfig, VQConfig, build_mvm, build_teacher
 from vl.objectives.mvm_targets import FeatureTarget, HOGTarget, PixelTarget, VQTarget, renormalize
@@ -45,7 +45,7 @@ def make_target(name: str, encoder):
     if name == "hog":
         return HOGTarget(grid, size)
     if name == "vq":
-        return VQTarget(create_tokenizer("fsq_tiny"), grid, size)
+        return VQTarget(create_vq_tokenizer("fsq_tiny"), grid, size)
     return FeatureTarget(create_video_encoder("vit_st_tiny"), grid)
 
 
@@ -78,7 +78,7 @@ def test_hog_targets_vote_for_the_gradient_orientation():
 
 
 def test_vq_targets_are_the_tokenizer_codes_of_each_frame_on_the_token_grid():
-    tokenizer = create_tokenizer("fsq_tiny").eval()
+    tokenizer = create_vq_tokenizer("fsq_tiny").eval()
     video = torch.randn(2, 4, 3, 32, 32)
     target = VQTarget(tokenizer, (2, 4, 4), (2, 8, 8))(video)  # (B, N, tt)
     assert target.shape == (2, 32, 2) and target.dtype == torch.long
@@ -253,7 +253,7 @@ def test_precomputed_vq_targets_match_the_on_the_fly_ones(synth_dir, tmp_path):
     from vl.tools.vq_targets import load_vq_targets, main
 
     torch.manual_seed(0)
-    tokenizer = create_tokenizer("fsq_tiny")
+    tokenizer = create_vq_tokenizer("fsq_tiny")
     ckpt = tmp_path / "tok.ckpt"
     torch.save({"vl_tokenizer_config": {"name": "fsq_tiny"},
                 "state_dict": {f"tokenizer.{k}": v for k, v in tokenizer.state_dict().items()}}, ckpt)

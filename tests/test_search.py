@@ -32,7 +32,7 @@ def write_untrained_checkpoint(path: Path, hparams: Optional[dict] = None, **ove
     model = create_model("vl_tiny", **overrides)
     torch.save({"vl_model_config": model.config, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
                 "vl_preprocess": {"num_frames": 4, "frame_size": 32, "tokenizer": "minilm", "max_text_len": 32},
-                "hyper_parameters": {"vtm_weight": 1.0} if hparams is None else hparams}, path)
+                "hyper_parameters": {"objectives": {"vtc": 1.0, "vtm": 1.0}} if hparams is None else hparams}, path)
     return path
 
 
@@ -189,7 +189,7 @@ def test_index_shards_extracts_playable_clips(shard_index, searcher, synth_dir):
 def test_build_resumes_after_interruption(ckpt, encoder, synth_dir, searcher, tmp_path, monkeypatch):
     out, opts = tmp_path / "index", BuildOptions(chunk_size=4, batch_size=4, progress=False)
     calls = []
-    real = encoder.encode_clips
+    real = encoder.encode_video_clips
 
     def interrupt_second_chunk(clips):
         calls.append(len(clips))
@@ -197,7 +197,7 @@ def test_build_resumes_after_interruption(ckpt, encoder, synth_dir, searcher, tm
             raise KeyboardInterrupt
         return real(clips)
 
-    monkeypatch.setattr(encoder, "encode_clips", interrupt_second_chunk)
+    monkeypatch.setattr(encoder, "encode_video_clips", interrupt_second_chunk)
     with pytest.raises(KeyboardInterrupt):
         build_index(ckpt, [synth_dir["test"]], out, opts, encoder=encoder)
     assert len(json.loads((out / "progress.json").read_text())["chunks"]) == 1
@@ -205,7 +205,7 @@ def test_build_resumes_after_interruption(ckpt, encoder, synth_dir, searcher, tm
         Searcher(out, encoder=encoder)
 
     calls.clear()
-    monkeypatch.setattr(encoder, "encode_clips", lambda clips: (calls.append(len(clips)), real(clips))[1])
+    monkeypatch.setattr(encoder, "encode_video_clips", lambda clips: (calls.append(len(clips)), real(clips))[1])
     config = build_index(ckpt, [synth_dir["test"]], out, opts, encoder=encoder)
     assert calls == [4, 4] and config["num_videos"] == 12  # only the two chunks left were embedded
 
@@ -362,14 +362,15 @@ def test_upload_decode_work_is_capped_before_decoding(searcher, tmp_path, monkey
 
 def test_vtm_reranking_only_for_checkpoints_that_trained_vtm(shard_index, tmp_path):
     """vl_tiny has a VTM head whatever it trains: re-ranking is offered only when the checkpoint's
-    hyper-parameters record a VTM loss weight above 0 (PretrainModule's objectives.vtm, RetrievalModule's
-    vtm_weight)."""
+    hyper-parameters record a VTM loss weight above 0 (``objectives.vtm`` of PretrainModule and RetrievalModule,
+    or a top-level ``vtm_weight``)."""
     from vl.lit.pretrain import Objectives
     from vl.search.app import build_app
 
     recorded = {"pretrain_vtm": {"objectives": Objectives(vtm=0.5)}, "pretrain_no_vtm": {"objectives": Objectives()},
-                "dict_objectives": {"objectives": {"vtm": 2.0}}, "retrieval_no_vtm": {"vtm_weight": 0.0},
-                "none_recorded": {}}
+                "dict_objectives": {"objectives": {"vtm": 2.0}},
+                "retrieval_no_vtm": {"objectives": {"vtc": 1.0, "vtm": 0.0}},
+                "top_level_vtm_weight": {"vtm_weight": 3.0}, "none_recorded": {}}
     torch.manual_seed(0)
     paths = {name: write_untrained_checkpoint(tmp_path / f"{name}.ckpt", hp) for name, hp in recorded.items()}
     for name, offered in [("pretrain_no_vtm", False), ("pretrain_vtm", True)]:
@@ -389,7 +390,7 @@ def test_vtm_reranking_only_for_checkpoints_that_trained_vtm(shard_index, tmp_pa
 
     assert {n: recorded_vtm_weight(p) for n, p in paths.items()} == {
         "pretrain_vtm": 0.5, "pretrain_no_vtm": 0.0, "dict_objectives": 2.0, "retrieval_no_vtm": 0.0,
-        "none_recorded": 0.0}
+        "top_level_vtm_weight": 3.0, "none_recorded": 0.0}
 
 
 def test_cli_errors_are_clear(ckpt, tmp_path, capsys):
@@ -453,11 +454,11 @@ def test_trained_tiny_model_finds_held_out_clip_at_rank_1(tmp_path):
 
 
 def test_short_videos_are_indexed_and_reranked_from_their_real_frames(ckpt, encoder, tmp_path):
-    """A video shorter than the model's frame count is padded (``prepare_clip``'s frame mask): its index
+    """A video shorter than the model's frame count is padded (``prepare_video_clip``'s frame mask): its index
     embedding, its VTM re-ranking score and ``similar`` do not depend on the padded frames' pixels, nor on
     the tokens the encoder makes of them (the token mask is cached with the tokens)."""
     from datapipes.synth import SynthConfig, make_sample
-    from vl.search.encoder import prepare_clip
+    from vl.search.encoder import prepare_video_clip
 
     folder = tmp_path / "videos"
     folder.mkdir()
@@ -468,11 +469,11 @@ def test_short_videos_are_indexed_and_reranked_from_their_real_frames(ckpt, enco
     s = Searcher(tmp_path / "index", encoder=encoder)
     row = next(i for i, item in enumerate(s.items) if item["key"] == "short")
 
-    clip, frame_mask = prepare_clip(short, encoder.clip_config)
+    clip, frame_mask = prepare_video_clip(short, encoder.video_clip_config)
     assert frame_mask.tolist() == [True, True, False, False]
     noise = torch.randn(clip.shape, generator=torch.Generator().manual_seed(0)) * 3.0
     repadded = torch.where(frame_mask[:, None, None, None], clip, noise)[None]  # (1, T, C, H, W)
-    emb, tokens, keep = encoder.encode_clips(repadded, frame_mask[None])
+    emb, tokens, keep = encoder.encode_video_clips(repadded, frame_mask[None])
     assert not bool(keep.all())
     np.testing.assert_allclose(s.index.reconstruct(row), emb[0], atol=1e-5)
     assert s.similar(folder / "short.mp4", k=1).videos[0].similarity == pytest.approx(1.0, abs=1e-5)
@@ -498,7 +499,7 @@ def test_search_decodes_through_the_pipelines_clip_loader(ckpt, encoder, tmp_pat
     from datapipes.pipeline import build_eval_loader
     from datapipes.synth import SynthConfig, make_sample
     from vl.models.hub import load_tokenizer
-    from vl.search.encoder import prepare_clip
+    from vl.search.encoder import prepare_video_clip
 
     def sample(key: str, seed: int, **meta) -> dict:
         made = make_sample("test", seed, SynthConfig(frames=8, size=32))  # 8 frames at 8 fps: 1 s
@@ -516,12 +517,12 @@ def test_search_decodes_through_the_pipelines_clip_loader(ckpt, encoder, tmp_pat
                                                   "error_message": "HTTP Error 404: Not Found"}).encode()},
     ]
     shard = write_tar(tmp_path / "mixed.tar", samples)
-    cfg = encoder.clip_config
+    cfg = encoder.video_clip_config
     (batch,) = build_eval_loader(shard, load_tokenizer("minilm"), cfg, batch_size=8, rank=0, world_size=1)
     assert batch.keys == ["whole", "bounded", "cut", "photo"]
     for i, key in enumerate(batch.keys):
         raw = next(s for s in samples if s["__key__"] == key)
-        clip, frame_mask = prepare_clip(raw["mp4"], cfg, json.loads(raw["json"]) if "json" in raw else None)
+        clip, frame_mask = prepare_video_clip(raw["mp4"], cfg, json.loads(raw["json"]) if "json" in raw else None)
         torch.testing.assert_close(clip, batch.video[i], rtol=0, atol=1e-6)
         assert frame_mask.tolist() == batch.frame_mask[i].tolist()
     assert batch.frame_mask[3].tolist() == [True, False, False, False]  # the image: one real frame

@@ -1,4 +1,5 @@
-"""Task metrics (vl/tasks/metrics.py): captioning scores through pycocoevalcap, QA accuracy by hand."""
+"""Task metrics (vl/evaluation/captioning.py, vl/evaluation/qa.py): captioning scores through pycocoevalcap,
+QA accuracy by hand."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import warnings
 import pytest
 import torch
 
-from vl.tasks import metrics
-from vl.tasks.metrics import OOV, AnswerVocab, caption_metrics, multiple_choice_accuracy, qa_accuracy
+from vl.evaluation import captioning as metrics
+from vl.evaluation.captioning import caption_metrics
+from vl.evaluation.qa import OOV, AnswerVocab, multiple_choice_accuracy, qa_accuracy
 
 REFERENCES = {
     "video0": ["a man is driving a red car down the road", "a person drives a car"],

@@ -17,13 +17,13 @@ from conftest import noisy_padded_tokens
 
 from datapipes.batch import Batch
 from vl.lit.data import VideoTextDataModule
-from vl.metrics import gt_ranks
+from vl.evaluation.retrieval import gt_ranks
 from vl.models import create_model
 from vl.objectives import MATCH_SCORES
 from vl.tasks import CaptioningModule, MultipleChoiceModule, QAModule, RetrievalModule
 from vl.lit.module import with_heads
 from vl.tasks.captioning import beam_search, greedy_decode
-from vl.tasks.metrics import AnswerVocab
+from vl.evaluation.qa import AnswerVocab
 from vl.tasks.multiple_choice import choice_scores
 from vl.tasks import retrieval
 from vl.tasks.retrieval import dual_softmax, rerank_candidates, rerank_topk, two_way_metrics
@@ -42,7 +42,7 @@ def batch(seed: int = 0, choices: int = 0) -> Batch:
         ids[i, n - 1] = 102
         ids[i, n:], mask[i, n:] = 0, 0
     out = Batch(video=torch.randn(B, T, 3, S, S, generator=g), text_ids=ids, text_mask=mask,
-                keys=[f"k{i}" for i in range(B)], references=[["a b", "c d"]] * B, captions=["q"] * B)
+                keys=[f"k{i}" for i in range(B)], references=[["a b", "c d"]] * B, texts=["q"] * B)
     if choices:
         out.choice_ids = ids[:, None].repeat(1, choices, 1)  # (B, K, L)
         out.choice_mask = mask[:, None].repeat(1, choices, 1)
@@ -162,7 +162,8 @@ def test_retrieval_module_losses_heads_and_evaluation() -> None:
 
 
 def test_paragraph_retrieval_joins_each_videos_captions() -> None:
-    module = RetrievalModule(video=VIDEO, paragraph=True, paragraph_max_text_len=16, rerank_k=0, vtm_weight=0)
+    module = RetrievalModule(video=VIDEO, paragraph=True, paragraph_max_text_len=16, rerank_k=0,
+                             objectives={"vtm": 0.0})
     b = batch()
     b.references = [["a dog runs.", "it jumps."], ["a cat sleeps."], ["rain falls.", "a car", "stops"]]
     ids, mask, index, texts = module.texts(b)
@@ -375,7 +376,7 @@ def test_multiple_choice_zero_shot_test_writes_choices(tmp_path: Path, synth_dir
 
 
 def test_captioning_test_without_java_reports_meteor_unavailable(tmp_path: Path, synth_dir: dict, monkeypatch) -> None:
-    import vl.tasks.metrics as task_metrics
+    import vl.evaluation.captioning as task_metrics
 
     monkeypatch.setattr(task_metrics, "java_available", lambda: False)
     module = CaptioningModule(video=VIDEO, max_len=5, beam_size=2)
@@ -403,7 +404,7 @@ def poison(module: pl.LightningModule) -> None:
 def test_nan_model_evaluation_is_an_error(task: str) -> None:
     """Every task's evaluation refuses a model whose outputs are NaN (NaN compares false: a NaN retrieval
     model ranked every right video first) with one line naming what was non-finite."""
-    from vl.metrics import NonFiniteError
+    from vl.evaluation.retrieval import NonFiniteError
 
     if task.startswith("retrieval"):
         module = RetrievalModule(video=VIDEO, rerank_k=2 if task == "retrieval_rerank" else 0)
@@ -428,7 +429,7 @@ def test_nan_model_evaluation_is_an_error(task: str) -> None:
 
 
 def test_rerank_refuses_nan_match_scores() -> None:
-    from vl.metrics import NonFiniteError
+    from vl.evaluation.retrieval import NonFiniteError
 
     sim, scores = torch.randn(4, 5), torch.randn(4, 5)
     scores[2, sim[2].argmax()] = float("nan")  # a top-1 candidate's VTM score

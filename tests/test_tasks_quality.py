@@ -14,7 +14,7 @@ Retrieval is fine-tuned from scratch (``vl_tiny``, VTC + VTM); its checkpoint is
 captioning, QA and multiple choice, as users start them from a pretrained video-text checkpoint. The
 video encoder sees 16x16 patches of single frames with sin-cos position tables and the text encoder is
 pooled by the mean of its tokens (the recipe of ``tests/test_temporal.py``). VTM draws half its negatives
-by VTC similarity and half uniformly (``vtm_hard_fraction: 0.5``): the dual encoder's hardest negatives
+by VTC similarity and half uniformly (``objectives.vtm_hard_fraction: 0.5``): the dual encoder's hardest negatives
 here are the same objects doing the reverse, which a fusion trained from scratch cannot yet tell apart.
 The VTM, QA and multiple-choice heads read the mean of the fused text tokens (fusion ``pool: mean``):
 a from-scratch text encoder's first token is the same for every caption.
@@ -42,7 +42,7 @@ import torch
 
 from vl.lit.data import VideoTextDataModule
 from vl.lit.optim import OptimConfig
-from vl.tasks import CaptioningModule, RetrievalModule
+from vl.tasks import CaptioningModule, RetrievalModule, RetrievalObjectives
 
 pytestmark = pytest.mark.slow
 
@@ -50,10 +50,10 @@ FRAMES, SIZE = 8, 32
 # vit_st_tiny on 8 x 2 x 2 patches of single frames with sin-cos position tables, and a from-scratch text
 # encoder pooled by the mean of its tokens: the recipe of tests/test_temporal.py, which lets it learn time
 TINY = {"num_frames": FRAMES, "img_size": SIZE, "patch_size": 16, "tubelet_size": 1, "pos_init": "sincos"}
-TEXT = {"pool_type": "mean"}
+TEXT = {"pooling": "mean"}
 # The heads (VTM, QA, multiple choice) read the mean of the fused text tokens: the from-scratch text encoder's
 # first token is the same for every caption
-FUSION = {"pool": "mean"}
+FUSION = {"pooling": "mean"}
 # Training seed of every test here (the clips are the same for all); VL_QUALITY_SEED=1 pytest ... re-runs
 # the file at another one
 SEED = int(os.environ.get("VL_QUALITY_SEED", "0"))
@@ -119,8 +119,9 @@ def retrieval_run(synth: str, tmp_path_factory) -> dict:
     """``vl_tiny`` fine-tuned from scratch for retrieval (VTC + VTM); its test metrics and checkpoint."""
     out = tmp_path_factory.mktemp("retrieval")
     pl.seed_everything(SEED)
-    module = RetrievalModule(model="vl_tiny", video=TINY, text=TEXT, fusion=FUSION, vtm_weight=1.0, vtm_hard_fraction=0.5,
-                             rerank_k=128, rerank_score="vtm+vtc", optim=optim(2e-3))
+    module = RetrievalModule(model="vl_tiny", video=TINY, text=TEXT, fusion=FUSION,
+                             objectives=RetrievalObjectives(vtm=1.0, vtm_hard_fraction=0.5), rerank_k=128,
+                             rerank_score="vtm+vtc", optim=optim(2e-3))
     metrics = fit_and_test(module, synth, "caption", 400, out)
     return {"metrics": metrics, "ckpt": str(out / "model.ckpt"), "dir": out}
 
@@ -153,7 +154,7 @@ def test_vtm_reranking_is_no_worse_than_the_dual_encoder(retrieval_run: dict) ->
     m = retrieval_run["metrics"]
     alone = {k: m[f"rerank_vtm/t2v_{k}"] for k in ("R@1", "R@5")}  # the VTM head alone on the same top 128
     moved = {k: m[f"rerank/t2v_{k}"] for k in ("queries_down", "queries_up", "p_worse", "hits_lost",
-                                                "hits_gained", "hits_p_worse")}  # vl.metrics.rank_changes
+                                                "hits_gained", "hits_p_worse")}  # vl.evaluation.retrieval.rank_changes
     chance = m["t2v_chance_R@1"]
     print(f"\nVTM head alone: t2v R@1 {alone['R@1']:.2f}% ({alone['R@1'] / chance:.1f}x chance), "
           f"R@5 {alone['R@5']:.2f}; dual encoder {m['t2v_R@1']:.2f}%")
@@ -174,7 +175,7 @@ def constant_caption_cider(root: str, references: dict[str, list[str]]) -> tuple
 
     from pycocoevalcap.cider.cider import Cider
 
-    from vl.tasks.metrics import java_available, tokenize_captions
+    from vl.evaluation.captioning import java_available, tokenize_captions
 
     captions: set[str] = set()
     for tar_path in sorted(Path(root).glob("train-*.tar")):

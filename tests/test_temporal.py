@@ -54,7 +54,7 @@ def pretrain_and_score(shards: dict, temporal: str) -> dict[str, float]:
     """Pretrain for STEPS steps; video-to-text R@1 over the four direction captions on the held-out clips."""
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     pl.seed_everything(0, workers=True)
-    module = PretrainModule(model="vl_tiny", video=dict(VIDEO, temporal=temporal), text=dict(pool_type="mean"),
+    module = PretrainModule(model="vl_tiny", video=dict(VIDEO, temporal=temporal), text=dict(pooling="mean"),
                             objectives=Objectives(vtc=1.0, vtc_multi_positive=True),
                             optim=OptimConfig(lr=1e-3, warmup_steps=20, betas=(0.9, 0.999), eps=1e-8))
     data = VideoTextDataModule(

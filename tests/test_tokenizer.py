@@ -10,7 +10,7 @@ import torch
 
 from conftest import save_as_dall_e_pickle
 from vl.models import dalle
-from vl.models.vq_tokenizer import codebook_usage, create_tokenizer, list_tokenizers, load_tokenizer_checkpoint
+from vl.models.vq_tokenizer import codebook_usage, create_vq_tokenizer, list_vq_tokenizers, load_vq_tokenizer_checkpoint
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -25,7 +25,7 @@ def one_thread():
 @pytest.mark.parametrize("name", ["fsq_tiny", "lfq_tiny"])
 def test_tokenizer_encodes_and_decodes_an_image(name):
     torch.manual_seed(0)
-    tokenizer = create_tokenizer(name).eval()
+    tokenizer = create_vq_tokenizer(name).eval()
     images = torch.randn(3, 3, 32, 32)
     ids = tokenizer.encode(images)
     assert ids.shape == (3, 4, 4) and ids.dtype == torch.long  # f = 8
@@ -38,10 +38,10 @@ def test_tokenizer_encodes_and_decodes_an_image(name):
 
 
 def test_registered_sizes():
-    assert {"fsq_tiny", "fsq_base", "lfq_tiny", "lfq_base"} <= set(list_tokenizers())
-    assert create_tokenizer("fsq_tiny").codebook_size == 1000
-    with pytest.raises(ValueError, match="unknown tokenizer option"):
-        create_tokenizer("fsq_tiny", levelz=(8, 8))
+    assert {"fsq_tiny", "fsq_base", "lfq_tiny", "lfq_base"} <= set(list_vq_tokenizers())
+    assert create_vq_tokenizer("fsq_tiny").codebook_size == 1000
+    with pytest.raises(ValueError, match="unknown visual tokenizer option"):
+        create_vq_tokenizer("fsq_tiny", levelz=(8, 8))
 
 
 def test_codebook_usage_and_perplexity():
@@ -55,10 +55,10 @@ def test_short_fit_lowers_reconstruction_error_and_saves_a_loadable_checkpoint(s
 
     from vl.lit import VideoTextDataModule
     from vl.lit.optim import OptimConfig
-    from vl.lit.tokenizer import TokenizerModule
+    from vl.lit.vq_tokenizer import VQTokenizerModule
 
     torch.manual_seed(0)
-    module = TokenizerModule("fsq_tiny", frames_per_clip=2, grid_images=4,
+    module = VQTokenizerModule("fsq_tiny", frames_per_clip=2, grid_images=4,
                              optim=OptimConfig(lr=2e-3, weight_decay=0.0, warmup_steps=2))
     dm = VideoTextDataModule(root=synth_dir["dir"], num_frames=4, frame_size=32, batch_size=8, eval_batch_size=8,
                              num_workers=0, batches_per_epoch=12, persistent_workers=False, max_text_len=16)
@@ -80,8 +80,8 @@ def test_short_fit_lowers_reconstruction_error_and_saves_a_loadable_checkpoint(s
     assert "val/codebook_usage" in metrics and "train/recon_loss" in metrics
     ckpt = tmp_path / "tokenizer.ckpt"
     trainer.save_checkpoint(ckpt)
-    loaded = load_tokenizer_checkpoint(ckpt)
-    assert torch.equal(loaded.encode(fixed), module.tokenizer.eval().encode(fixed))
+    loaded = load_vq_tokenizer_checkpoint(ckpt)
+    assert torch.equal(loaded.encode(fixed), module.vq_tokenizer.eval().encode(fixed))
 
 
 def test_nonfinite_losses_are_skipped_then_stop_the_run_without_a_nan_checkpoint(synth_dir, tmp_path):
@@ -93,23 +93,23 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run_without_a_nan_checkpoint
 
     from vl.lit import VideoTextDataModule
     from vl.lit.safety import NonFiniteCheckpointError, NonFiniteLossError
-    from vl.lit.tokenizer import TokenizerModule
+    from vl.lit.vq_tokenizer import VQTokenizerModule
 
     torch.manual_seed(0)
-    module = TokenizerModule("fsq_tiny", frames_per_clip=1, max_consecutive_nonfinite=3)
+    module = VQTokenizerModule("fsq_tiny", frames_per_clip=1, max_consecutive_nonfinite=3)
     losses = module.losses
     module.losses = lambda images: {**losses(images), "loss": torch.tensor(float("nan"), requires_grad=True)}
     dm = VideoTextDataModule(root=synth_dir["dir"], num_frames=4, frame_size=32, batch_size=4, num_workers=0,
                              batches_per_epoch=8, persistent_workers=False, max_text_len=16)
     trainer = pl.Trainer(accelerator="cpu", max_steps=8, default_root_dir=str(tmp_path), enable_progress_bar=False,
                          enable_model_summary=False, logger=False, enable_checkpointing=False, limit_val_batches=0)
-    before = {k: v.clone() for k, v in module.tokenizer.state_dict().items()}
+    before = {k: v.clone() for k, v in module.vq_tokenizer.state_dict().items()}
     with pytest.raises(NonFiniteLossError, match="3 consecutive steps had a non-finite loss"):
         trainer.fit(module, datamodule=dm)
-    after = module.tokenizer.state_dict()
+    after = module.vq_tokenizer.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # no skipped step touched the weights
     with torch.no_grad():
-        next(module.tokenizer.parameters()).fill_(float("nan"))
+        next(module.vq_tokenizer.parameters()).fill_(float("nan"))
     with pytest.raises(NonFiniteCheckpointError):
         trainer.save_checkpoint(tmp_path / "poisoned.ckpt")
     assert not (tmp_path / "poisoned.ckpt").exists()

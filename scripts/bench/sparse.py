@@ -148,7 +148,7 @@ def load_synth(args: argparse.Namespace) -> dict:
         for batch in build_eval_loader(splits[split]["path"], tokenizer, cfg, batch_size=100):
             caption_video.append(batch.video_index() + sum(len(v) for v in videos))
             videos.append(batch.video)
-            captions += list(batch.captions)
+            captions += list(batch.texts)
             labels += [m["label"] for m in batch.meta]
         data[split] = (torch.cat(videos), captions, torch.cat(caption_video), labels)
     return data
@@ -179,7 +179,7 @@ def train_run(args: argparse.Namespace, data: dict, sparsity: TokenSparsity) -> 
     torch.manual_seed(0)
     video_opts = dict(name="vit_st_tiny", temporal="divided", num_frames=8, img_size=32, patch_size=8,
                       tubelet_size=1, pos_init="sincos")
-    model = create_model("vl_tiny", video=video_opts, text=dict(pool_type="mean"), heads=[]).train()
+    model = create_model("vl_tiny", video=video_opts, text=dict(pooling="mean"), heads=[]).train()
     tokenizer = load_tokenizer("minilm")
     vtc = VTCLoss()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)

@@ -34,6 +34,46 @@ def preprocess_from_datamodule(datamodule: Any) -> dict[str, Any]:
     return {k: hparams[k] for k in PREPROCESS_KEYS if k in hparams}
 
 
+# Model options that checkpoints may record under another name: part -> {recorded name: name today}. A
+# checkpoint's config is read through ``recorded_model_config``, so such checkpoints keep loading; configs and
+# command lines take only today's names.
+RECORDED_OPTION_NAMES = {"text": {"pool_type": "pooling"}, "fusion": {"pool": "pooling"}}
+
+
+def recorded_model_config(ckpt: dict) -> dict[str, Any] | None:
+    """The model config a checkpoint records (``vl_model_config``, None when absent), with every option under
+    the name ``vl.create_model`` takes (``RECORDED_OPTION_NAMES``)."""
+    config = ckpt.get("vl_model_config")
+    if config is None:
+        return None
+    config = dict(config)
+    for part, names in RECORDED_OPTION_NAMES.items():
+        if isinstance(config.get(part), dict):
+            config[part] = {names.get(k, k): v for k, v in config[part].items()}
+    return config
+
+
+# A task's hyper-parameters that checkpoints may record at the top level: name -> (mapping, key) where the
+# module takes it today (a retrieval checkpoint's loss weights, under ``objectives`` as in pretraining).
+RECORDED_HPARAM_PLACES = {"vtc_weight": ("objectives", "vtc"), "vtm_weight": ("objectives", "vtm"),
+                          "vtm_hard_fraction": ("objectives", "vtm_hard_fraction")}
+
+
+def recorded_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's hyper-parameters (the module's keyword arguments, as `vl test --ckpt_path` restores
+    them) under today's names: ``RECORDED_OPTION_NAMES`` inside the backbone parts, ``RECORDED_HPARAM_PLACES``
+    at the top. ``hparams`` is not modified."""
+    out = dict(hparams)
+    for part, names in RECORDED_OPTION_NAMES.items():
+        if isinstance(out.get(part), dict):
+            out[part] = {names.get(k, k): v for k, v in out[part].items()}
+    for name, (mapping, key) in RECORDED_HPARAM_PLACES.items():
+        if name in out:
+            value = out.pop(name)
+            out[mapping] = {**(out.get(mapping) or {}), key: value}
+    return out
+
+
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be read; the message names the file and says why."""
 
@@ -75,7 +115,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
     path = check_checkpoint_file(path)
     ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    config = ckpt.get("vl_model_config")
+    config = recorded_model_config(ckpt)
     if config is None:
         raise ValueError(f"{path} has no `vl_model_config`: it was not written by a vl LightningModule")
     model = create_model(**config)

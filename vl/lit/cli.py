@@ -31,7 +31,7 @@ from vl.config import (  # the config loader, re-exported
     resolve_config_bases,
 )
 from vl.lit.callbacks import SaveLastOnTrainEnd, VLProgressBar
-from vl.lit.checkpoint import RandomState, check_checkpoint_file
+from vl.lit.checkpoint import RandomState, check_checkpoint_file, recorded_hparams
 from vl.lit.data import SkipCounter
 
 
@@ -273,7 +273,7 @@ class VLLightningCLI(LightningCLI):
         if ckpt_path and ckpt_path not in CKPT_ALIASES:
             check_checkpoint_file(ckpt_path)
         before = deepcopy(self.config[subcommand].get("model"))
-        super()._parse_ckpt_path()
+        self._restore_hparams(ckpt_path)
         after = self.config[subcommand].get("model")
         for option in model_options(VLArgumentParser.argv):
             wanted, restored = model_value(before, option), model_value(after, option)
@@ -282,6 +282,27 @@ class VLLightningCLI(LightningCLI):
                     f"--{option} {wanted!r} cannot apply next to --ckpt_path {ckpt_path}: the model is rebuilt "
                     f"with the checkpoint's hyper-parameters ({restored!r}). Drop the option, or train a new "
                     f"model with it (a fine-tuning config can start from this checkpoint with init_from)")
+
+    def _restore_hparams(self, ckpt_path: Any) -> None:
+        """Lightning's restoring of the checkpoint's hyper-parameters into the model config (the class and
+        its keyword arguments, as ``VLModule`` records them), read under today's option names
+        (``recorded_hparams``) so that a checkpoint of an earlier vl still evaluates."""
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        import torch
+
+        hparams = dict(torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            class_path = hparams.pop("_class_path")
+            hparams = {"class_path": class_path, "dict_kwargs": recorded_hparams(hparams)}
+        try:
+            self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
 
     def before_instantiate_classes(self) -> None:
         """Refuse a GPU config on a machine without one, and to evaluate a model that has no trained weights

@@ -289,7 +289,7 @@ def caption_batches(path: str, tokenize: Tokenize, batch_size: int) -> list[Batc
     for i in range(0, len(lines), batch_size):
         ids, mask = tokenize(lines[i: i + batch_size])  # (n, L) each
         batches.append(Batch(video=torch.zeros(0, 0, 0, 0, 0), text_ids=ids, text_mask=mask, keys=[],
-                             captions=lines[i: i + batch_size]))
+                             texts=lines[i: i + batch_size]))
     return batches
 
 

@@ -15,7 +15,7 @@ The template a subclass fills in (each an abstract method, except the hooks with
 ``compute_losses(batch)`` -> ``{"<name>_loss": ..., metrics}``; ``eval_step(batch, split)`` collects what a
 split needs per batch (into ``self.eval_outputs`` or the subclass's own state); ``finish_eval(split)`` turns
 the whole (gathered) split into metrics, predictions and a summary (``report``); optional:
-``loss_weights()``, ``unused_parameters(model)``, ``no_weight_decay()``, ``predict(batch)``.
+``loss_weights()``, ``unused_parameters(model)``, ``sometimes_unused()``, ``no_weight_decay()``, ``predict(batch)``.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from datapipes.batch import Batch
-from vl.lit.checkpoint import load_checkpoint, preprocess_from_datamodule
+from vl.evaluation.retrieval import NonFiniteError, nonfinite_message
+from vl.lit.checkpoint import load_checkpoint, preprocess_from_datamodule, recorded_model_config
 from vl.lit.evaluation import gather_objects, write_eval_outputs
 from vl.lit.optim import OptimConfig, build_optimizer
 from vl.lit.safety import NonFiniteGuard, retarget_learning_rates
-from vl.metrics import NonFiniteError, nonfinite_message
 from vl.models import VideoLanguageModel, create_model
 
 VTC_PARAMETERS = ("video_proj.", "text_proj.", "logit_scale")  # prefixes of the VTC projections and temperature
@@ -239,10 +239,21 @@ class VLModule(pl.LightningModule, abc.ABC):
         weights = self.loss_weights()
         return sum(weights.get(k[: -len("_loss")], 1.0) * v for k, v in out.items() if k.endswith("_loss"))
 
+    def sometimes_unused(self) -> list[Tensor]:
+        """Trainable parameters that some training steps leave without a gradient (an objective with nothing
+        to compute on a batch, e.g. MVM when no masked token falls on a real frame); none by default."""
+        return []
+
     def training_step(self, batch: Batch, batch_idx: int) -> Optional[Tensor]:
         with self.attention_kernels():
             out = self.compute_losses(batch)
         loss = self.total_loss(out)
+        # DDP (find_unused_parameters off, the fast default) reduces a gradient for every trainable parameter on
+        # every step and fails on a step that leaves one without: the ``sometimes_unused`` parameters join the
+        # loss with weight 0, which changes neither the loss nor any gradient.
+        anchored = self.sometimes_unused()
+        if anchored:
+            loss = loss + 0.0 * sum(p.sum() for p in anchored)
         if not self.guard.check(loss, out, self.trainer):
             self.log("train/nonfinite_steps", float(self.guard.total), batch_size=batch.batch_size)
             return None  # skip this optimiser step (all ranks agree, see NonFiniteGuard)
@@ -353,7 +364,7 @@ class VLModule(pl.LightningModule, abc.ABC):
         without ``init_from``), before Lightning loads the weights into it; restore the guard's counters; a
         resumed run takes the configured learning rate (``retarget_learning_rates``)."""
         retarget_learning_rates(checkpoint, self.optim.lr, self.optim.pretrained_lr_scale)
-        config = checkpoint.get("vl_model_config")
+        config = recorded_model_config(checkpoint)
         if config is not None and config != self.model.config:
             self.set_backbone(create_model(**config))
         if "vl_nonfinite" in checkpoint:

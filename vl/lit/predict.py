@@ -34,14 +34,14 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
 from datapipes.batch import Batch
-from vl.metrics import require_finite
+from vl.evaluation.retrieval import require_finite
 from vl.models import VideoLanguageModel
 
 
 def embeddings(model: VideoLanguageModel, batch: Batch) -> dict[str, Any]:
     """The L2-normalised embeddings of the batch's clips (B, E) and text rows (Nt, E) as float32 arrays,
     with their keys and texts. A batch of a captions file has no clips (``video`` of batch size 0).
-    Raises ``vl.metrics.NonFiniteError`` for a NaN or infinite embedding."""
+    Raises ``vl.evaluation.retrieval.NonFiniteError`` for a NaN or infinite embedding."""
     out: dict[str, Any] = {}
     if batch.batch_size > 0:
         video = model.encode_video(batch.video, frame_mask=batch.frame_mask)["pooled"]  # (B, Dv)
@@ -52,7 +52,7 @@ def embeddings(model: VideoLanguageModel, batch: Batch) -> dict[str, Any]:
     if batch.text_ids.shape[0] > 0:
         emb = model.embed_text(model.encode_text(batch.text_ids, batch.text_mask)["pooled"]).float()  # (Nt, E)
         require_finite(emb, "text embeddings")
-        texts = batch.captions or [None] * emb.shape[0]
+        texts = batch.texts or [None] * emb.shape[0]
         keys = [batch.keys[int(i)] for i in batch.video_index().tolist()] if batch.batch_size > 0 else [None] * len(texts)
         out["text"] = emb.cpu().numpy()
         out["text_rows"] = [{"text": t, "key": k} for t, k in zip(texts, keys)]
@@ -132,7 +132,7 @@ class VideoFileBatches(torch.utils.data.IterableDataset):
     def _batch(self, keys: list[str], clips: list, skipped: dict[str, int]) -> Batch:
         empty = torch.zeros(0, self.max_text_len, dtype=torch.long)
         return Batch(video=torch.stack([c[0] for c in clips]), frame_mask=torch.stack([c[1] for c in clips]).bool(),
-                     text_ids=empty, text_mask=empty.clone(), keys=keys, captions=[], skipped=skipped)
+                     text_ids=empty, text_mask=empty.clone(), keys=keys, texts=[], skipped=skipped)
 
     def __iter__(self) -> Iterator[Batch]:
         from datapipes.decode import SkipSample

@@ -9,8 +9,8 @@ from typing import Any, Optional
 from torch import Tensor
 
 from datapipes.batch import Batch
-from vl.lit.evaluation import (RetrievalAccumulator, caption_temporal_flags, frame_order_embeddings, reorder_frames,
-                               retrieval_summary, reversed_order)
+from vl.evaluation.frame_order import caption_temporal_flags, frame_order_embeddings, reorder_frames, reversed_order
+from vl.lit.evaluation import RetrievalAccumulator, retrieval_summary
 from vl.lit.module import BackboneConfig, VLModule, from_plain
 from vl.lit.optim import OptimConfig
 from vl.models.hub import load_tokenizer
@@ -55,7 +55,7 @@ class PretrainModule(VLModule):
     retrieval (R@1/5/10 next to chance) on the validation shards and, unless `reversal_eval` is false,
     whether the model uses the order of the frames: each clip is embedded again from the same decoded frames
     reversed and shuffled, and `reversal_acc` / `shuffle_acc` are the percent of captions that score the
-    true order higher (chance 50%; `vl.lit.evaluation.time_order_metrics`). It costs two more video-encoder
+    true order higher (chance 50%; `vl.evaluation.frame_order.time_order_metrics`). It costs two more video-encoder
     passes per evaluation batch.
 
     Args (besides ``BackboneConfig``'s, given by keyword):
@@ -129,7 +129,7 @@ class PretrainModule(VLModule):
                                           self.model.logit_scale))
         if self.vtm is not None:
             sim = VTCLoss.similarity(v_emb, t_emb, self.model.logit_scale).detach()  # (B, B) for hard negatives
-            positives = vtm_positives(batch.text_ids, batch.references, batch.captions)  # (B, B)
+            positives = vtm_positives(batch.text_ids, batch.references, batch.texts)  # (B, B)
             out.update(self.vtm(self.model, video["tokens"], text["tokens"], batch.text_mask, sim, positives,
                                 video_mask=video_mask))
         if self.mlm is not None:
@@ -145,10 +145,14 @@ class PretrainModule(VLModule):
 
     def match_keys(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Caption keys for multi-positive VTC: each text row's and each clip's reference captions'."""
-        if batch.captions is None or len(batch.captions) != batch.batch_size:
+        if batch.texts is None or len(batch.texts) != batch.batch_size:
             raise ValueError("objectives.vtc_multi_positive needs one caption per clip in each batch (the "
                              "pretraining data's text_field: caption)")
-        return caption_keys(batch.captions, batch.references or [[c] for c in batch.captions], self.device)
+        return caption_keys(batch.texts, batch.references or [[c] for c in batch.texts], self.device)
+
+    def sometimes_unused(self) -> list[Tensor]:
+        """MVM's decoder and head: a batch whose masked tokens all fall on padded frames predicts nothing."""
+        return [] if self.mvm is None else [p for p in self.mvm.parameters() if p.requires_grad]
 
     def no_weight_decay(self) -> set[str]:
         """The model's, and the MVM decoder's and head's (they train with the model)."""
@@ -175,9 +179,9 @@ class PretrainModule(VLModule):
         t_emb = self.model.embed_text(self.model.encode_text(batch.text_ids, batch.text_mask)["pooled"])
         order = None
         if self.reversal_eval:  # the same decoded frames, reversed and shuffled
-            temporal = caption_temporal_flags(batch.meta, batch.captions or [""] * len(index), index.cpu())
+            temporal = caption_temporal_flags(batch.meta, batch.texts or [""] * len(index), index.cpu())
             order = frame_order_embeddings(embed_video, batch.video, batch.frame_mask, temporal)
-        acc.add(v_emb, t_emb, index, batch.keys, batch.captions, order=order)
+        acc.add(v_emb, t_emb, index, batch.keys, batch.texts, order=order)
 
     def finish_eval(self, split: str) -> None:
         """Retrieval metrics (raises NonFiniteError for NaN/inf embeddings: a NaN model gets no score, never

@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from vl.metrics import NonFiniteError
+from vl.evaluation.retrieval import NonFiniteError
 
 
 class NonFiniteLossError(RuntimeError):
@@ -211,7 +211,7 @@ class NonFiniteGuard:
 
     @contextlib.contextmanager
     def advising(self, trainer: Optional[object]):
-        """Re-raise a ``vl.metrics.NonFiniteError`` of an evaluation run inside ``fit`` (validation) with
+        """Re-raise a ``vl.evaluation.retrieval.NonFiniteError`` of an evaluation run inside ``fit`` (validation) with
         ``resume_advice`` appended: the weights being validated have diverged, so name where to go back to."""
         try:
             yield

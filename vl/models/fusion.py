@@ -11,7 +11,7 @@ self-attention causal, and it no longer returns attention weights.
 ``forward(video_tokens (B, N, Dv), text_tokens (B, L, Dt), text_mask (B, L), video_mask (B, N) | None,
 return_attention=False) -> dict``: ``tokens`` (all fused tokens), ``text_tokens`` (B, L, D),
 ``cls`` (B, D) (the fused first text token), ``pooled`` (B, D) (what the VTM, QA and multiple-choice heads
-read: ``pool: cls`` the fused first text token, as BERT, ALBEF and VIOLET read it; ``pool: mean`` the mean
+read: ``pooling: cls`` the fused first text token, as BERT, ALBEF and VIOLET read it; ``pooling: mean`` the mean
 of the fused text tokens under ``text_mask``) and, when asked, ``attentions`` (B, L, N): the last block's
 text-to-video attention, averaged over heads (VIOLET's attended masking reads it). Masks are attention
 masks: 1/True = a real token to attend to.
@@ -20,8 +20,8 @@ masks: 1/True = a real token to attend to.
 to text tokens 0..i and to every video token; video tokens never attend to text (in single-stream
 fusion they attend to video only), so no output depends on a later text token.
 
-``pool: mean`` is for text encoders whose first token carries nothing yet (trained from scratch: a randomly
-initialised BERT's CLS output is the same for every caption, cosine 0.9999): with ``pool: cls`` the VTM
+``pooling: mean`` is for text encoders whose first token carries nothing yet (trained from scratch: a randomly
+initialised BERT's CLS output is the same for every caption, cosine 0.9999): with ``pooling: cls`` the VTM
 head then reads a query that starts out the same for every pair and must gather both modalities and
 compare them within the fusion's depth; each fused text token can compare its own word with the video
 after one block. Measured on the synthetic-clip retrieval fixture of ``tests/test_tasks_quality.py``
@@ -56,7 +56,7 @@ def causal_single_stream_mask(text_mask: Tensor, video_mask: Tensor) -> Tensor:
     return mask
 
 
-FUSION_POOLS = ("cls", "mean")
+FUSION_POOLINGS = ("cls", "mean")
 
 
 class Fusion(nn.Module):
@@ -65,11 +65,11 @@ class Fusion(nn.Module):
     cross_attention: bool = False
 
     def __init__(self, video_dim: int, text_dim: int, dim: int | None, depth: int, num_heads: int | None,
-                 mlp_ratio: float, dropout: float, drop_path_rate: float, pool: str = "cls") -> None:
+                 mlp_ratio: float, dropout: float, drop_path_rate: float, pooling: str = "cls") -> None:
         super().__init__()
-        if pool not in FUSION_POOLS:
-            raise ValueError(f"fusion: pool must be one of {FUSION_POOLS}, got {pool!r}")
-        self.pool = pool
+        if pooling not in FUSION_POOLINGS:
+            raise ValueError(f"fusion: pooling must be one of {FUSION_POOLINGS}, got {pooling!r}")
+        self.pooling = pooling
         self.dim = dim or text_dim
         heads = num_heads or max(self.dim // 64, 1)
         self.video_proj = nn.Linear(video_dim, self.dim)
@@ -88,9 +88,9 @@ class Fusion(nn.Module):
         """Parameter names (relative to this module) to exclude from weight decay."""
         return set()
 
-    def pooled(self, text_tokens: Tensor, text_mask: Tensor) -> Tensor:
-        """Fused text tokens (B, L, D), mask (B, L) -> (B, D) by ``pool``."""
-        if self.pool == "cls":
+    def pool(self, text_tokens: Tensor, text_mask: Tensor) -> Tensor:
+        """Fused text tokens (B, L, D), mask (B, L) -> (B, D) as ``pooling`` says."""
+        if self.pooling == "cls":
             return text_tokens[:, 0]
         keep = text_mask.to(text_tokens.dtype)[..., None]  # (B, L, 1)
         return (text_tokens * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
@@ -114,8 +114,8 @@ class SingleStreamFusion(Fusion):
 
     def __init__(self, video_dim: int, text_dim: int, dim: int | None = None, depth: int = 2,
                  num_heads: int | None = None, mlp_ratio: float = 4.0, dropout: float = 0.0,
-                 drop_path_rate: float = 0.0, pool: str = "cls") -> None:
-        super().__init__(video_dim, text_dim, dim, depth, num_heads, mlp_ratio, dropout, drop_path_rate, pool)
+                 drop_path_rate: float = 0.0, pooling: str = "cls") -> None:
+        super().__init__(video_dim, text_dim, dim, depth, num_heads, mlp_ratio, dropout, drop_path_rate, pooling)
         self.type_embed = nn.Embedding(2, self.dim)  # 0 = text, 1 = video
         nn.init.trunc_normal_(self.type_embed.weight, std=0.02)
         self.apply(init_weights)
@@ -135,7 +135,7 @@ class SingleStreamFusion(Fusion):
             mask = torch.cat([text_mask.bool(), video_mask.bool()], dim=1)  # (B, L + N)
         x, weights = self.run(torch.cat([t, v], dim=1), mask, None, None, return_attention)  # (B, L + N, D)
         out = {"tokens": x, "text_tokens": x[:, :L], "video_tokens": x[:, L:], "cls": x[:, 0],
-               "pooled": self.pooled(x[:, :L], text_mask)}
+               "pooled": self.pool(x[:, :L], text_mask)}
         if weights is not None:
             out["attentions"] = weights[:, :, :L, L:].mean(dim=1)  # (B, L, N)
         return out
@@ -148,8 +148,8 @@ class CrossAttentionFusion(Fusion):
 
     def __init__(self, video_dim: int, text_dim: int, dim: int | None = None, depth: int = 2,
                  num_heads: int | None = None, mlp_ratio: float = 4.0, dropout: float = 0.0,
-                 drop_path_rate: float = 0.0, pool: str = "cls") -> None:
-        super().__init__(video_dim, text_dim, dim, depth, num_heads, mlp_ratio, dropout, drop_path_rate, pool)
+                 drop_path_rate: float = 0.0, pooling: str = "cls") -> None:
+        super().__init__(video_dim, text_dim, dim, depth, num_heads, mlp_ratio, dropout, drop_path_rate, pooling)
         self.apply(init_weights)
 
     def forward(self, video_tokens: Tensor, text_tokens: Tensor, text_mask: Tensor,
@@ -160,7 +160,7 @@ class CrossAttentionFusion(Fusion):
         mask = None if video_mask is None else video_mask.bool()
         self_mask = causal_text_mask(text_mask) if causal else text_mask.bool()  # (B, L, L) or (B, L)
         x, weights = self.run(t, self_mask, v, mask, return_attention)  # (B, L, D)
-        out = {"tokens": x, "text_tokens": x, "cls": x[:, 0], "pooled": self.pooled(x, text_mask)}
+        out = {"tokens": x, "text_tokens": x, "cls": x[:, 0], "pooled": self.pool(x, text_mask)}
         if weights is not None:
             out["attentions"] = weights.mean(dim=1)  # (B, L, N)
         return out

@@ -124,7 +124,7 @@ class TokenSparsity:
     (FLIP's unmasked tuning). Evaluation always encodes the full clip.
     """
 
-    keep_ratio: float = 1.0  # share of grid tokens encoded per clip; 1.0 = dense (today's path, bit for bit)
+    keep_ratio: float = 1.0  # share of grid tokens encoded per clip; 1.0 = dense (every token, no selection)
     method: Method = "random"  # random | tube | motion (see vl.models.sparse)
     dense_final_steps: int | float = 0  # final dense phase: a number of steps (int) or a share of max_steps (float < 1)
     motion_jitter: float = 0.1  # weight of the uniform noise added to the [0, 1] motion scores (method: motion)

@@ -19,14 +19,15 @@ from torch import Tensor, nn
 from .hub import load_open_clip_weights, resolve_pretrained
 from .registry import TEXT_ENCODERS, build
 
-PoolType = Literal["cls", "eot", "mean"]
-POOL_TYPES: tuple[str, ...] = ("cls", "eot", "mean")
+Pooling = Literal["cls", "eot", "mean"]  # which tokens ``pool`` summarises a text by
+POOLINGS: tuple[str, ...] = ("cls", "eot", "mean")
 
 
-def check_pool_type(pool_type: str) -> str:
-    if pool_type not in POOL_TYPES:
-        raise ValueError(f"text pool_type must be one of {POOL_TYPES}, got {pool_type!r}")
-    return pool_type
+def check_pooling(pooling: str) -> str:
+    """``pooling`` if it is one of ``POOLINGS``; ValueError naming the choices otherwise."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"text pooling must be one of {POOLINGS}, got {pooling!r}")
+    return pooling
 
 
 class TextEncoder(nn.Module):
@@ -35,7 +36,7 @@ class TextEncoder(nn.Module):
     embed_dim: int
     vocab_size: int
     is_pretrained: bool = False
-    pool_type: PoolType = "cls"
+    pooling: Pooling = "cls"
 
     @property
     def word_embeddings(self) -> nn.Embedding | None:
@@ -45,9 +46,9 @@ class TextEncoder(nn.Module):
     def pool(self, tokens: Tensor, mask: Tensor) -> Tensor:
         """tokens (B, L, D), mask (B, L) -> (B, D): the first token (``cls``), the last real one (``eot``) or
         the mean of the real tokens (``mean``, as sentence-transformers pool MiniLM)."""
-        if self.pool_type == "cls":
+        if self.pooling == "cls":
             return tokens[:, 0]
-        if self.pool_type == "mean":
+        if self.pooling == "mean":
             weights = mask.to(tokens.dtype).unsqueeze(-1)  # (B, L, 1)
             return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         last = mask.long().sum(dim=1).clamp(min=1) - 1  # (B,)
@@ -99,12 +100,12 @@ class HFTextEncoder(TextEncoder):
         vocab_size: int | None = None,  # 30522: BERT/MiniLM uncased WordPiece
         max_position_embeddings: int | None = None,  # 512
         dropout: float = 0.1,
-        pool_type: PoolType = "cls",
+        pooling: Pooling = "cls",
     ) -> None:
         super().__init__()
         sizes = dict(hidden_size=hidden_size, num_heads=num_heads, intermediate_size=intermediate_size,
                      vocab_size=vocab_size, max_position_embeddings=max_position_embeddings)
-        self.pool_type = check_pool_type(pool_type)
+        self.pooling = check_pooling(pooling)
         self.is_pretrained = pretrained is not None
         if pretrained is not None:
             given = [k for k, v in sizes.items() if v is not None]
@@ -188,7 +189,7 @@ class ClipTextEncoder(TextEncoder):
         mlp_ratio: float = 4.0,
         output_dim: int = 512,
         quick_gelu: bool = False,  # True for OpenAI's original weights
-        pool_type: PoolType = "eot",
+        pooling: Pooling = "eot",
         pretrained: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
@@ -196,7 +197,7 @@ class ClipTextEncoder(TextEncoder):
             context_length=context_length, vocab_size=vocab_size, width=width, heads=heads, layers=layers,
             mlp_ratio=mlp_ratio, output_dim=output_dim, act_layer=QuickGELU if quick_gelu else nn.GELU,
         )
-        self.embed_dim, self.vocab_size, self.pool_type = output_dim, vocab_size, check_pool_type(pool_type)
+        self.embed_dim, self.vocab_size, self.pooling = output_dim, vocab_size, check_pooling(pooling)
         self.context_length = context_length
         self.is_pretrained = pretrained is not None
         if pretrained is not None:

@@ -95,7 +95,7 @@ class VideoLanguageModel(nn.Module):
         tokens only (token-sparse pretraining, ``vl.models.sparse.TokenSparsity``): tokens, token_mask and
         the pooled embedding then cover the kept tokens (B, prefix + N_kept). Evaluation passes no ``drop``."""
         encoder = self.video_encoder
-        if drop is None:  # the dense path, exactly as before token sparsity existed
+        if drop is None:  # the dense path: every grid token
             tokens = encoder.forward_features(video, mask, frame_mask)
             keep = encoder.token_keep(frame_mask, mask)  # (B, N) | None
         else:
@@ -127,7 +127,7 @@ class VideoLanguageModel(nn.Module):
              video_mask: Tensor | None = None, return_attention: bool = False,
              causal: bool = False) -> dict[str, Tensor]:
         """Fusion of (B, N, Dv) video and (B, L, Dt) text tokens -> dict(tokens, text_tokens (B, L, D), cls (B, D),
-        pooled (B, D) (by the fusion's ``pool``: what the VTM, QA and multiple-choice heads read), attentions
+        pooled (B, D) (by the fusion's ``pooling``: what the VTM, QA and multiple-choice heads read), attentions
         (B, L, N) when asked). ``video_mask`` (B, N): 1 = attend (e.g. not a padded frame).
         ``causal``: text token i sees text 0..i only (a decoder over the text, for captioning)."""
         return self.fusion(video_tokens, text_tokens, text_mask, video_mask, return_attention, causal)
@@ -152,7 +152,7 @@ class VideoLanguageModel(nn.Module):
         Returns ``video_tokens`` (B, N, Dv), ``text_tokens`` (B, L, Dt), ``video_embeds`` / ``text_embeds``
         (B, E) normalised, ``logit_scale`` (the log-space parameter, as ``VTCLoss`` takes it),
         ``fused_text_tokens`` (B, L, D), ``fused_cls`` (B, D), ``fused_pooled`` (B, D) (by the fusion's
-        ``pool``) and, with a VTM head, ``vtm_logits`` (B, 2) of ``fused_pooled`` for these (positive) pairs.
+        ``pooling``) and, with a VTM head, ``vtm_logits`` (B, 2) of ``fused_pooled`` for these (positive) pairs.
         """
         v = self.encode_video(video, video_token_mask, frame_mask, drop)
         t = self.encode_text(text_ids, text_mask)

@@ -2,13 +2,13 @@
 
 ``VisualTokenizer`` is a small convolutional autoencoder (ResNet blocks, ``2^stages`` downsampling) with
 a lookup-free quantizer from ``vector-quantize-pytorch``: FSQ (finite scalar quantization) or LFQ.
-It is trained in this framework with ``vl fit -c configs/tokenizer/<name>.yaml`` (``vl.lit.tokenizer``).
+It is trained in this framework with ``vl fit -c configs/vq_tokenizer/<name>.yaml`` (``vl.lit.vq_tokenizer``).
 
 Every tokenizer used as an MVM target keeps one interface:
 ``encode(images (M, C, H, W) normalised with the data's ``norm``) -> ids (M, H/f, W/f) long``,
 ``codebook_size`` and ``downsample`` (f). ``DalleTokenizer`` (``vl.models.dalle``) keeps it too.
 
-Sizes are registered functions in ``TOKENIZERS`` (``fsq_tiny``, ``fsq_base``, ``lfq_tiny``, ...).
+Sizes are registered functions in ``VQ_TOKENIZERS`` (``fsq_tiny``, ``fsq_base``, ``lfq_tiny``, ...).
 """
 
 from __future__ import annotations
@@ -23,7 +23,11 @@ from vector_quantize_pytorch import FSQ, LFQ
 
 from .registry import Registry, build
 
-TOKENIZERS = Registry("tokenizer")
+VQ_TOKENIZERS = Registry("visual tokenizer")
+# Where a checkpoint of ``vl.lit.vq_tokenizer.VQTokenizerModule`` keeps the tokenizer's config and weights; the
+# first of each is what the module writes, the others are read too, so that every such checkpoint loads.
+CHECKPOINT_CONFIG_KEYS = ("vl_vq_tokenizer_config", "vl_tokenizer_config")
+CHECKPOINT_PREFIXES = ("vq_tokenizer.", "tokenizer.")
 Quantizer = Literal["fsq", "lfq"]
 
 
@@ -149,52 +153,55 @@ def codebook_usage(ids: Tensor, codebook_size: int) -> dict[str, Tensor]:
     return {"usage": (counts > 0).float().mean(), "perplexity": entropy.exp()}
 
 
-def create_tokenizer(name: str, **options: Any) -> VisualTokenizer:
+def create_vq_tokenizer(name: str, **options: Any) -> VisualTokenizer:
     """A registered tokenizer size (``fsq_tiny``, ``fsq_base``, ``lfq_tiny``, ``lfq_base``) with overrides."""
-    return TOKENIZERS.create(name, **options)
+    return VQ_TOKENIZERS.create(name, **options)
 
 
-def list_tokenizers(pattern: str = "*") -> list[str]:
-    return TOKENIZERS.names(pattern)
+def list_vq_tokenizers(pattern: str = "*") -> list[str]:
+    return VQ_TOKENIZERS.names(pattern)
 
 
-def load_tokenizer_checkpoint(path: str | os.PathLike) -> VisualTokenizer:
-    """A frozen ``VisualTokenizer`` from a checkpoint of ``vl fit -c configs/tokenizer/...`` (its
-    ``vl_tokenizer_config`` rebuilds it, its ``tokenizer.*`` weights fill it), in eval mode."""
+def load_vq_tokenizer_checkpoint(path: str | os.PathLike) -> VisualTokenizer:
+    """A frozen ``VisualTokenizer`` from a checkpoint of ``vl fit -c configs/vq_tokenizer/...`` (its config,
+    ``CHECKPOINT_CONFIG_KEYS``, rebuilds it; its weights, ``CHECKPOINT_PREFIXES``, fill it), in eval mode."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"tokenizer checkpoint {str(path)!r} does not exist; train one with "
-                                f"`vl fit -c configs/tokenizer/fsq_tiny.yaml` and pass its checkpoints/last.ckpt")
+        raise FileNotFoundError(f"visual tokenizer checkpoint {str(path)!r} does not exist; train one with "
+                                f"`vl fit -c configs/vq_tokenizer/fsq_tiny.yaml` and pass its checkpoints/last.ckpt")
     ckpt = torch.load(path, map_location="cpu", weights_only=False)  # a Lightning checkpoint the user named
-    if "vl_tokenizer_config" not in ckpt:
-        raise ValueError(f"{str(path)!r} is not a tokenizer checkpoint of `vl fit -c configs/tokenizer/...` "
-                         f"(no vl_tokenizer_config); for DALL-E's encoder set kind: dalle")
-    config = dict(ckpt["vl_tokenizer_config"])
-    model = create_tokenizer(config.pop("name"), **config)
-    state = {k[len("tokenizer."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("tokenizer.")}
+    key = next((k for k in CHECKPOINT_CONFIG_KEYS if k in ckpt), None)
+    if key is None:
+        raise ValueError(f"{str(path)!r} is not a visual tokenizer checkpoint of `vl fit -c configs/vq_tokenizer/...` "
+                         f"(no {CHECKPOINT_CONFIG_KEYS[0]}); for DALL-E's encoder set kind: dalle")
+    config = dict(ckpt[key])
+    model = create_vq_tokenizer(config.pop("name"), **config)
+    prefix = next((p for p in CHECKPOINT_PREFIXES if any(k.startswith(p) for k in ckpt["state_dict"])),
+                  CHECKPOINT_PREFIXES[0])
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     model.load_state_dict(state, strict=True)
     return model.eval().requires_grad_(False)
 
 
-@TOKENIZERS.register(VisualTokenizer)
+@VQ_TOKENIZERS.register(VisualTokenizer)
 def fsq_tiny(**kw) -> VisualTokenizer:
     """Debug size: width 32, 3 stages (f = 8), FSQ levels (8, 5, 5, 5) = 1000 codes."""
     return build(VisualTokenizer, dict(width=32, channel_mult=(1, 2, 2), blocks=1, levels=(8, 5, 5, 5)), kw)
 
 
-@TOKENIZERS.register(VisualTokenizer)
+@VQ_TOKENIZERS.register(VisualTokenizer)
 def fsq_base(**kw) -> VisualTokenizer:
     """Width 128, 3 stages (f = 8, as DALL-E's dVAE), 2 blocks per stage, FSQ (7, 5, 5, 5, 5) = 4375 codes."""
     return build(VisualTokenizer, dict(width=128, channel_mult=(1, 2, 4), blocks=2, levels=(7, 5, 5, 5, 5)), kw)
 
 
-@TOKENIZERS.register(VisualTokenizer)
+@VQ_TOKENIZERS.register(VisualTokenizer)
 def lfq_tiny(**kw) -> VisualTokenizer:
     """Debug size: width 32, 3 stages (f = 8), LFQ with 1024 codes."""
     return build(VisualTokenizer, dict(width=32, channel_mult=(1, 2, 2), blocks=1, quantizer="lfq",
                                        codebook_size=1024), kw)
 
 
-@TOKENIZERS.register(VisualTokenizer)
+@VQ_TOKENIZERS.register(VisualTokenizer)
 def lfq_base(**kw) -> VisualTokenizer:
     """Width 128, 3 stages (f = 8), 2 blocks per stage, LFQ with 8192 codes (DALL-E's vocabulary size)."""
     return build(VisualTokenizer, dict(width=128, channel_mult=(1, 2, 4), blocks=2, quantizer="lfq",

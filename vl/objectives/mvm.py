@@ -41,7 +41,7 @@ TARGETS: tuple[str, ...] = ("vq", "pixel", "hog", "feature")
 class VQConfig:
     """The frozen visual tokenizer of ``vq`` targets."""
 
-    kind: Literal["vl", "dalle"] = "vl"  # vl: a `vl fit -c configs/tokenizer/*.yaml` checkpoint; dalle: DALL-E's
+    kind: Literal["vl", "dalle"] = "vl"  # vl: a `vl fit -c configs/vq_tokenizer/*.yaml` checkpoint; dalle: DALL-E's
     path: Optional[str] = None  # tokenizer .ckpt, or DALL-E's encoder.pkl (a local file; never downloaded)
     precomputed: Optional[str] = None  # shards of `vl data vq-targets`, looked up by sample key (deterministic
     # clips only: uniform sampling, crop_scale [1, 1]); clips not found are tokenized on the fly
@@ -232,8 +232,8 @@ class MVMLoss(nn.Module):
         # (B, N) True for grid tokens of real frames: a padded frame's token has nothing to reconstruct
         keep = model.video_encoder.token_keep(frame_mask)
         real = torch.ones_like(mask) if keep is None else keep[:, model.video_encoder.num_prefix_tokens:]
-        if not bool((mask & real).any()):  # nothing to predict: a zero loss that still reaches every parameter
-            zero = latent.sum() * 0.0 + sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+        if not bool((mask & real).any()):  # nothing to predict: a zero loss, a function of the latent
+            zero = latent.sum() * 0.0  # its decoder and head then get no gradient (see VLModule.sometimes_unused)
             return {"mvm_loss": zero, "mvm_ratio": zero.detach()}
         target = self.target.compute(video, keys)  # (B, N, ...)
         pred = self.forward_decoder(latent, mask, None if keep is None else real)  # (M, out_dim), mask's order
@@ -279,15 +279,15 @@ def build_target(cfg: MVMConfig, encoder: nn.Module) -> Target:
     if cfg.target == "vq":
         if cfg.vq.path is None:
             raise ValueError("mvm: target 'vq' needs vq.path: a tokenizer checkpoint from `vl fit -c "
-                             "configs/tokenizer/fsq_tiny.yaml` (kind: vl) or DALL-E's encoder.pkl (kind: dalle)")
+                             "configs/vq_tokenizer/fsq_tiny.yaml` (kind: vl) or DALL-E's encoder.pkl (kind: dalle)")
         if cfg.vq.kind == "dalle":
             from vl.models.dalle import DalleTokenizer
 
             tokenizer: nn.Module = DalleTokenizer(cfg.vq.path, norm=cfg.input_norm)
         else:
-            from vl.models.vq_tokenizer import load_tokenizer_checkpoint
+            from vl.models.vq_tokenizer import load_vq_tokenizer_checkpoint
 
-            tokenizer = load_tokenizer_checkpoint(cfg.vq.path)
+            tokenizer = load_vq_tokenizer_checkpoint(cfg.vq.path)
         table = None
         if cfg.vq.precomputed is not None:
             from vl.tools.vq_targets import load_vq_targets

@@ -64,14 +64,14 @@ def sample_negatives(sim_v2t: Tensor, positive_mask: Tensor | None = None,
 
 
 def vtm_positives(text_ids: Tensor, references: list[list[str]] | None = None,
-                  captions: list[str] | None = None) -> Tensor:
+                  texts: list[str] | None = None) -> Tensor:
     """(B, B) bool, video i and text j match, so VTM never draws the pair as a negative: text j is token for
-    token text i, or (given each clip's ``references`` and the batch's ``captions``) one of clip i's captions.
-    The hardest "negatives" are often such true matches."""
+    token text i, or (given each clip's ``references`` and the batch's raw ``texts``, ``Batch.texts``) one of
+    clip i's captions. The hardest "negatives" are often such true matches."""
     same = (text_ids[:, None, :] == text_ids[None, :, :]).all(-1)  # (B, B) identical token rows
-    if not references or not captions:
+    if not references or not texts:
         return same
-    describes = [[text in refs for text in captions] for refs in map(set, references)]
+    describes = [[text in refs for text in texts] for refs in map(set, references)]
     return same | torch.tensor(describes, dtype=torch.bool, device=same.device)
 
 

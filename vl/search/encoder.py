@@ -2,10 +2,10 @@
 
 ``Encoder`` turns text and decoded clips into the model's L2-normalised VTC embeddings, and scores
 (video, text) pairs with the VTM head for re-ranking, offered only when the checkpoint trained that head
-(``recorded_vtm_weight``): a VTM head that never saw a VTM loss scores at random. ``prepare_clip`` decodes
+(``recorded_vtm_weight``): a VTM head that never saw a VTM loss scores at random. ``prepare_video_clip`` decodes
 one video through the pipeline's own decode path (``datapipes.process.load_clip`` in evaluation mode, with
 the checkpoint's data settings), padding a short one to the model's frame count and returning the
-``frame_mask`` that marks the padding; ``encode_clips`` takes that mask, so a short video is embedded and
+``frame_mask`` that marks the padding; ``encode_video_clips`` takes that mask, so a short video is embedded and
 re-ranked from its real frames only, as training and evaluation treat it (``Batch.frame_mask``).
 """
 
@@ -52,27 +52,26 @@ def set_threads(threads: Optional[int]) -> None:
 
 
 def recorded_vtm_weight(path: str | Path) -> float:
-    """The VTM loss weight a ``vl fit`` checkpoint's hyper-parameters record: ``objectives.vtm`` of
-    ``PretrainModule`` or ``vtm_weight`` of ``RetrievalModule``; 0.0 where they record none (other tasks,
-    checkpoints written without a LightningModule).
+    """The VTM loss weight a ``vl fit`` checkpoint's hyper-parameters record: ``objectives.vtm`` (of
+    ``PretrainModule`` and ``RetrievalModule``, read through ``recorded_hparams``); 0.0 where they record none (other tasks, checkpoints written without a LightningModule).
 
     A model config lists a ``vtm`` head whenever its preset has one (``vl_tiny`` does), trained or not, so
     only the training objectives tell whether its scores mean anything. The tensors are memory-mapped,
     not read: only the hyper-parameters are looked at.
     """
+    from vl.lit.checkpoint import recorded_hparams
+
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except RuntimeError:  # a legacy (non-zip) file cannot be memory-mapped
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    hparams = (ckpt.get("hyper_parameters") if isinstance(ckpt, Mapping) else None) or {}
-    if "vtm_weight" in hparams:
-        return float(hparams["vtm_weight"] or 0.0)
+    hparams = recorded_hparams(dict((ckpt.get("hyper_parameters") if isinstance(ckpt, Mapping) else None) or {}))
     objectives = hparams.get("objectives")
     weight = objectives.get("vtm") if isinstance(objectives, Mapping) else getattr(objectives, "vtm", None)
     return float(weight or 0.0)
 
 
-def clip_config_for(model: torch.nn.Module, preprocess: dict[str, Any]) -> ClipConfig:
+def video_clip_config(model: torch.nn.Module, preprocess: dict[str, Any]) -> ClipConfig:
     """The evaluation ClipConfig of a model: the checkpoint's data settings (``vl.lit.checkpoint.PREPROCESS_KEYS``,
     the DataModule's names), else its video encoder's sizes.
 
@@ -93,7 +92,7 @@ def clip_config_for(model: torch.nn.Module, preprocess: dict[str, Any]) -> ClipC
     )
 
 
-def prepare_clip(data: bytes, cfg: ClipConfig, meta: Optional[dict] = None) -> tuple[Tensor, Tensor]:
+def prepare_video_clip(data: bytes, cfg: ClipConfig, meta: Optional[dict] = None) -> tuple[Tensor, Tensor]:
     """Video bytes -> normalised clip (T, C, H, W) as the model's evaluation pipeline prepares it
     (``load_clip`` in evaluation mode, normalised as collation does), and its frame_mask (T,) bool, False
     for the frames that pad a clip shorter than ``cfg.num_frames``.
@@ -122,9 +121,9 @@ class Encoder:
 
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
-        self.clip_config = clip_config_for(model, preprocess)
+        self.video_clip_config = video_clip_config(model, preprocess)
         self.tokenizer_name = str(preprocess.get("tokenizer", "minilm"))
-        self.tokenize = Tokenize(load_tokenizer(self.tokenizer_name), self.clip_config.max_text_len)
+        self.tokenize = Tokenize(load_tokenizer(self.tokenizer_name), self.video_clip_config.max_text_len)
         self.vtm_trained = bool(vtm_trained)
         self._lock = threading.Lock()  # one forward at a time: shared CPU, and no shared-state surprises
 
@@ -176,7 +175,8 @@ class Encoder:
         return np.concatenate(out)
 
     @torch.inference_mode()
-    def encode_clips(self, clips: Tensor, frame_mask: Optional[Tensor] = None) -> tuple[np.ndarray, Tensor, Tensor]:
+    def encode_video_clips(self, clips: Tensor, frame_mask: Optional[Tensor] = None
+                           ) -> tuple[np.ndarray, Tensor, Tensor]:
         """Clips (B, T, C, H, W), frame_mask (B, T) False for padded frames (None: all real) -> (B, E) float32
         embeddings, video tokens (B, N, D) and their token mask (B, N) bool, True for tokens of real frames
         (what ``vtm_log_odds`` takes), on the CPU."""
@@ -195,7 +195,7 @@ class Encoder:
     def vtm_log_odds(self, video_tokens: Tensor, text: str, video_mask: Optional[Tensor] = None) -> Tensor:
         """VTM match log-odds of one text against each of R videos' tokens (R, N, D) -> (R,) float32 on the
         CPU (the match probability is their sigmoid). ``video_mask`` (R, N) True for tokens of real frames
-        (``encode_clips``' third output; None: all): the fusion does not attend to padded frames."""
+        (``encode_video_clips``' third output; None: all): the fusion does not attend to padded frames."""
         if self.vtm_unavailable is not None:
             raise ValueError(self.vtm_unavailable)
         r = video_tokens.shape[0]

@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from vl.metrics import require_finite
+from vl.evaluation.retrieval import require_finite
 
 INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
 
@@ -50,7 +50,8 @@ def choose_spec(kind: str, n: int, auto_approx_from: int = 100_000, *, nlist: Op
 def build_faiss(emb: np.ndarray, spec: FaissSpec, seed: int = 0):
     """A FAISS index holding ``emb`` (N, E) float32 rows in order (row i has id i).
 
-    Raises ``vl.metrics.NonFiniteError`` for a NaN or infinite row: FAISS would index it and never return it."""
+    Raises ``vl.evaluation.retrieval.NonFiniteError`` for a NaN or infinite row: FAISS would index it and never
+    return it."""
     import faiss
 
     emb = np.ascontiguousarray(emb, dtype=np.float32)

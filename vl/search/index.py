@@ -34,9 +34,9 @@ import torch
 
 from datapipes.decode import SkipSample
 from datapipes.shards import count_samples
-from vl.metrics import NonFiniteError, nonfinite_message, require_finite
+from vl.evaluation.retrieval import NonFiniteError, nonfinite_message, require_finite
 from vl.objectives import match_score
-from vl.search.encoder import Encoder, normalize_query, prepare_clip
+from vl.search.encoder import Encoder, normalize_query, prepare_video_clip
 from vl.search.faiss_index import FaissSpec, build_faiss, choose_spec, configure
 from vl.search.sources import RawItem, Unit, find_units, item_clip, unit_items
 
@@ -70,20 +70,20 @@ class BuildOptions:
 Clip = tuple[torch.Tensor, torch.Tensor]  # (T, C, H, W) normalised clip, (T,) frame_mask (False: padded frame)
 
 
-def _load_clip(item: RawItem, clip_cfg) -> Clip | SkipSample:
+def _load_video_clip(item: RawItem, video_clip_cfg) -> Clip | SkipSample:
     """Decode one item (in a worker thread) into its clip and frame mask; failures are returned, not raised."""
     try:
-        return item_clip(item, clip_cfg)
+        return item_clip(item, video_clip_cfg)
     except SkipSample as e:
         return e
 
 
-def _decoded_batches(items: Iterator[RawItem], clip_cfg, pool: ThreadPoolExecutor, batch_size: int
+def _decoded_batches(items: Iterator[RawItem], video_clip_cfg, pool: ThreadPoolExecutor, batch_size: int
                      ) -> Iterator[list[tuple[RawItem, Clip | SkipSample]]]:
     """Batches of (item, (clip, frame_mask) or failure), the next batch decoding while the caller runs the model."""
 
     def submit() -> list[tuple[RawItem, Future]]:
-        return [(it, pool.submit(_load_clip, it, clip_cfg)) for it in islice(items, batch_size)]
+        return [(it, pool.submit(_load_video_clip, it, video_clip_cfg)) for it in islice(items, batch_size)]
 
     ahead = submit()
     while ahead:
@@ -116,13 +116,13 @@ def require_finite_rows(emb: np.ndarray, what: str, keys: Sequence[str]) -> None
 
 
 def encode_clip_batch(encoder: Encoder, clips: Sequence[Clip]) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-    """``encoder.encode_clips`` of (clip, frame_mask) pairs stacked into (B, T, C, H, W) and (B, T): a short
+    """``encoder.encode_video_clips`` of (clip, frame_mask) pairs stacked into (B, T, C, H, W) and (B, T): a short
     video is embedded from its real frames only. The mask is passed only when some frame is padded."""
     videos = torch.stack([clip for clip, _ in clips])  # (B, T, C, H, W)
     frame_mask = torch.stack([mask for _, mask in clips])  # (B, T)
     if bool(frame_mask.all()):
-        return encoder.encode_clips(videos)
-    return encoder.encode_clips(videos, frame_mask)
+        return encoder.encode_video_clips(videos)
+    return encoder.encode_video_clips(videos, frame_mask)
 
 
 def embed_chunk(items: Iterator[RawItem], encoder: Encoder, pool: ThreadPoolExecutor, out: Path, unit_idx: int,
@@ -134,7 +134,7 @@ def embed_chunk(items: Iterator[RawItem], encoder: Encoder, pool: ThreadPoolExec
     rows, skipped, count = [], [], 0
     embs = [np.zeros((0, encoder.embed_dim), np.float32)]
     cap_embs = [np.zeros((0, encoder.embed_dim), np.float32)]
-    for batch in _decoded_batches(items, encoder.clip_config, pool, batch_size):
+    for batch in _decoded_batches(items, encoder.video_clip_config, pool, batch_size):
         good = []
         for j, (it, clip) in enumerate(batch):
             if isinstance(clip, SkipSample):
@@ -181,7 +181,7 @@ def _load_chunk(out: Path, name: str) -> dict:
 def _signature(ckpt: str, units: list[Unit], encoder: Encoder, chunk_size: int) -> dict:
     """What must not change between an interrupted build and its resumption."""
     st = os.stat(ckpt)
-    clip = {k: getattr(encoder.clip_config, k) for k in CLIP_FIELDS}
+    clip = {k: getattr(encoder.video_clip_config, k) for k in CLIP_FIELDS}
     checkpoint = {"path": os.path.abspath(ckpt), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     signature = {"version": INDEX_VERSION, "checkpoint": checkpoint, "units": [u.describe() for u in units],
                  "chunk_size": chunk_size, "clip": clip, "tokenizer": encoder.tokenizer_name}
@@ -492,7 +492,7 @@ class Searcher:
         clips = {}
         for r in missing:
             try:
-                clips[r] = prepare_clip(Path(self.items[r]["path"]).read_bytes(), self.encoder.clip_config)
+                clips[r] = prepare_video_clip(Path(self.items[r]["path"]).read_bytes(), self.encoder.video_clip_config)
             except (OSError, SkipSample):
                 continue  # the file changed or vanished since indexing: it cannot be re-ranked
         if clips:
@@ -512,7 +512,7 @@ class Searcher:
         Raises ``SkipSample`` when ``video`` is not a decodable video.
         """
         data = video if isinstance(video, bytes) else Path(video).read_bytes()
-        emb = encode_clip_batch(self.encoder, [prepare_clip(data, self.encoder.clip_config)])[0]  # (1, E)
+        emb = encode_clip_batch(self.encoder, [prepare_video_clip(data, self.encoder.video_clip_config)])[0]  # (1, E)
         videos = self.search_embedding(emb[0], k)
         captions: list[CaptionHit] = []
         if len(self.caption_text):

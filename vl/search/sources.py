@@ -178,9 +178,9 @@ def unit_items(unit: Unit, start: int, tar_errors: list[dict]) -> Iterator[RawIt
 
 def item_clip(item: RawItem, cfg: ClipConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """One item -> its normalised clip (T, C, H, W) and frame mask (T,) bool (False: a frame padding a short
-    clip): the item's bytes read, then ``vl.search.encoder.prepare_clip``. Raises ``SkipSample`` for an item
+    clip): the item's bytes read, then ``vl.search.encoder.prepare_video_clip``. Raises ``SkipSample`` for an item
     that gives no clip (its known ``error``, a file that cannot be read, ``decode_error``, ``not_a_video``, ...)."""
-    from vl.search.encoder import prepare_clip
+    from vl.search.encoder import prepare_video_clip
 
     if item.error is not None:
         raise item.error
@@ -188,4 +188,4 @@ def item_clip(item: RawItem, cfg: ClipConfig) -> tuple[torch.Tensor, torch.Tenso
         data = item.data if item.data is not None else Path(item.path).read_bytes()
     except OSError as e:
         raise SkipSample("read_error", f"{type(e).__name__}: {e}") from e
-    return prepare_clip(data, cfg, item.meta)
+    return prepare_video_clip(data, cfg, item.meta)

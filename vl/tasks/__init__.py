@@ -12,6 +12,6 @@ Each is a ``vl.lit.module.VLModule`` (backbone, speed switches, training step, c
 from vl.tasks.captioning import CaptioningModule
 from vl.tasks.multiple_choice import MultipleChoiceModule
 from vl.tasks.qa import QAModule
-from vl.tasks.retrieval import RetrievalModule
+from vl.tasks.retrieval import RetrievalModule, RetrievalObjectives
 
-__all__ = ["CaptioningModule", "MultipleChoiceModule", "QAModule", "RetrievalModule"]
+__all__ = ["CaptioningModule", "MultipleChoiceModule", "QAModule", "RetrievalModule", "RetrievalObjectives"]

@@ -5,7 +5,7 @@ to the LM head) plus learned positions, with a causal mask: token i sees the vid
 0..i (``VideoLanguageModel.fuse(..., causal=True)``). Training is next-token cross-entropy on one of
 the clip's captions (``[CLS]`` starts a caption, ``[SEP]`` ends it). Evaluation generates a caption
 per clip by greedy decoding (``beam_size=1``) or beam search, at most ``max_len`` tokens, and scores it
-against every reference with BLEU-4, METEOR, ROUGE-L and CIDEr (``vl.tasks.metrics.caption_metrics``;
+against every reference with BLEU-4, METEOR, ROUGE-L and CIDEr (``vl.evaluation.captioning.caption_metrics``;
 METEOR is reported unavailable where Java is missing).
 """
 
@@ -19,12 +19,12 @@ from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from datapipes.batch import Batch
+from vl.evaluation.captioning import caption_metrics
+from vl.evaluation.retrieval import NonFiniteError, nonfinite_message
 from vl.lit.module import VTC_PARAMETERS, BackboneConfig, VLModule, require_finite_outputs
 from vl.lit.optim import OptimConfig
 from vl.models import VideoLanguageModel
 from vl.models.hub import load_tokenizer
-from vl.metrics import NonFiniteError, nonfinite_message
-from vl.tasks.metrics import caption_metrics
 
 StepFn = Callable[[Tensor], Tensor]  # prefixes (M, t) long -> log-probs of the next token (M, V)
 
@@ -224,7 +224,7 @@ class CaptioningModule(VLModule):
                      frame_mask: Optional[Tensor] = None) -> list[list[int]]:
         """Token ids (no begin/end token) of the captions of clips (B, T, C, H, W), at most ``max_len`` each.
 
-        Raises ``vl.metrics.NonFiniteError`` when the decoder's logits of a clip held a NaN or infinity (a
+        Raises ``vl.evaluation.retrieval.NonFiniteError`` when the decoder's logits of a clip held a NaN or infinity (a
         model with non-finite weights): its argmax would be an arbitrary caption."""
         ids, finite = self.generate_ids_checked(video, beam_size, frame_mask)
         if not all(finite):

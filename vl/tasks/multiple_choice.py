@@ -5,7 +5,7 @@ over a question's choices gives its answer distribution, trained with cross-entr
 choice. The VTM head is the pretraining one, so a pretrained checkpoint answers zero-shot:
 ``vl test -c configs/finetune/<benchmark>_mc.yaml --model.init_args.init_from PRETRAINED.ckpt``
 without fitting (no ``--ckpt_path``); after ``vl fit`` the same command with ``--ckpt_path`` tests the
-fine-tuned model. Accuracy overall and per question type (``vl.tasks.metrics``).
+fine-tuned model. Accuracy overall and per question type (``vl.evaluation.qa``).
 """
 
 from __future__ import annotations
@@ -17,24 +17,26 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from datapipes.batch import Batch
+from vl.evaluation.qa import multiple_choice_accuracy
+from vl.evaluation.retrieval import require_finite
 from vl.lit.module import VTC_PARAMETERS, BackboneConfig, VLModule, require_finite_outputs
 from vl.lit.optim import OptimConfig
-from vl.metrics import require_finite
 from vl.models import VideoLanguageModel
-from vl.objectives import match_score
-from vl.tasks.metrics import multiple_choice_accuracy
+from vl.objectives import MATCH_SCORES, match_score
 
-SCORES = ("vtm", "vtm+vtc")  # VTM log-odds alone, or plus the dual encoder's logit (vl.objectives.match_score)
 NO_ANSWER = -1  # Batch.answer_idx of a question without a known right choice (ignored by the loss)
 
 
 def choice_scores(model: VideoLanguageModel, video_tokens: Tensor, choice_ids: Tensor, choice_mask: Tensor,
-                  video_pooled: Optional[Tensor] = None, video_mask: Optional[Tensor] = None) -> Tensor:
-    """VTM match log-odds of every (video, question + choice): video_tokens (B, N, Dv), choice_ids and
-    choice_mask (B, K, L) -> scores (B, K), ``-inf`` where a question has fewer than K choices. With
-    ``video_pooled`` (B, Dv), each score also gets the dual encoder's logit (learned scale x cosine) of the
-    video and the question + choice, from the same text encoding. ``video_mask`` (B, N) True for tokens of
-    real frames (``encode_video(...)["token_mask"]``; None: all): the fusion ignores padded frames."""
+                  video_pooled: Optional[Tensor] = None, video_mask: Optional[Tensor] = None,
+                  score: str = "vtm+vtc") -> Tensor:
+    """The match score of every (video, question + choice): video_tokens (B, N, Dv), choice_ids and
+    choice_mask (B, K, L) -> scores (B, K), ``-inf`` where a question has fewer than K choices. Without
+    ``video_pooled`` the score is the VTM head's match log-odds; with ``video_pooled`` (B, Dv) it is
+    ``vl.objectives.match_score`` named by ``score`` (one of ``MATCH_SCORES``) of those log-odds and the
+    cosine of the video and the question + choice, from the same text encoding. ``video_mask`` (B, N) True
+    for tokens of real frames (``encode_video(...)["token_mask"]``; None: all): the fusion ignores padded
+    frames."""
     valid = choice_mask.bool().any(dim=-1)  # (B, K)
     b, k = valid.nonzero(as_tuple=True)  # (M,) each: only real choices go through the model
     text = model.encode_text(choice_ids[b, k], choice_mask[b, k])  # tokens (M, L, Dt), pooled (M, Dt)
@@ -42,7 +44,7 @@ def choice_scores(model: VideoLanguageModel, video_tokens: Tensor, choice_ids: T
     match = model.vtm_log_odds(video_tokens[b], text["tokens"], choice_mask[b, k], vmask)  # (M,)
     if video_pooled is not None:
         cosine = (model.embed_video(video_pooled)[b] * model.embed_text(text["pooled"])).sum(dim=-1).float()  # (M,)
-        match = match_score(match, cosine, model.get_logit_scale().float())
+        match = match_score(match, cosine, model.get_logit_scale().float(), score)
     scores = torch.full(valid.shape, float("-inf"), device=match.device, dtype=match.dtype)
     scores[b, k] = match
     return scores
@@ -60,9 +62,10 @@ class MultipleChoiceModule(VLModule):
     """Multiple-choice QA by VTM scoring of each choice, softmax over the choices.
 
     Args: ``BackboneConfig``'s by keyword (start from a pretrained checkpoint with ``init_from`` for zero-shot
-    testing or fine-tuning), ``optim``, ``max_consecutive_nonfinite``, and ``score``: ``vtm`` (the VTM head's
-    match log-odds) or ``vtm+vtc`` (plus the dual encoder's logit, scale x cosine, of the video and the
-    question + choice: the score ``vl.objectives.match_score`` ranks retrieval re-ranking by). The VTM head
+    testing or fine-tuning), ``optim``, ``max_consecutive_nonfinite``, and ``score``, one of
+    ``vl.objectives.MATCH_SCORES`` (the scores ``match_score`` computes, as retrieval re-ranking takes them):
+    ``vtm`` (the VTM head's match log-odds), ``vtm+vtc`` (plus the dual encoder's logit, scale x cosine, of
+    the video and the question + choice) or ``vtm+cos`` (plus the bare cosine, BLIP's). The VTM head
     binds words to what the video shows through the fusion layers; it starts from the pretraining VTM head,
     so a checkpoint whose VTM never left its prior (trained on hard negatives only, see ``vl.objectives.vtm``)
     starts at chance, and ``vtm+vtc`` lets the dual encoder, which already ranks captions (MSRVTT-MC is often
@@ -76,8 +79,8 @@ class MultipleChoiceModule(VLModule):
         max_consecutive_nonfinite: int = 5,
         **backbone: Any,
     ) -> None:
-        if score not in SCORES:
-            raise ValueError(f"multiple choice: score must be one of {SCORES}, got {score!r}")
+        if score not in MATCH_SCORES:
+            raise ValueError(f"multiple choice: score must be one of {MATCH_SCORES}, got {score!r}")
         super().__init__(BackboneConfig(**backbone), heads=("vtm",), frozen=VTC_PARAMETERS, optim=optim,
                          max_consecutive_nonfinite=max_consecutive_nonfinite, options=dict(score=score))
 
@@ -86,9 +89,9 @@ class MultipleChoiceModule(VLModule):
         if batch.choice_ids is None or batch.choice_mask is None:
             raise ValueError("multiple-choice batches need choices: set data.init_args.text_field to mc")
         video = self.model.encode_video(batch.video, frame_mask=batch.frame_mask)  # tokens (B, N, Dv), pooled (B, Dv)
-        pooled = video["pooled"] if self.hparams.score == "vtm+vtc" else None
+        pooled = None if self.hparams.score == "vtm" else video["pooled"]  # "vtm" needs no cosine
         return choice_scores(self.model, video["tokens"], batch.choice_ids, batch.choice_mask, pooled,
-                             video.get("token_mask"))  # (B, K)
+                             video.get("token_mask"), self.hparams.score)  # (B, K)
 
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
         """Cross-entropy of the softmax over each question's choices against its right choice."""
@@ -109,7 +112,7 @@ class MultipleChoiceModule(VLModule):
         real_choices = batch.choice_mask.bool().any(dim=-1)  # (B, K)
         finite = (torch.isfinite(scores) | ~real_choices).all(dim=1).tolist()  # (B,) checked after the gather
         probs = scores.softmax(dim=1)  # (B, K)
-        questions = batch.captions or [""] * batch.batch_size
+        questions = batch.texts or [""] * batch.batch_size
         types = batch.question_type or [None] * batch.batch_size
         metas = batch.meta or [{}] * batch.batch_size
         for i in range(batch.batch_size):
@@ -127,7 +130,7 @@ class MultipleChoiceModule(VLModule):
         real = batch.choice_mask.bool().any(dim=-1)  # (B, K)
         require_finite(scores[real], "choice scores")
         probs = scores.float().softmax(dim=1)  # (B, K)
-        questions = batch.captions or [""] * batch.batch_size
+        questions = batch.texts or [""] * batch.batch_size
         metas = batch.meta or [{}] * batch.batch_size
         rows = []
         for i in range(batch.batch_size):

@@ -1,7 +1,7 @@
 """Open-ended video QA (MSRVTT-QA, MSVD-QA, TGIF-FrameQA): a classifier over the top-K training answers.
 
 The question is fused with the video and ``AnswerHead`` classifies the fused CLS token into the answer
-vocabulary (``vl.tasks.metrics.AnswerVocab``): the ``num_answers`` most frequent training answers, read
+vocabulary (``vl.evaluation.qa.AnswerVocab``): the ``num_answers`` most frequent training answers, read
 from a JSON list (``AnswerVocab.save``) or an annotation JSONL (``scripts/prepare`` output) given as
 ``answer_vocab``, or else counted over the training shards' ``qa`` items at the start of ``fit``. The
 vocabulary is saved in every checkpoint. Training questions whose answer is outside it are ignored by
@@ -24,10 +24,10 @@ from datapipes.batch import Batch
 from datapipes.decode import SkipSample
 from datapipes.shards import expand_shards
 from datapipes.text import qa_items
+from vl.evaluation.qa import OOV, AnswerVocab, qa_accuracy
+from vl.evaluation.retrieval import require_finite
 from vl.lit.module import VTC_PARAMETERS, BackboneConfig, VLModule, require_finite_outputs
 from vl.lit.optim import OptimConfig
-from vl.metrics import require_finite
-from vl.tasks.metrics import OOV, AnswerVocab, qa_accuracy
 
 
 class AnswerHead(nn.Module):
@@ -198,7 +198,7 @@ class QAModule(VLModule):
         types = batch.question_type or [None] * batch.batch_size
         for i in range(batch.batch_size):
             self.eval_outputs.append({
-                "key": batch.keys[i], "question": (batch.captions or [""] * batch.batch_size)[i],
+                "key": batch.keys[i], "question": (batch.texts or [""] * batch.batch_size)[i],
                 "answer": batch.answer[i], "question_type": types[i], "pred_id": int(top_i[i, 0]),
                 "top": [[self.vocab.decode(int(j)), round(float(p), 4)] for p, j in zip(top_p[i], top_i[i])],
                 "finite": finite[i],
@@ -210,7 +210,7 @@ class QAModule(VLModule):
         logits = self.answer_logits(batch).float()  # (B, K)
         require_finite(logits, "answer logits")
         top_p, top_i = logits.softmax(dim=1).topk(min(self.predictions_top, logits.shape[1]), dim=1)  # (B, k)
-        questions = batch.captions or [""] * batch.batch_size
+        questions = batch.texts or [""] * batch.batch_size
         return {"rows": [{"key": batch.keys[i], "question": questions[i], "prediction": vocab.decode(int(top_i[i, 0])),
                           "top": [[vocab.decode(int(j)), round(float(p), 4)] for p, j in zip(top_p[i], top_i[i])]}
                          for i in range(batch.batch_size)]}

@@ -12,7 +12,7 @@ replacing the dual-encoder figures:
   evaluation); ``vtm`` the log-odds alone (ALBEF's). Candidates past the top k keep their order below them.
   With it, how re-ranking moved each query against the dual encoder: ``rerank/t2v_queries_up`` and
   ``_down``, R@1 ``hits_gained`` and ``hits_lost``, and one-sided sign tests that it made ranking worse
-  (``p_worse``, ``hits_p_worse``; ``vl.metrics.rank_changes``), the same for ``v2t``: on a test set of a
+  (``p_worse``, ``hits_p_worse``; ``vl.evaluation.retrieval.rank_changes``), the same for ``v2t``: on a test set of a
   few hundred queries a difference of a few is noise, and these say which. Unless ``rerank_score`` is
   ``vtm``, ``rerank_vtm/`` also ranks the same top k by the VTM log-odds alone (no extra fusion): how good
   a judge the VTM head is on its own.
@@ -23,13 +23,14 @@ Beside them (unless ``reversal_eval=False``), whether the model uses the order o
 embedded again from the same decoded frames reversed and shuffled, and ``reversal_acc`` / ``shuffle_acc``
 are the percent of queries that score their clip in true order higher (chance 50%; an order-blind model
 scores exactly 50%), per temporal / non-temporal caption where the data flags them
-(``vl.lit.evaluation.time_order_metrics``).
+(``vl.evaluation.frame_order.time_order_metrics``).
 
-Metrics: text-to-video and video-to-text R@1/5/10, median and mean rank (``vl.metrics``).
+Metrics: text-to-video and video-to-text R@1/5/10, median and mean rank (``vl.evaluation.retrieval``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -39,11 +40,12 @@ from torch import Tensor
 
 from datapipes.batch import Batch
 from datapipes.text import Tokenize
-from vl.lit.evaluation import (FrameOrderProbe, RetrievalAccumulator, caption_temporal_flags, frame_order_embeddings,
-                                gather_objects, gather_rows, retrieval_summary, time_order_metrics)
-from vl.lit.module import BackboneConfig, VLModule
+from vl.evaluation.frame_order import (FrameOrderProbe, caption_temporal_flags, frame_order_embeddings,
+                                      time_order_metrics)
+from vl.evaluation.retrieval import gt_ranks, rank_changes, require_finite, retrieval_metrics, retrieval_ranks
+from vl.lit.evaluation import RetrievalAccumulator, gather_objects, gather_rows, retrieval_summary
+from vl.lit.module import BackboneConfig, VLModule, from_plain
 from vl.lit.optim import OptimConfig
-from vl.metrics import gt_ranks, rank_changes, require_finite, retrieval_metrics, retrieval_ranks
 from vl.models import VideoLanguageModel
 from vl.models.hub import load_tokenizer
 from vl.objectives import MATCH_SCORES, VTCLoss, VTMLoss, match_score, vtm_positives
@@ -71,7 +73,7 @@ def rerank_topk(sim: Tensor, scores: Tensor, k: int) -> Tensor:
 
     The top k of each row by ``sim`` are ordered by ``scores`` and placed above every other candidate; the
     others keep their ``sim`` and so their order. The set of top-k candidates of a row never changes.
-    Raises ``vl.metrics.NonFiniteError`` when ``sim`` or a re-ranking score of a top-k candidate is NaN or
+    Raises ``vl.evaluation.retrieval.NonFiniteError`` when ``sim`` or a re-ranking score of a top-k candidate is NaN or
     infinite (``scores`` elsewhere is never read and may hold anything).
     """
     require_finite(sim, "similarity scores")
@@ -118,7 +120,7 @@ def ranking_rows(sim_t2v: Tensor, sim_v2t: Tensor, index: Tensor, keys: list[str
                  method: str) -> list[dict]:
     """Readable rankings from sim_t2v (Nt, Nv) and sim_v2t (Nv, Nt): per text query its video's rank and top
     videos; per video its best caption's rank and top captions. ``method`` names the ranking. Raises
-    ``vl.metrics.NonFiniteError`` for a NaN or infinite score."""
+    ``vl.evaluation.retrieval.NonFiniteError`` for a NaN or infinite score."""
     require_finite(sim_v2t, "video-to-text similarity scores")
     rows = []
     t2v_rank = gt_ranks(sim_t2v, index).tolist()
@@ -194,13 +196,28 @@ class RetrievalEvalState:
 # ---------------------------------------------------------------- LightningModule
 
 
+@dataclass
+class RetrievalObjectives:
+    """Weights of the retrieval fine-tuning objectives, under the names pretraining gives them
+    (``vl.lit.Objectives``); one with weight 0 is not computed at all."""
+
+    vtc: float = 1.0  # video-text contrastive (open_clip's ClipLoss)
+    vtm: float = 1.0  # video-text matching with hard negatives from VTC similarities; 0 also freezes the fusion
+    # Share of VTM negatives drawn by VTC similarity (ALBEF: 1.0); the rest uniformly (ViLT/VIOLET: 0.0).
+    vtm_hard_fraction: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.vtc < 0 or self.vtm < 0:
+            raise ValueError(f"objectives: weights must be >= 0, got vtc {self.vtc}, vtm {self.vtm}")
+
+
 class RetrievalModule(VLModule):
     """Text-video retrieval fine-tuning (VTC + VTM) and evaluation (dual encoder, VTM re-ranking, dual-softmax).
 
     Args (besides ``BackboneConfig``'s, given by keyword: ``model``, ``video``, ..., ``init_from``):
         tokenizer: tokenizer of paragraph queries (the data's tokenizer: ``minilm`` or a local directory).
-        vtc_weight, vtm_weight: loss weights; VTM draws hard negatives from the VTC similarities.
-        vtm_hard_fraction: share of VTM negatives drawn by similarity, the rest uniformly (``VTMLoss``).
+        objectives: loss weights (``vtc``, ``vtm``) and ``vtm_hard_fraction``, the share of VTM negatives
+            drawn by VTC similarity, the rest uniformly (``RetrievalObjectives``, ``VTMLoss``).
         paragraph: join each video's captions into one query (DiDeMo, ActivityNet Captions), in training too.
         paragraph_max_text_len: tokens of a paragraph query.
         rerank_k: re-rank each query's top k with the VTM head (0: off); reported under ``rerank/``.
@@ -222,9 +239,7 @@ class RetrievalModule(VLModule):
     def __init__(
         self,
         tokenizer: str = "minilm",
-        vtc_weight: float = 1.0,
-        vtm_weight: float = 1.0,
-        vtm_hard_fraction: float = 1.0,
+        objectives: RetrievalObjectives = RetrievalObjectives(),
         paragraph: bool = False,
         paragraph_max_text_len: int = 64,
         rerank_k: int = 128,
@@ -239,17 +254,17 @@ class RetrievalModule(VLModule):
         max_consecutive_nonfinite: int = 5,
         **backbone: Any,
     ) -> None:
-        if rerank_k < 0 or vtc_weight < 0 or vtm_weight < 0:
-            raise ValueError("rerank_k, vtc_weight and vtm_weight must be >= 0")
+        objectives = from_plain(RetrievalObjectives, objectives)
+        if rerank_k < 0:
+            raise ValueError(f"retrieval: rerank_k must be >= 0, got {rerank_k}")
         if rerank_score not in MATCH_SCORES:  # here, not after a whole test pass
             raise ValueError(f"retrieval: rerank_score must be one of {MATCH_SCORES}, got {rerank_score!r}")
         super().__init__(
             BackboneConfig(**backbone),
-            heads=("vtm",) if vtm_weight > 0 or rerank_k > 0 else (),
-            frozen=("fusion.", "vtm_head.") if vtm_weight == 0 else (),  # without VTM, training never fuses
+            heads=("vtm",) if objectives.vtm > 0 or rerank_k > 0 else (),
+            frozen=("fusion.", "vtm_head.") if objectives.vtm == 0 else (),  # without VTM, training never fuses
             optim=optim, max_consecutive_nonfinite=max_consecutive_nonfinite,
-            options=dict(tokenizer=tokenizer, vtc_weight=vtc_weight, vtm_weight=vtm_weight,
-                         vtm_hard_fraction=vtm_hard_fraction, paragraph=paragraph,
+            options=dict(tokenizer=tokenizer, objectives=objectives, paragraph=paragraph,
                          paragraph_max_text_len=paragraph_max_text_len),
             evaluation=dict(rerank_k=rerank_k, rerank_on_val=rerank_on_val, rerank_batch_size=rerank_batch_size,
                             rerank_score=rerank_score, dual_softmax=dual_softmax,
@@ -257,7 +272,8 @@ class RetrievalModule(VLModule):
                             reversal_eval=reversal_eval),
         )
         self.vtc = VTCLoss()
-        self.vtm = VTMLoss(vtm_hard_fraction) if vtm_weight > 0 else None
+        self.objectives = objectives
+        self.vtm = VTMLoss(objectives.vtm_hard_fraction) if objectives.vtm > 0 else None
         self._paragraph_tokenize: Optional[Tokenize] = None
         self.eval_state = RetrievalEvalState()
 
@@ -268,7 +284,7 @@ class RetrievalModule(VLModule):
 
         With ``paragraph``: one row per video, its captions joined with spaces."""
         if not self.hparams.paragraph:
-            strings = batch.captions or [""] * batch.text_ids.shape[0]
+            strings = batch.texts or [""] * batch.text_ids.shape[0]
             return batch.text_ids, batch.text_mask, batch.video_index(), strings
         if self._paragraph_tokenize is None:
             self._paragraph_tokenize = Tokenize(load_tokenizer(self.hparams.tokenizer),
@@ -283,7 +299,7 @@ class RetrievalModule(VLModule):
     # ---- training ---------------------------------------------------------------------------------
 
     def loss_weights(self) -> dict[str, float]:
-        return {"vtc": self.hparams.vtc_weight, "vtm": self.hparams.vtm_weight}
+        return {"vtc": self.objectives.vtc, "vtm": self.objectives.vtm}
 
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
         """VTC over the batch's (video, caption) pairs and VTM on hard negatives: ``{"vtc_loss", "vtm_loss", ...}``."""
@@ -294,7 +310,7 @@ class RetrievalModule(VLModule):
         out = self.vtc(v_emb, t_emb, self.model.logit_scale)
         if self.vtm is not None:
             sim = VTCLoss.similarity(v_emb, t_emb, self.model.logit_scale).detach()  # (B, B)
-            captions = None if self.hparams.paragraph else batch.captions  # a paragraph is no single caption
+            captions = None if self.hparams.paragraph else batch.texts  # a paragraph is no single caption
             positives = vtm_positives(ids, batch.references, captions)  # (B, B)
             out.update(self.vtm(self.model, video["tokens"], text["tokens"], mask, sim, positives,
                                 video_mask=video.get("token_mask")))
@@ -356,7 +372,7 @@ class RetrievalModule(VLModule):
         metrics.update(time_order_metrics(data["text"], data["video"], index, data.get("order")))
         rows = ranking_rows(sim, sim.T, index, keys, texts, top, "dual")
         if "video_tokens" in data and self.model.vtm_head is None:
-            rank_zero_warn("VTM re-ranking skipped: this model has no VTM head (trained with vtm_weight 0)")
+            rank_zero_warn("VTM re-ranking skipped: this model has no VTM head (trained with objectives.vtm 0)")
         elif "video_tokens" in data:
             k = self.rerank_k
             pairs = rerank_candidates(sim, k).nonzero()  # (P, 2): (text, video)

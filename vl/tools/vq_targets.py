@@ -1,6 +1,6 @@
 """``vl data vq-targets``: precompute MVM ``vq`` targets (visual-tokenizer codes) into shards.
 
-    vl data vq-targets 'data/synth/train-{000000..000001}.tar' --tokenizer runs/tokenizer/.../last.ckpt \
+    vl data vq-targets 'data/synth/train-{000000..000001}.tar' --tokenizer runs/vq_tokenizer/.../last.ckpt \
         --out data/synth_vq --frames 4 --size 32 --grid 4
 
 Every clip is decoded as evaluation does (uniform frames, centre crop, ``--size`` px), its frames resized
@@ -27,18 +27,18 @@ from datapipes.pipeline import ClipConfig, build_eval_loader
 
 
 def load_tokenizer(kind: str, path: str, norm: str) -> torch.nn.Module:
-    """The frozen tokenizer: a ``vl fit -c configs/tokenizer/...`` checkpoint or DALL-E's encoder."""
+    """The frozen tokenizer: a ``vl fit -c configs/vq_tokenizer/...`` checkpoint or DALL-E's encoder."""
     if kind == "dalle":
         from vl.models.dalle import DalleTokenizer
 
         return DalleTokenizer(path, norm=norm)
-    from vl.models.vq_tokenizer import load_tokenizer_checkpoint
+    from vl.models.vq_tokenizer import load_vq_tokenizer_checkpoint
 
-    return load_tokenizer_checkpoint(path)
+    return load_vq_tokenizer_checkpoint(path)
 
 
 @torch.no_grad()
-def encode_clips(tokenizer: torch.nn.Module, video: Tensor, grid: int, norm: str) -> Tensor:
+def encode_video_clips(tokenizer: torch.nn.Module, video: Tensor, grid: int, norm: str) -> Tensor:
     """video (B, T, C, H, W) -> codes (B, T, grid, grid), frames resized to ``grid * f`` px."""
     from vl.objectives.mvm_targets import VQTarget
 
@@ -64,7 +64,7 @@ def precompute_vq_targets(shards: list[str], tokenizer_path: str, out: str, *, k
     written = 0
     with wds.ShardWriter(os.path.join(out, "vq-%06d.tar"), maxcount=maxcount, verbose=0) as sink:
         for batch in tqdm(loader, desc="vq targets", unit="batch", disable=not progress):
-            codes = encode_clips(tokenizer, batch.video, grid, norm).to(torch.int32).numpy()
+            codes = encode_video_clips(tokenizer, batch.video, grid, norm).to(torch.int32).numpy()
             for key, clip_codes in zip(batch.keys, codes):
                 buf = io.BytesIO()
                 np.save(buf, clip_codes)

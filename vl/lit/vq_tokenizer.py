@@ -1,14 +1,14 @@
-"""TokenizerModule: trains a visual tokenizer (the ``vq`` target of MVM) on the frames of video shards.
+"""VQTokenizerModule: trains a visual tokenizer (the ``vq`` target of MVM) on the frames of video shards.
 
-    vl fit -c configs/tokenizer/fsq_tiny.yaml --data.init_args.root data/synth
+    vl fit -c configs/vq_tokenizer/fsq_tiny.yaml --data.init_args.root data/synth
 
 Each training clip gives ``frames_per_clip`` random frames; the loss is the reconstruction error
 (MSE on normalised pixels) plus the quantizer's auxiliary loss (LFQ's entropy term; none for FSQ).
 Logged: ``train|val/recon_loss``, ``train|val/codebook_usage`` (share of codes used, over the batch in
 training and over the whole epoch in validation) and ``perplexity``. After each validation a grid of
 originals (top row) over reconstructions (bottom row) is saved as
-``<log dir>/reconstructions/step_<N>.png``. Checkpoints carry ``vl_tokenizer_config``, which
-``vl.models.vq_tokenizer.load_tokenizer_checkpoint`` reads to rebuild the frozen tokenizer for MVM.
+``<log dir>/reconstructions/step_<N>.png``. Checkpoints carry ``vl_vq_tokenizer_config``, which
+``vl.models.vq_tokenizer.load_vq_tokenizer_checkpoint`` reads to rebuild the frozen tokenizer for MVM.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from datapipes.batch import Batch
 from vl.lit.optim import OptimConfig, build_optimizer
 from vl.lit.safety import NonFiniteGuard
 from vl.models.dalle import unnormalize
-from vl.models.vq_tokenizer import codebook_usage, create_tokenizer
+from vl.models.vq_tokenizer import CHECKPOINT_CONFIG_KEYS, codebook_usage, create_vq_tokenizer
 
 
-class TokenizerModule(pl.LightningModule):
+class VQTokenizerModule(pl.LightningModule):
     """Wires a ``VisualTokenizer`` (``visual_tokenizer`` size name + ``options``), its loss and the optimiser.
 
     Args:
@@ -52,7 +52,7 @@ class TokenizerModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.config = {"name": visual_tokenizer, **(options or {})}
-        self.tokenizer = create_tokenizer(visual_tokenizer, **(options or {}))
+        self.vq_tokenizer = create_vq_tokenizer(visual_tokenizer, **(options or {}))
         self.optim = optim
         self.guard = NonFiniteGuard(max_consecutive_nonfinite)
         self._val_counts: Optional[Tensor] = None
@@ -69,7 +69,7 @@ class TokenizerModule(pl.LightningModule):
 
     def losses(self, images: Tensor) -> dict[str, Tensor]:
         """images (M, C, H, W) -> ``loss``, ``recon_loss``, ``aux_loss`` and the ``recon`` and ``ids`` tensors."""
-        out = self.tokenizer(images)
+        out = self.vq_tokenizer(images)
         error = F.mse_loss if self.hparams.recon_loss == "mse" else F.l1_loss
         recon_loss = error(out["recon"].float(), images.float())
         return {"loss": recon_loss + out["aux_loss"], "recon_loss": recon_loss, "aux_loss": out["aux_loss"],
@@ -81,7 +81,7 @@ class TokenizerModule(pl.LightningModule):
         if not self.guard.check(out["loss"], parts, self.trainer):
             self.log("train/nonfinite_steps", float(self.guard.total), batch_size=batch.batch_size)
             return None  # skip this optimiser step (all ranks agree, see NonFiniteGuard)
-        usage = codebook_usage(out["ids"], self.tokenizer.codebook_size)
+        usage = codebook_usage(out["ids"], self.vq_tokenizer.codebook_size)
         logs = {"train/loss": out["loss"], "train/recon_loss": out["recon_loss"], "train/aux_loss": out["aux_loss"],
                 "train/codebook_usage": usage["usage"], "train/perplexity": usage["perplexity"]}
         self.log_dict({k: v.detach() for k, v in logs.items()}, batch_size=batch.batch_size)
@@ -94,14 +94,14 @@ class TokenizerModule(pl.LightningModule):
             self.log("train/nonfinite_steps", float(self.guard.total))
 
     def on_validation_epoch_start(self) -> None:
-        self._val_counts = torch.zeros(self.tokenizer.codebook_size, device=self.device)
+        self._val_counts = torch.zeros(self.vq_tokenizer.codebook_size, device=self.device)
         self._val_images = None
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         images = self.frames(batch.video, train=False)
         out = self.losses(images)
         self.log("val/recon_loss", out["recon_loss"], batch_size=batch.batch_size, sync_dist=True)
-        self._val_counts += torch.bincount(out["ids"].flatten(), minlength=self.tokenizer.codebook_size).float()
+        self._val_counts += torch.bincount(out["ids"].flatten(), minlength=self.vq_tokenizer.codebook_size).float()
         if self._val_images is None:
             n = self.hparams.grid_images
             self._val_images = torch.stack([images[:n], out["recon"][:n].detach()]).cpu()  # (2, n, C, H, W)
@@ -121,7 +121,7 @@ class TokenizerModule(pl.LightningModule):
         """pairs (2, n, C, H, W) normalised -> a PNG of originals over reconstructions in the log directory."""
         from torchvision.utils import save_image
 
-        norm = getattr(self.tokenizer, "norm", "imagenet")
+        norm = getattr(self.vq_tokenizer, "norm", "imagenet")
         images = unnormalize(pairs.flatten(0, 1).float(), norm)  # (2n, C, H, W) in [0, 1]
         folder = os.path.join(self.trainer.log_dir or self.trainer.default_root_dir, "reconstructions")
         os.makedirs(folder, exist_ok=True)
@@ -130,13 +130,13 @@ class TokenizerModule(pl.LightningModule):
         return path
 
     def configure_optimizers(self) -> dict:
-        return build_optimizer(self.tokenizer, self.optim, total_steps=int(self.trainer.estimated_stepping_batches))
+        return build_optimizer(self.vq_tokenizer, self.optim, total_steps=int(self.trainer.estimated_stepping_batches))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Refuses (``NonFiniteCheckpointError``) to write NaN/inf weights or optimiser state; records the
-        tokenizer's config (for MVM's ``vq`` target) and the guard's counters."""
+        visual tokenizer's config (for MVM's ``vq`` target) and the guard's counters."""
         self.guard.check_checkpoint(checkpoint, self.trainer)
-        checkpoint["vl_tokenizer_config"] = dict(self.config)
+        checkpoint[CHECKPOINT_CONFIG_KEYS[0]] = dict(self.config)
         checkpoint["vl_nonfinite"] = self.guard.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
