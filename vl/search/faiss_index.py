@@ -13,8 +13,6 @@ from typing import Optional
 
 import numpy as np
 
-from vl.evaluation.retrieval import require_finite
-
 INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
 
 
@@ -55,6 +53,8 @@ def build_faiss(emb: np.ndarray, spec: FaissSpec, seed: int = 0):
     import faiss
 
     emb = np.ascontiguousarray(emb, dtype=np.float32)
+    from vl.evaluation.retrieval import require_finite  # (torch: not needed by `vl index --help`)
+
     require_finite(emb, "embeddings to index")
     n, d = emb.shape
     if spec.kind == "flat":
