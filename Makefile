@@ -43,7 +43,7 @@ demo: setup
 	$(VL) index --ckpt $(DEMO_RUN)/checkpoints/last.ckpt --videos '$(DEMO_DATA)/test-*.tar' --out $(DEMO_RUN)/index --overwrite
 
 test: setup
-	$(PY) -m pytest tests -q --durations=10 -n 2 --dist loadfile
+	$(PY) -m pytest tests -q --durations=10 -n 2 --dist loadfile --no-loadscope-reorder
 
 test-fast: setup
 	$(PY) -m pytest tests -q -m "not slow"

@@ -225,9 +225,10 @@ def fault_shards(tmp_path_factory) -> dict:
     return {"faults": faults, "good": good, "truncated": str(truncated), "dir": str(out)}
 
 
-# `make test` runs files on two workers (`-n 2 --dist loadfile`), handing them out in collection order. The
-# files that train models for minutes go first, so that the short files fill in behind them instead of the
-# long ones starting last and leaving one worker idle at the end.
+# `make test` runs files on two workers (`-n 2 --dist loadfile --no-loadscope-reorder`), handing them out in
+# collection order (xdist would otherwise order files by their number of tests). The files that train models
+# for minutes go first, so that the short files fill in behind them instead of the long ones starting last
+# and leaving one worker idle at the end.
 LONGEST_FIRST = ("test_tasks_quality.py", "test_temporal.py", "test_quality.py", "test_cli.py", "test_readme.py")
 
 
