@@ -158,3 +158,28 @@ def test_predict_videos_must_be_a_folder_of_videos(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no video file"):
         VideoTextDataModule(predict_videos=str(tmp_path / "empty"), **DATA).setup("predict")
+
+
+def test_rank_files_are_joined_in_rank_order(tmp_path):
+    """Under DDP each rank writes `NAME.rank<r>.EXT`; rank 0 joins them into the single-device files."""
+    import json
+
+    import numpy as np
+
+    from vl.lit.predict import merge_rank_files
+
+    rows = {0: [{"key": "a"}, {"key": "b"}], 1: [{"key": "c"}]}
+    for r, keys in rows.items():
+        np.save(tmp_path / f"video_embeddings.rank{r}.npy", np.full((len(keys), 3), r, dtype=np.float32))
+        (tmp_path / f"video_embeddings.rank{r}.jsonl").write_text("".join(json.dumps(k) + "\n" for k in keys))
+    written = merge_rank_files(tmp_path, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["video_embeddings.jsonl", "video_embeddings.npy"]
+    emb = np.load(tmp_path / "video_embeddings.npy")
+    assert emb.dtype == np.float32 and emb[:, 0].tolist() == [0.0, 0.0, 1.0]
+    lines = (tmp_path / "video_embeddings.jsonl").read_text().splitlines()
+    assert [json.loads(line)["key"] for line in lines] == ["a", "b", "c"]
+    assert any("(3 rows)" in w for w in written)
+
+    np.save(tmp_path / "text_embeddings.rank0.npy", np.zeros((1, 3), dtype=np.float32))
+    with pytest.raises(FileNotFoundError, match="text_embeddings.rank1.npy missing"):
+        merge_rank_files(tmp_path, 2)

@@ -53,7 +53,8 @@ def quiet_dependency_notices() -> None:
       run starts (an error naming ``--overwrite`` unless the run resumes with ``--ckpt_path``);
     - "ModelCheckpoint(monitor=...) could not find the monitored key": Lightning warns so only while no
       validation has run (after one, a missing key is its error), i.e. on a run shorter than its
-      validation interval; ``SaveLastOnTrainEnd`` says in one line that no ranked checkpoint exists yet.
+      validation interval; ``SaveLastOnTrainEnd`` says in one line that no ranked checkpoint exists yet;
+    - "Couldn't infer the batch indices" of `vl predict`: its writer (vl.lit.predict) never reads them.
     """
     rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropAdvertisements) for f in rank_zero_log.filters):
@@ -62,6 +63,7 @@ def quiet_dependency_notices() -> None:
                             category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty\.")
     warnings.filterwarnings("ignore", message=r"`ModelCheckpoint\(monitor=.*\)` could not find the monitored key")
+    warnings.filterwarnings("ignore", message=r"Couldn't infer the batch indices fetched from your dataloader")
 
 
 _INTERPOLATION = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")

@@ -12,7 +12,9 @@ Output folder: ``PredictionWriter(output_dir)``, by default ``<trainer.default_r
 
 Pretraining and retrieval write embeddings: of the clips and captions of ``data.init_args.predict_shards``,
 and of the lines of ``data.init_args.predict_texts`` (a text file, one caption per line). Under DDP every
-rank writes its own files, named ``...rank<r>.npy`` / ``.jsonl``.
+rank writes its own files (``...rank<r>.npy`` / ``.jsonl``) and rank 0 then joins them, in rank order, into
+the files above (``merge_rank_files``): one set of files whatever the number of devices, rows matched by
+their keys.
 
 Raw video files: ``data.init_args.predict_videos``, a folder (every video file under it, sorted, hidden
 files left out), one video file or a glob of them, read and decoded as ``vl index`` reads them, with the
@@ -98,7 +100,42 @@ class PredictionWriter(BasePredictionWriter):
         if not written:
             raise ValueError("vl predict produced nothing: give data.init_args.predict_shards, predict_videos or "
                              "predict_texts")
+        if trainer.world_size > 1:
+            trainer.strategy.barrier("vl-predict-written")  # every rank's files are complete
+            if trainer.is_global_zero:
+                written = merge_rank_files(out, trainer.world_size)
+            trainer.strategy.barrier("vl-predict-merged")
         rank_zero_info("Predictions written: " + ", ".join(written))
+
+
+PREDICTION_FILES = ("video_embeddings.npy", "video_embeddings.jsonl", "text_embeddings.npy", "text_embeddings.jsonl",
+                    "predictions.jsonl", "video_skipped.jsonl")
+
+
+def merge_rank_files(out: Path, world_size: int) -> list[str]:
+    """Join each ``NAME.rank<r>.EXT`` in ``out`` (r = 0 .. world_size - 1) into ``NAME.EXT``, rows in rank
+    order, and delete the rank files; returns what was written, as ``write_jsonl`` reports it. A file kind
+    that some rank did not write is an error (every rank runs the same predict loop)."""
+    written = []
+    for name in PREDICTION_FILES:
+        stem, ext = name.rsplit(".", 1)
+        parts = [out / f"{stem}.rank{r}.{ext}" for r in range(world_size)]
+        present = [p.exists() for p in parts]
+        if not any(present):
+            continue
+        if not all(present):
+            missing = ", ".join(p.name for p, here in zip(parts, present) if not here)
+            raise FileNotFoundError(f"vl predict: {missing} missing in {out}: cannot join the ranks' {name}")
+        if ext == "npy":
+            arrays = [np.load(p) for p in parts]
+            np.save(out / name, np.concatenate(arrays))
+            written.append(f"{out / name} ({sum(len(a) for a in arrays)} rows)")
+        else:
+            rows = [json.loads(line) for p in parts for line in p.read_text(encoding="utf-8").splitlines() if line]
+            written.append(write_jsonl(out / name, [rows]))
+        for p in parts:
+            p.unlink()
+    return written
 
 
 def write_jsonl(path: Path, batches: list[list[dict]]) -> str:
