@@ -18,18 +18,8 @@ from typing import Any, Sequence
 if __package__ in (None, ""):  # run as a file: make `scripts.prepare` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from scripts.prepare.common import (
-    AnnotationError,
-    Record,
-    Report,
-    build_parser,
-    find_annotation,
-    finish,
-    parse_args,
-    progress,
-    read_json,
-    run,
-)
+from scripts.prepare.common import (AnnotationError, Record, Report, convert_and_finish, find_annotation,
+    progress, read_json, run)
 from scripts.prepare.didemo import join_paragraph
 
 CAPTION_FILES = {"train": ("train.json", "train"), "val_1": ("val_1.json", "val"), "val_2": ("val_2.json", "val")}
@@ -109,10 +99,7 @@ def convert(sources: Sequence[Path], report: Report) -> dict[str, list[Record]]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """CLI entry point; returns the JSONL paths written."""
-    parser = build_parser("activitynet", __doc__)
-    args = parse_args(parser, argv)
-    report = Report("activitynet")
-    return finish(convert(args.annotations, report), args, report, aliases=video_aliases)
+    return convert_and_finish("activitynet", __doc__, convert, argv, aliases=video_aliases)
 
 
 if __name__ == "__main__":

@@ -379,6 +379,20 @@ def finish(
     return paths
 
 
+def convert_and_finish(
+    benchmark: str,
+    description: str,
+    convert: Callable[[list[Path], Report], dict[str, list[Record]]],
+    argv: Sequence[str] | None,
+    aliases: Callable[[Record], list[str]] | None = None,
+) -> dict[str, Path]:
+    """The whole command line of a converter that reads only its annotation files: the shared arguments,
+    ``convert(annotation sources, report)``, then ``finish``; returns the JSONL paths written."""
+    args = parse_args(build_parser(benchmark, description), argv)
+    report = Report(benchmark)
+    return finish(convert(args.annotations, report), args, report, aliases)
+
+
 def run(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> int:
     """Run a converter's main, turning expected failures into a one-line message and exit code 1."""
     try:

@@ -21,19 +21,8 @@ from typing import Any, Sequence
 if __package__ in (None, ""):  # run as a file: make `scripts.prepare` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from scripts.prepare.common import (
-    AnnotationError,
-    Record,
-    Report,
-    build_parser,
-    find_annotation,
-    finish,
-    parse_args,
-    progress,
-    read_json,
-    run,
-    strip_video_suffix,
-)
+from scripts.prepare.common import (AnnotationError, Record, Report, convert_and_finish, find_annotation,
+    progress, read_json, run, strip_video_suffix)
 
 DATA_FILES = {"train": "train_data.json", "val": "val_data.json", "test": "test_data.json"}
 
@@ -97,10 +86,7 @@ def convert(sources: Sequence[Path], report: Report) -> dict[str, list[Record]]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """CLI entry point; returns the JSONL paths written."""
-    parser = build_parser("didemo", __doc__)
-    args = parse_args(parser, argv)
-    report = Report("didemo")
-    return finish(convert(args.annotations, report), args, report)
+    return convert_and_finish("didemo", __doc__, convert, argv)
 
 
 if __name__ == "__main__":

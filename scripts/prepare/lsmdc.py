@@ -26,17 +26,8 @@ from typing import Any, Sequence
 if __package__ in (None, ""):  # run as a file: make `scripts.prepare` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from scripts.prepare.common import (
-    Record,
-    Report,
-    build_parser,
-    find_annotation,
-    finish,
-    parse_args,
-    progress,
-    read_rows,
-    run,
-)
+from scripts.prepare.common import (Record, Report, convert_and_finish, find_annotation, progress, read_rows,
+    run)
 
 RETRIEVAL_FILES = {
     "train": ("LSMDC16_annos_training.csv", "train"),
@@ -126,10 +117,7 @@ def convert(sources: Sequence[Path], report: Report) -> dict[str, list[Record]]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """CLI entry point; returns the JSONL paths written."""
-    parser = build_parser("lsmdc", __doc__)
-    args = parse_args(parser, argv)
-    report = Report("lsmdc")
-    return finish(convert(args.annotations, report), args, report)
+    return convert_and_finish("lsmdc", __doc__, convert, argv)
 
 
 if __name__ == "__main__":

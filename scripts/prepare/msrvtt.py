@@ -33,19 +33,8 @@ if __package__ in (None, ""):  # run as a file: make `scripts.prepare` importabl
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from scripts.prepare import msrvtt_mc
-from scripts.prepare.common import (
-    AnnotationError,
-    Record,
-    Report,
-    build_parser,
-    find_annotation,
-    finish,
-    parse_args,
-    progress,
-    read_json,
-    read_table,
-    run,
-)
+from scripts.prepare.common import (AnnotationError, Record, Report, convert_and_finish, find_annotation,
+    progress, read_json, read_table, run)
 
 INFO_FILES = ("train_val_videodatainfo.json", "test_videodatainfo.json", "MSRVTT_data.json")
 TEST_1K_FILE = "MSRVTT_JSFUSION_test.csv"
@@ -229,10 +218,7 @@ def convert(sources: Sequence[Path], report: Report) -> dict[str, list[Record]]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """CLI entry point; returns the JSONL paths written."""
-    parser = build_parser("msrvtt", __doc__)
-    args = parse_args(parser, argv)
-    report = Report("msrvtt")
-    return finish(convert(args.annotations, report), args, report)
+    return convert_and_finish("msrvtt", __doc__, convert, argv)
 
 
 if __name__ == "__main__":

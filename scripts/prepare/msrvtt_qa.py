@@ -19,18 +19,8 @@ from typing import Any, Callable, Sequence
 if __package__ in (None, ""):  # run as a file: make `scripts.prepare` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from scripts.prepare.common import (
-    AnnotationError,
-    Record,
-    Report,
-    build_parser,
-    find_annotation,
-    finish,
-    parse_args,
-    progress,
-    read_json,
-    run,
-)
+from scripts.prepare.common import (AnnotationError, Record, Report, convert_and_finish, find_annotation,
+    progress, read_json, run)
 
 QA_FILES = {"train": "train_qa.json", "val": "val_qa.json", "test": "test_qa.json"}
 QUESTION_TYPES = ("what", "who", "how", "when", "where")
@@ -110,10 +100,8 @@ def msrvtt_video_name(video_id: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """CLI entry point; returns the JSONL paths written."""
-    parser = build_parser("msrvtt_qa", __doc__)
-    args = parse_args(parser, argv)
-    report = Report("msrvtt_qa")
-    return finish(convert_qa(args.annotations, report, msrvtt_video_name, ".mp4"), args, report)
+    return convert_and_finish("msrvtt_qa", __doc__,
+                              lambda sources, report: convert_qa(sources, report, msrvtt_video_name, ".mp4"), argv)
 
 
 if __name__ == "__main__":

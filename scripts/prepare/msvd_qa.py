@@ -19,16 +19,8 @@ from typing import Sequence
 if __package__ in (None, ""):  # run as a file: make `scripts.prepare` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from scripts.prepare.common import (
-    AnnotationError,
-    Record,
-    Report,
-    build_parser,
-    find_annotation,
-    finish,
-    parse_args,
-    run,
-)
+from scripts.prepare.common import (AnnotationError, Record, Report, build_parser, find_annotation, finish,
+    parse_args, run)
 from scripts.prepare.msrvtt_qa import convert_qa
 
 MAPPING_FILE = "youtube_mapping.txt"

@@ -24,17 +24,8 @@ from typing import Any, Sequence
 if __package__ in (None, ""):  # run as a file: make `scripts.prepare` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from scripts.prepare.common import (
-    Record,
-    Report,
-    build_parser,
-    find_annotation,
-    finish,
-    parse_args,
-    progress,
-    read_table,
-    run,
-)
+from scripts.prepare.common import (Record, Report, build_parser, find_annotation, finish, parse_args,
+    progress, read_table, run)
 
 TASKS = ("frameqa", "count", "action", "transition")
 MULTIPLE_CHOICE = ("action", "transition")

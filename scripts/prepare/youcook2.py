@@ -18,18 +18,8 @@ from typing import Any, Sequence
 if __package__ in (None, ""):  # run as a file: make `scripts.prepare` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from scripts.prepare.common import (
-    AnnotationError,
-    Record,
-    Report,
-    build_parser,
-    finish,
-    parse_args,
-    progress,
-    read_json,
-    require_annotation,
-    run,
-)
+from scripts.prepare.common import (AnnotationError, Record, Report, convert_and_finish, progress, read_json,
+    require_annotation, run)
 
 ANNOTATION_FILES = ("youcookii_annotations_trainval.json",)
 SUBSETS = {"training": "train", "validation": "val", "testing": "test"}
@@ -88,11 +78,8 @@ def parse_database(data: Any, report: Report) -> dict[str, list[Record]]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """CLI entry point; returns the JSONL paths written."""
-    parser = build_parser("youcook2", __doc__)
-    args = parse_args(parser, argv)
-    report = Report("youcook2")
-    data = read_json(require_annotation(args.annotations, ANNOTATION_FILES))
-    return finish(parse_database(data, report), args, report)
+    return convert_and_finish("youcook2", __doc__, lambda sources, report: parse_database(
+        read_json(require_annotation(sources, ANNOTATION_FILES)), report), argv)
 
 
 if __name__ == "__main__":
