@@ -183,15 +183,17 @@ def test_a_bad_key_in_a_config_with_a_base_names_the_key_and_the_files(tmp_path,
 def test_command_line_values_reach_the_config_interpolations(config, tmp_path):
     """`--trainer.default_root_dir X` moves the logs and checkpoints that interpolate it, and a data option
     that the model interpolates (`num_frames`, both forms `--k v` and `--k=v`) reaches the model."""
+    frames = 6
+    assert load_config(ROOT / config)["data"]["init_args"].get("num_frames") != frames  # the override changes it
     out = io.StringIO()
     with pytest.raises(SystemExit), redirect_stdout(out):
         VLLightningCLI(args=["fit", "-c", str(ROOT / config), "--trainer.default_root_dir", str(tmp_path / "run"),
-                             "--data.init_args.num_frames=4", "--print_config"])
+                             f"--data.init_args.num_frames={frames}", "--print_config"])
     printed = yaml.safe_load(out.getvalue())
     trainer = printed["trainer"]
     assert trainer["default_root_dir"] == str(tmp_path / "run")
     assert trainer["callbacks"][0]["init_args"]["dirpath"] == str(tmp_path / "run" / "checkpoints")
     assert [lg["init_args"]["save_dir"] for lg in trainer["logger"]] == [str(tmp_path / "run")] * 2
-    assert printed["data"]["init_args"]["num_frames"] == 4
+    assert printed["data"]["init_args"]["num_frames"] == frames
     if printed["model"]["init_args"].get("video") is not None:  # fine-tuning takes it from init_from
-        assert printed["model"]["init_args"]["video"]["num_frames"] == 4
+        assert printed["model"]["init_args"]["video"]["num_frames"] == frames
