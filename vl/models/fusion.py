@@ -24,9 +24,7 @@ fusion they attend to video only), so no output depends on a later text token.
 initialised BERT's CLS output is the same for every caption, cosine 0.9999): with ``pooling: cls`` the VTM
 head then reads a query that starts out the same for every pair and must gather both modalities and
 compare them within the fusion's depth; each fused text token can compare its own word with the video
-after one block. Measured on the synthetic-clip retrieval fixture of ``tests/test_tasks_quality.py``
-(``vl_tiny``, 2-block fusion, 400 steps, training seeds 0, 1, 2): the VTM head alone ranked at t2v R@1
-13.7 / 16.4 / 14.8% with ``mean`` vs 13.3 / 5.5 / 9.4% with ``cls`` (BENCHMARKS.md, "Fusion pooling").
+after one block (the measured effect on the VTM head: BENCHMARKS.md, "Fusion pooling").
 """
 
 from __future__ import annotations

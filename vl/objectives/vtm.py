@@ -8,8 +8,7 @@ B positive and 2B negative pairs, and ``model.vtm_head`` classifies its CLS toke
 (0.0: ViLT's, VIOLET's and All-in-one's random negatives): a negative is a hard one with probability
 ``hard_fraction`` and a random one otherwise. When the dual encoder already ranks well, its hardest
 negatives are pairs the fusion cannot yet tell apart, and a fusion trained from scratch on them alone
-never leaves the prior (measured on synthetic clips: the VTM loss stayed at 0.636, the entropy of 1/3
-matches, for 300 steps; with random negatives it fell to 0.35). Random negatives teach it to match at
+never leaves the prior (BENCHMARKS.md has the measured losses). Random negatives teach it to match at
 all; the hard ones then teach it what the dual encoder confuses.
 """
 
