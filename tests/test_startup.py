@@ -38,7 +38,7 @@ def probe(*args: str) -> tuple[int, list[str], str]:
 
 @pytest.mark.parametrize("args", [("--help",), ("data", "--help"), ("data", "synth", "--help"),
                                   ("data", "shards", "--help"), ("data", "inspect", "--help"),
-                                  ("index", "--help")])
+                                  ("index", "--help"), ("data", "vq-targets", "--help")])
 def test_help_imports_nothing_heavy(args):
     code, heavy, _ = probe(*args)
     assert code == 0 and heavy == []

@@ -17,13 +17,13 @@ import argparse
 import io
 import json
 import os
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from datapipes.pipeline import ClipConfig, build_eval_loader
+if TYPE_CHECKING:  # torch and the pipeline load when a command runs, not for `vl data vq-targets --help`
+    import torch
+    from torch import Tensor
 
 
 def load_tokenizer(kind: str, path: str, norm: str) -> torch.nn.Module:
@@ -37,22 +37,26 @@ def load_tokenizer(kind: str, path: str, norm: str) -> torch.nn.Module:
     return load_vq_tokenizer_checkpoint(path)
 
 
-@torch.no_grad()
 def encode_video_clips(tokenizer: torch.nn.Module, video: Tensor, grid: int, norm: str) -> Tensor:
     """video (B, T, C, H, W) -> codes (B, T, grid, grid), frames resized to ``grid * f`` px."""
+    import torch
+
     from vl.objectives.mvm_targets import VQTarget
 
     target = VQTarget(tokenizer, (video.shape[1], grid, grid), (1, 1, 1), input_norm=norm)
-    return target(video).view(video.shape[0], video.shape[1], grid, grid)  # (B, N, 1) -> (B, T, g, g)
+    with torch.no_grad():
+        return target(video).view(video.shape[0], video.shape[1], grid, grid)  # (B, N, 1) -> (B, T, g, g)
 
 
 def precompute_vq_targets(shards: list[str], tokenizer_path: str, out: str, *, kind: str = "vl", frames: int = 4,
                           size: int = 224, grid: int = 14, norm: str = "imagenet", batch_size: int = 16,
                           maxcount: int = 1000, progress: bool = True) -> dict:
     """Write the codes of every clip of ``shards`` to ``out/vq-%06d.tar``; returns a summary."""
+    import torch
     import webdataset as wds
     from tqdm import tqdm
 
+    from datapipes.pipeline import ClipConfig, build_eval_loader
     from vl.models.hub import load_tokenizer as load_text_tokenizer
 
     tokenizer = load_tokenizer(kind, tokenizer_path, norm)
@@ -78,6 +82,7 @@ def precompute_vq_targets(shards: list[str], tokenizer_path: str, out: str, *, k
 
 def load_vq_targets(spec: str) -> dict[str, Tensor]:
     """Shards written by ``precompute_vq_targets`` -> {sample key: codes (T, grid, grid) long}."""
+    import torch
     import webdataset as wds
 
     from datapipes.shards import expand_shards
