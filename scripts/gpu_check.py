@@ -19,7 +19,7 @@ prepared command that stops by itself (default about 8 minutes, ``--quick`` abou
               the model's FLOPs, no recomputation) / step time / the card's dense bf16 peak by name.
    memory     One bf16 training step (Lightning Trainer) of each base model at 8 x 224 px, batch 32, VTC +
               VTM + MLM, checkpointing: ``torch.cuda.max_memory_allocated`` against the computed total in
-              BENCHMARKS.md ("Memory of the base models (computed)"), within ``MEMORY_TOLERANCE``.
+              BENCHMARKS.md (``total_GiB`` of the generated ``model_memory`` table), within ``MEMORY_TOLERANCE``.
 5. One JSON (``--out``) and a short table; exit status 1 on any failure, a skip, or a stage cut by the
    time budget (what was not run is listed as such).
 
@@ -68,7 +68,7 @@ QUICK_PAIRS = (("allinone_base", "deepspeed_stage_2"), ("clip_base", "deepspeed_
 FIT_STEPS, RESUME_STEPS = 2, 3  # the first run stops at step 2, the resumed one continues to step 3
 FRAMES, IMAGE, BATCH = 8, 224, 8  # throughput: 8 frames of 224 px, 8 clips per step
 WORKERS = 6  # fits and the test run side by side on the one GPU: 12 fit + resume pairs take two waves
-MEMORY_BATCH = 32  # as BENCHMARKS.md's computed memory table
+MEMORY_BATCH = 32  # as the computed memory table (scripts/bench/model.py --section memory)
 MEMORY_TOLERANCE = 0.25  # measured peak within +-25% of the computed total (which leaves out workspaces)
 # Dense (no sparsity) bf16 tensor-core peak, FLOP/s, from NVIDIA's data sheets; the first name contained in
 # torch.cuda.get_device_name() wins, so the more specific names come first ("GH200" holds "H200").
@@ -391,14 +391,19 @@ def measure_encoder(name: str, rounds: int, steps: int) -> tuple[bool, str, dict
 
 
 def computed_memory_gib() -> dict[str, float]:
-    """The computed totals (GiB, checkpointed) of BENCHMARKS.md's "Memory of the base models (computed)"."""
+    """The computed totals (GiB, checkpointed) of each base model: the ``total_GiB`` column of the
+    ``### model_memory`` table that ``make bench`` writes into BENCHMARKS.md's generated section."""
     text = (ROOT / "BENCHMARKS.md").read_text()
-    section = text.split("## Memory of the base models (computed)", 1)[-1].split("\n## ", 1)[0]
-    found = {m.group(1): float(m.group(2))
-             for m in re.finditer(r"^\| `(\w+)` .*\| \*\*([\d.]+) GiB\*\* \|$", section, re.MULTILINE)}
+    section = text.split("### model_memory", 1)[-1].split("\n#", 1)[0]
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in section.splitlines() if line.startswith("|") and not line.startswith("|---")]
+    found: dict[str, float] = {}
+    if rows and "model" in rows[0] and "total_GiB" in rows[0]:
+        name, total = rows[0].index("model"), rows[0].index("total_GiB")
+        found = {row[name]: float(row[total]) for row in rows[1:] if len(row) > max(name, total)}
     missing = [c for c in BASE_MODELS if c not in found]
     if missing:
-        raise ValueError(f"BENCHMARKS.md's computed memory table has no total for {missing}")
+        raise ValueError(f"BENCHMARKS.md's model_memory table (make bench) has no total_GiB for {missing}")
     return found
 
 
