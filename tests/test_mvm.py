@@ -245,6 +245,17 @@ def test_pretrain_module_adds_weighted_mvm_and_optimises_its_head(synth_dir, tmp
     expected = out["vtc_loss"] + 0.5 * out["mvm_loss"]
     torch.testing.assert_close(module.total_loss(out), expected)
 
+    # DDP needs a gradient for every parameter on every step: a step that predicted something uses MVM's
+    # decoder and head (nothing anchored); one whose masked tokens all fell on padded frames anchors them all.
+    assert module.mvm.predicted and module.sometimes_unused() == []
+    module.mvm.predicted = False
+    anchored = module.sometimes_unused()
+    trainable = [p for p in module.mvm.parameters() if p.requires_grad]
+    assert len(anchored) == len(trainable) > 0
+    module.zero_grad()
+    (0.0 * sum(p.sum() for p in anchored)).backward()
+    assert all(p.grad is not None and not p.grad.any() for p in trainable)
+
 
 # -- precomputed vq targets -----------------------------------------------------------------------
 def test_precomputed_vq_targets_match_the_on_the_fly_ones(synth_dir, tmp_path):

@@ -240,8 +240,9 @@ class VLModule(pl.LightningModule, abc.ABC):
         return sum(weights.get(k[: -len("_loss")], 1.0) * v for k, v in out.items() if k.endswith("_loss"))
 
     def sometimes_unused(self) -> list[Tensor]:
-        """Trainable parameters that some training steps leave without a gradient (an objective with nothing
-        to compute on a batch, e.g. MVM when no masked token falls on a real frame); none by default."""
+        """Trainable parameters that the step just computed left without a gradient (an objective with nothing
+        to compute on its batch, e.g. MVM when no masked token falls on a real frame); none by default. Asked
+        after ``compute_losses``, so a step that uses every parameter adds nothing."""
         return []
 
     def training_step(self, batch: Batch, batch_idx: int) -> Optional[Tensor]:

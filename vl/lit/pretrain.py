@@ -151,8 +151,10 @@ class PretrainModule(VLModule):
         return caption_keys(batch.texts, batch.references or [[c] for c in batch.texts], self.device)
 
     def sometimes_unused(self) -> list[Tensor]:
-        """MVM's decoder and head: a batch whose masked tokens all fall on padded frames predicts nothing."""
-        return [] if self.mvm is None else [p for p in self.mvm.parameters() if p.requires_grad]
+        """MVM's decoder and head on a step whose masked tokens all fell on padded frames (nothing predicted)."""
+        if self.mvm is None or self.mvm.predicted:
+            return []
+        return [p for p in self.mvm.parameters() if p.requires_grad]
 
     def no_weight_decay(self) -> set[str]:
         """The model's, and the MVM decoder's and head's (they train with the model)."""

@@ -144,6 +144,7 @@ class MVMLoss(nn.Module):
                  source: str = "encoder", decoder_depth: int = 1, decoder_dim: int = 256,
                  decoder_heads: int = 4) -> None:
         super().__init__()
+        self.predicted = True  # whether the last forward had masked tokens of real frames to predict
         if source not in ("encoder", "fusion"):
             raise ValueError(f"mvm: source must be 'encoder' or 'fusion', got {source!r}")
         self.target, self.masker, self.grid, self.source = target, VideoMasker(masking), tuple(grid), source
@@ -232,7 +233,8 @@ class MVMLoss(nn.Module):
         # (B, N) True for grid tokens of real frames: a padded frame's token has nothing to reconstruct
         keep = model.video_encoder.token_keep(frame_mask)
         real = torch.ones_like(mask) if keep is None else keep[:, model.video_encoder.num_prefix_tokens:]
-        if not bool((mask & real).any()):  # nothing to predict: a zero loss, a function of the latent
+        self.predicted = bool((mask & real).any())
+        if not self.predicted:  # nothing to predict: a zero loss, a function of the latent
             zero = latent.sum() * 0.0  # its decoder and head then get no gradient (see VLModule.sometimes_unused)
             return {"mvm_loss": zero, "mvm_ratio": zero.detach()}
         target = self.target.compute(video, keys)  # (B, N, ...)
