@@ -44,8 +44,12 @@ def recorded_model_config(ckpt: dict) -> dict[str, Any] | None:
     """The model config a checkpoint records (``vl_model_config``, None when absent), with every option under
     the name ``vl.create_model`` takes (``RECORDED_OPTION_NAMES``)."""
     config = ckpt.get("vl_model_config")
-    if config is None:
-        return None
+    return None if config is None else _with_current_part_names(config)
+
+
+def _with_current_part_names(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``config`` whose backbone parts (``text``, ``fusion``) name their options as today
+    (``RECORDED_OPTION_NAMES``)."""
     config = dict(config)
     for part, names in RECORDED_OPTION_NAMES.items():
         if isinstance(config.get(part), dict):
@@ -63,10 +67,7 @@ def recorded_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's hyper-parameters (the module's keyword arguments, as `vl test --ckpt_path` restores
     them) under today's names: ``RECORDED_OPTION_NAMES`` inside the backbone parts, ``RECORDED_HPARAM_PLACES``
     at the top. ``hparams`` is not modified."""
-    out = dict(hparams)
-    for part, names in RECORDED_OPTION_NAMES.items():
-        if isinstance(out.get(part), dict):
-            out[part] = {names.get(k, k): v for k, v in out[part].items()}
+    out = _with_current_part_names(hparams)
     for name, (mapping, key) in RECORDED_HPARAM_PLACES.items():
         if name in out:
             value = out.pop(name)
