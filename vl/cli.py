@@ -137,21 +137,34 @@ def _suggest(word: str, choices: Sequence[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def section_classes(args: Sequence[str]) -> dict[str, Optional[str]]:
-    """The class path the command line gives ``model`` and ``data``, in order: each ``-c`` file's
-    ``class_path`` (bases merged in), ``--model CLASS``, ``--model.class_path CLASS``; None where it is not a
-    plain class path (a file or inline YAML given as ``--model``) or no file says. Raises ConfigBaseError
-    for a config whose base is wrong, OSError/ValueError for one that cannot be read."""
+def read_configs(args: Sequence[str]) -> dict[str, dict]:
+    """The mapping of each ``-c`` file that exists, its bases merged in (``vl.config.load_config``), by the
+    path as given. Raises ConfigBaseError for a config whose base is wrong, OSError/ValueError for one that
+    cannot be read."""
     from vl.config import load_config
 
+    configs = {}
+    for i, token in enumerate(args):
+        key, eq, inline = token.partition("=")
+        value = inline if eq else (args[i + 1] if i + 1 < len(args) else "")
+        if key in ("-c", "--config") and _looks_like_file(value) and os.path.isfile(value) and value not in configs:
+            configs[value] = load_config(value)
+    return configs
+
+
+def section_classes(args: Sequence[str], configs: Optional[dict[str, dict]] = None) -> dict[str, Optional[str]]:
+    """The class path the command line gives ``model`` and ``data``, in order: each ``-c`` file's
+    ``class_path`` (``configs``, default ``read_configs(args)``), ``--model CLASS``, ``--model.class_path
+    CLASS``; None where it is not a plain class path (a file or inline YAML given as ``--model``) or no file
+    says."""
+    configs = read_configs(args) if configs is None else configs
     found: dict[str, Optional[str]] = {"model": None, "data": None}
     for i, token in enumerate(args):
         key, eq, inline = token.partition("=")
         value = inline if eq else (args[i + 1] if i + 1 < len(args) else "")
-        if key in ("-c", "--config") and _looks_like_file(value) and os.path.isfile(value):
-            config = load_config(value)
+        if key in ("-c", "--config") and value in configs:
             for section in found:
-                part = config.get(section)
+                part = configs[value].get(section)
                 if isinstance(part, dict) and isinstance(part.get("class_path"), str):
                     found[section] = part["class_path"]
                 elif part is not None and not isinstance(part, dict):
@@ -162,11 +175,18 @@ def section_classes(args: Sequence[str]) -> dict[str, Optional[str]]:
     return found
 
 
-def _config_key_error(path: str, trees: dict, classes: dict[str, Optional[str]]) -> Optional[str]:
-    """A one-line error for a model/data key of config ``path`` that its class does not have."""
-    from vl.config import load_config
+def _misspelled(tree: Any, parts: Sequence[str]) -> Optional[tuple[str, Optional[str]]]:
+    """For a key (``parts``) that leaves the option ``tree``: (the key up to its first unknown part, the
+    closest known key or None), both dotted; None when the key is known or reaches an open value."""
+    miss = known_options.unknown_key(tree, parts)
+    if miss is None:
+        return None
+    index, allowed = miss
+    return ".".join(parts[:index + 1]), known_options.suggest_key(parts, index, allowed)
 
-    config = load_config(path)
+
+def _config_key_error(path: str, config: dict, trees: dict, classes: dict[str, Optional[str]]) -> Optional[str]:
+    """A one-line error for a model/data key of config ``path`` (its mapping ``config``) that its class lacks."""
     for section in ("model", "data"):
         part = config.get(section)
         if not isinstance(part, dict) or not isinstance(part.get("init_args"), dict):
@@ -179,13 +199,10 @@ def _config_key_error(path: str, trees: dict, classes: dict[str, Optional[str]])
             prefix, mapping = stack.pop()
             for name in mapping:
                 parts = [*prefix, str(name)]
-                miss = known_options.unknown_key(trees[class_path], parts)
-                if miss is not None:
-                    index, allowed = miss
-                    close = known_options.suggest_key(parts, index, allowed)
-                    hint = f" (did you mean {section}.init_args.{close}?)" if close else ""
-                    return (f"{path}: {section}.init_args.{'.'.join(parts[:index + 1])} is not an option of "
-                            f"{class_path}{hint}")
+                wrong = _misspelled(trees[class_path], parts)
+                if wrong is not None:
+                    hint = f" (did you mean {section}.init_args.{wrong[1]}?)" if wrong[1] else ""
+                    return f"{path}: {section}.init_args.{wrong[0]} is not an option of {class_path}{hint}"
                 if isinstance(mapping[name], dict):
                     stack.append((parts, mapping[name]))
     return None
@@ -203,11 +220,12 @@ def precheck(command: str, args: Sequence[str]) -> Optional[str]:
     from vl.config import ConfigBaseError
 
     try:
-        classes = section_classes(args)
+        configs = read_configs(args)
     except ConfigBaseError as e:
         return str(e)
     except (OSError, ValueError):  # not YAML: the full parse says so, with jsonargparse's message
-        classes = {"model": None, "data": None}
+        configs = {}
+    classes = section_classes(args, configs)
     trees = known_options.recorded_trees() if any(classes.values()) else {}
     options = [*COMMON_OPTIONS, *(f"--{a}" for a in sorted(signatures[command])), *(f"--{s}" for s in SECTIONS)]
     if command == "fit":
@@ -229,12 +247,11 @@ def precheck(command: str, args: Sequence[str]) -> Optional[str]:
             parts = [p.rstrip("+") for p in rest.split(".")]
             if section in ("model", "data") and classes[section] in trees and parts[0] not in SECTION_KEYS:
                 shorthand = parts[0] != "init_args"  # --model.lr means --model.init_args.lr
-                miss = known_options.unknown_key(trees[classes[section]], parts if shorthand else parts[1:])
-                if miss is not None:
-                    index, allowed = miss
-                    close = known_options.suggest_key(parts if shorthand else parts[1:], index, allowed)
+                wrong = _misspelled(trees[classes[section]], parts if shorthand else parts[1:])
+                if wrong is not None:
                     prefix = f"--{section}." if shorthand else f"--{section}.init_args."
-                    hint = f" (did you mean {prefix}{close}?)" if close else f" ({classes[section]} has no such option)"
+                    hint = (f" (did you mean {prefix}{wrong[1]}?)" if wrong[1]
+                            else f" ({classes[section]} has no such option)")
                     return f"unrecognized arguments: {key}{hint}"
             continue
         if dot:  # a misspelled section: --trainr.max_steps
@@ -247,11 +264,8 @@ def precheck(command: str, args: Sequence[str]) -> Optional[str]:
             return f"unrecognized arguments: {key}" + _suggest(key, options)
         if key in ("-c", "--config", "--trainer") and _looks_like_file(value) and not os.path.isfile(value):
             return f"{key} {value}: no such file"
-        if key in ("-c", "--config") and trees and _looks_like_file(value):
-            try:
-                error = _config_key_error(value, trees, classes)
-            except (OSError, ValueError):
-                error = None
+        if key in ("-c", "--config") and trees and value in configs:
+            error = _config_key_error(value, configs[value], trees, classes)
             if error is not None:
                 return error
     return None
