@@ -49,7 +49,9 @@ def reorder_frames(video: Tensor, frame_mask: Optional[Tensor], order: Callable[
     frame) put in ``order(n)``, and padded frames kept where they are (at the end), so that the frame mask
     still describes the result -> (B, T, C, H, W). A copy: ``video`` is left unchanged."""
     B, T = video.shape[:2]
-    mask = torch.ones(B, T, dtype=torch.bool) if frame_mask is None else frame_mask.detach().bool().cpu()
+    if frame_mask is None:  # every clip has all T frames: one order for the batch, no per-clip loop
+        return video[:, order(T).to(video.device)]
+    mask = frame_mask.detach().bool().cpu()
     index = torch.arange(T).repeat(B, 1)  # (B, T) source frame of each position
     for i in range(B):
         real = mask[i].nonzero().flatten()  # (n,) positions of the real frames
