@@ -294,3 +294,47 @@ def test_pretraining_refuses_sparsity_it_cannot_run():
     mvm = MVMConfig(masking=[MaskSpec("attended", 0.3)], decoder_dim=64, decoder_heads=2)
     with pytest.raises(ValueError, match="attended"):
         PretrainModule("vl_tiny", objectives=Objectives(mvm=1.0, mvm_config=mvm, token_sparsity=sparse))
+
+
+def kept_patch_sums(video: torch.Tensor, drop: torch.Tensor, grid, patch: int) -> list[list[float]]:
+    """Per clip, the sorted pixel sums of the kept cells (a tubelet's frames summed, so order within it is moot)."""
+    B, (T, H, W) = video.shape[0], grid
+    tubelet = video.shape[1] // T
+    cells = video.reshape(B, T, tubelet, 3, H, patch, W, patch).sum(dim=(2, 3, 5, 7)).flatten(1)  # (B, N)
+    return [sorted(cells[i][~drop[i]].tolist()) for i in range(B)]
+
+
+@pytest.mark.parametrize("tubelet,padded", [(1, False), (1, True), (2, False)])
+def test_reversed_clip_keeps_the_same_content_as_the_clip(tubelet, padded):
+    """With reversed-clip negatives and motion-guided sparsity, the backwards pass keeps the cells that hold the
+    forward pass's kept content (moved with their frames), so the two differ in frame order only."""
+    from datapipes.batch import Batch
+    from vl.lit.pretrain import Objectives, PretrainModule
+
+    torch.manual_seed(0)
+    sparsity = TokenSparsity(keep_ratio=0.25, method="motion")
+    module = PretrainModule("vl_tiny", video={"temporal": "joint", "tubelet_size": tubelet},
+                            objectives=Objectives(reversal=1.0, token_sparsity=sparsity))
+    enc = module.model.video_encoder
+    calls: list = []
+    encode = module.model.encode_video
+    module.model.encode_video = lambda video, **k: calls.append((video, k.get("drop"))) or encode(video, **k)
+    B, T = 3, enc.num_frames
+    video = torch.rand(B, T, 3, enc.img_size, enc.img_size)
+    frame_mask = None
+    if padded:
+        frame_mask = torch.ones(B, T, dtype=torch.bool)
+        frame_mask[0, 3:] = False  # clip 0: three real frames and one padded
+        video[0, 3:] = 0
+    ids = torch.randint(1000, 2000, (B, 8))
+    batch = Batch(video=video, text_ids=ids, text_mask=torch.ones_like(ids), keys=list("abc"),
+                  frame_mask=frame_mask)
+    out = module.compute_losses(batch)
+    assert torch.isfinite(out["reversal_loss"])
+    (forward, drop), (backwards, back_drop) = calls
+    assert not torch.equal(forward, backwards) and back_drop is not None
+    assert ((~back_drop).sum(1) == (~drop).sum(1)).all()
+    patch = enc.img_size // enc.grid[1]
+    for back, fwd in zip(kept_patch_sums(backwards, back_drop, enc.grid, patch),
+                         kept_patch_sums(forward, drop, enc.grid, patch)):
+        assert back == pytest.approx(fwd, rel=1e-5)

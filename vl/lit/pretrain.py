@@ -19,6 +19,24 @@ from vl.objectives import MLMLoss, VTCLoss, VTMLoss, caption_keys, time_reversal
 from vl.objectives.mvm import MVMConfig, MVMLoss, build_mvm
 
 
+def reversed_drop(drop: Tensor, grid: tuple[int, int, int], frame_mask: Optional[Tensor],
+                  num_frames: int) -> Optional[Tensor]:
+    """The drop mask (B, N) of a clip played backwards (``reorder_frames(video, frame_mask, reversed_order)``)
+    that keeps the same content as ``drop`` (B, N) keeps of the clip: each cell's flag moves with its frame,
+    so the reversed clip differs from the clip in frame order only. (Reusing ``drop`` as it is would keep, in
+    the reversed clip, the cells where a motion-guided selection found the object in the other frames: mostly
+    background, a difference the reversal loss could learn instead of order.) grid: the encoder's (T', H',
+    W'). None when the grid's time steps are tubelets of clips with padded frames, whose content does not
+    reverse cell by cell."""
+    B, (T, H, W) = drop.shape[0], grid
+    cells = drop.view(B, T, H * W)
+    if T == num_frames:  # one grid time step per frame: reorder the cells as the frames
+        return reorder_frames(cells, frame_mask, reversed_order).flatten(1)
+    if frame_mask is None:  # whole tubelets in reverse order, each holding its frames reversed
+        return cells[:, reversed_order(T).to(drop.device)].flatten(1)
+    return None
+
+
 @dataclass
 class Objectives:
     """Weights of the pretraining objectives; one with weight 0 is not computed at all."""
@@ -123,8 +141,13 @@ class PretrainModule(VLModule):
             keys = self.match_keys(batch) if self.objectives.vtc_multi_positive else None
             out.update(self.vtc(v_emb, t_emb, self.model.logit_scale, keys))
         if self.objectives.reversal > 0:  # the same frames backwards (padding stays at the end), same tokens kept
-            backwards = self.model.encode_video(reorder_frames(batch.video, batch.frame_mask, reversed_order),
-                                                frame_mask=batch.frame_mask, drop=drop)
+            frames = reorder_frames(batch.video, batch.frame_mask, reversed_order)
+            back_drop = None if drop is None else reversed_drop(drop, self.model.video_encoder.grid,
+                                                                batch.frame_mask, batch.video.shape[1])
+            if drop is not None and back_drop is None:  # tubelets of padded clips: select on the reversed clip
+                back_drop = sparsity.drop_mask(frames, batch.frame_mask, self.model.video_encoder, self.global_step,
+                                               self.total_steps() if sparsity.dense_final_steps else None)
+            backwards = self.model.encode_video(frames, frame_mask=batch.frame_mask, drop=back_drop)
             out.update(time_reversal_loss(v_emb, self.model.embed_video(backwards["pooled"]), t_emb,
                                           self.model.logit_scale))
         if self.vtm is not None:
