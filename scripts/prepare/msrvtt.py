@@ -16,8 +16,9 @@ Inputs (any that are present):
 
 Outputs: `train.jsonl`, `val.jsonl`, `test.jsonl` (the official split, all captions per video),
 `test_1k.jsonl` (1k-A test), `train_9k.jsonl` / `train_7k.jsonl`, `mc_test.jsonl`. The official
-files win over the Frozen layout's, and `MSRVTT_JSFUSION_test.csv` (the 1k-A protocol's one
-sentence per video) over `val_list_jsfusion.txt` (all 20 captions per video). The distributed clips
+files win over the Frozen layout's, `MSRVTT_JSFUSION_test.csv` (the 1k-A protocol's one
+sentence per video) over `val_list_jsfusion.txt` (all 20 captions per video), and `MSRVTT_train.9k.csv`
+over `train_list_jsfusion.txt`; a list that loses is not read (its videos are not counted). The distributed clips
 are already cut, so the source video's `start time`/`end time` are not written as `start`/`end`.
 """
 
@@ -171,9 +172,15 @@ def caption_sources(sources: Sequence[Path], report: Report) -> tuple[dict[str, 
 
 
 def list_outputs(
-    sources: Sequence[Path], captions: dict[str, list[str]], origin: str, report: Report
+    sources: Sequence[Path], captions: dict[str, list[str]], origin: str, report: Report,
+    superseded: dict[str, str],
 ) -> dict[str, list[Record]]:
-    """Outputs of the 1k-A CSV training lists and of the Frozen id lists found (these need captions)."""
+    """Outputs of the 1k-A CSV training lists and of the Frozen id lists found (these need captions).
+
+    A list whose output another file gives (`superseded`: output -> the note saying which file wins), or
+    that an earlier list of the same output already gave (`MSRVTT_train.9k.csv` before
+    `train_list_jsfusion.txt`), is not read, so its videos are neither written nor counted as skipped.
+    """
     lists = {name: find_annotation(sources, [name]) for name in (*TRAIN_LIST_FILES, *FROZEN_LISTS)}
     lists = {name: path for name, path in lists.items() if path is not None}
     if lists and not origin:
@@ -182,13 +189,23 @@ def list_outputs(
             f"{FROZEN_FILE}, none found"
         )
     outputs: dict[str, list[Record]] = {}
+    given_by: dict[str, str] = {}
     for name, path in lists.items():
         if name in FROZEN_LISTS:
             output, split = FROZEN_LISTS[name]
+        else:  # MSRVTT_train.9k.csv -> train_9k
+            output, split = "train_" + re.search(r"(\d+k)", name).group(1), "train"
+        if output in superseded:
+            report.note(superseded[output])
+            continue
+        if output in given_by:
+            report.note(f"{output}: {given_by[output]} is used, not {name}")
+            continue
+        given_by[output] = name
+        if name in FROZEN_LISTS:
             outputs[output] = id_list_records(path, split, captions, report)
         else:
-            size = re.search(r"(\d+k)", name).group(1)  # MSRVTT_train.9k.csv -> train_9k
-            outputs[f"train_{size}"] = train_list_records(path, captions, report)
+            outputs[output] = train_list_records(path, captions, report)
     return outputs
 
 
@@ -201,11 +218,11 @@ def convert(sources: Sequence[Path], report: Report) -> dict[str, list[Record]]:
         names = (*INFO_FILES, FROZEN_FILE, TEST_1K_FILE, *msrvtt_mc.MC_FILES)
         raise FileNotFoundError(f"none of {', '.join(names)} found in {', '.join(map(str, sources))}")
     outputs = official_split_records(splits, captions, report)
-    for name, records in list_outputs(sources, captions, origin, report).items():
-        if name in outputs:  # the official split wins over Frozen's copy of it
-            report.note(f"{name}: the official split of {origin} is used, not Frozen's list")
-            continue
-        outputs[name] = records
+    # the official split wins over Frozen's copy of it, the 1k-A csv over val_list_jsfusion.txt
+    superseded = {name: f"{name}: the official split of {origin} is used, not Frozen's list" for name in outputs}
+    if test_1k is not None:
+        superseded["test_1k"] = f"test_1k: {TEST_1K_FILE} is used, not val_list_jsfusion.txt"
+    outputs.update(list_outputs(sources, captions, origin, report, superseded))
     if test_1k is not None:
         outputs["test_1k"] = test_1k_records(test_1k, report)
     elif "test_1k" in outputs:
