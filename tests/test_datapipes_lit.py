@@ -156,3 +156,42 @@ def test_loader_resumes_without_decoding_the_batches_it_skips(synth_dir, tokeniz
     assert len(decoded) <= 2 * 3 + 1
     assert resumed.position(5)["batches"] == [5]
     assert [b.keys for b in resumed] != [b.keys for b in batches]  # the next epoch: a new stream
+
+
+def test_training_cpu_time_counts_training_batches_and_leaves_out_validation(synth_dir, monkeypatch):
+    """vl.lit.TrainingCPUTime logs, at each validation, the process time of the training batches so far: on a
+    clock that ticks once per reading, the intervals from batch end to batch end (and from an epoch's start
+    to its first batch end), never the time of a validation."""
+    from vl.lit.callbacks import TrainingCPUTime
+
+    clock = iter(range(1000))
+    monkeypatch.setattr(TrainingCPUTime, "_now", staticmethod(lambda: float(next(clock))))
+
+    class Logged(TinyModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.values: list[float] = []
+
+        def validation_step(self, batch, batch_idx):
+            for _ in range(5):  # validation takes time on the same clock: none of it may be counted
+                next(clock)
+            return super().validation_step(batch, batch_idx)
+
+        def on_validation_epoch_end(self):
+            if not self.trainer.sanity_checking:
+                self.values.append(timer.cpu_s)
+
+    timer = TrainingCPUTime()
+    dm = VideoTextDataModule(train_shards=synth_dir["train"], val_shards=synth_dir["val"], num_frames=2,
+                             frame_size=32, batch_size=4, eval_batch_size=12, batches_per_epoch=3, num_workers=0,
+                             max_text_len=8)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, max_epochs=2,
+                         num_sanity_val_steps=0, callbacks=[timer])
+    model = Logged()
+    trainer.fit(model, dm)
+    assert model.values == [3.0, 6.0]  # 3 batches of one tick per epoch, validations left out
+    assert trainer.logged_metrics["time/train_cpu_s"] == 6.0
+    restored = TrainingCPUTime()
+    restored.load_state_dict(timer.state_dict())
+    assert restored.cpu_s == 6.0
