@@ -23,7 +23,8 @@ order) and a quarter of these (object, family) compositions never occur in train
 trained with its other families and every family with other objects. Validation and test clips show the
 held-out compositions only (``held_out``), each (object, event) in turn: with ``task="all"`` the first 24
 clips of a split are the 24 held-out (object, event) pairs once each, every clip beside its time reversal
-(a gallery of distinct clips, so text-to-video R@1 can reach 100%).
+(the two ``order`` clips of a first object show the same second object, ``order_partner``), and no two
+share a caption: a gallery of distinct clips, so text-to-video R@1 can reach 100%.
 """
 
 from __future__ import annotations
@@ -86,6 +87,18 @@ def held_out(obj: tuple[str, str], label: str) -> bool:
     each object keeps three families in training and each family nine of the twelve objects) is held out."""
     index = list(COLORS).index(obj[0]) * len(SHAPES) + SHAPES.index(obj[1])
     return (index + FAMILY_ORDER.index(FAMILIES[label])) % HOLDOUT_EVERY == 0
+
+
+def order_partner(first: tuple[str, str], seed: int, split: str) -> tuple[str, str]:
+    """The second object of the held-out ``order`` clips whose first object is ``first``: one per (seed, split,
+    first object), so that a clip and its time reversal (A then B, B then A) show the same two objects, and
+    never itself the first object of a held-out ``order`` clip, so that no two clips of a held-out split
+    share a caption (A then B would otherwise also be drawn as B's clip with partner A)."""
+    colors = list(COLORS)
+    partners = [(c, sh) for c in colors for sh in SHAPES
+                if c != first[0] and sh != first[1] and not held_out((c, sh), "first_then_second")]
+    pick = np.random.default_rng([seed, SPLIT_IDS.get(split, 3), colors.index(first[0]), SHAPES.index(first[1]), 2])
+    return partners[int(pick.integers(len(partners)))]
 
 
 def _shape_masks(shape: str, cx: np.ndarray, cy: np.ndarray, r: np.ndarray, size: int) -> np.ndarray:
@@ -247,6 +260,8 @@ def make_sample(split: str, index: int, cfg: SynthConfig) -> dict:
     second = first
     while second[0] == first[0] or second[1] == first[1]:
         second = (colors[rng.integers(len(colors))], shapes[rng.integers(len(shapes))])
+    if cfg.holdout and split != "train":  # the pair fixed by the first object, drawn from a stream of its own
+        second = order_partner(first, cfg.seed, split)  # (the draws above stay, so other clips are unchanged)
     objects = [first, second] if label in TASK_LABELS["order"] else [first]
     named = cfg.task != "motion"
     captions = captions_for(label, objects, named)
