@@ -25,9 +25,12 @@ def tiny_config(tmp: Path, synth: dict, **trainer) -> Path:
     cfg = yaml.safe_load(DEMO.read_text())
     cfg["data"]["init_args"].update(
         root=None, train_shards=synth["train"], val_shards=synth["val"], test_shards=synth["test"], batch_size=4,
-        eval_batch_size=6, num_workers=0, batches_per_epoch=2, num_frames=4,
+        eval_batch_size=6, num_workers=0, batches_per_epoch=2, num_frames=4, frame_size=32,
     )
     cfg["trainer"].update(default_root_dir=str(tmp), check_val_every_n_epoch=1, log_every_n_steps=1, **trainer)
+    # sparse on every step: a final dense phase, a share of max_steps, would start at another step in a run cut
+    # short by a smaller max_steps than in the run it is compared with
+    cfg["model"]["init_args"]["objectives"]["token_sparsity"]["dense_final_steps"] = 0
     for logger in cfg["trainer"]["logger"]:
         logger["init_args"]["save_dir"] = str(tmp)
     cfg["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(tmp / "checkpoints")

@@ -11,30 +11,30 @@ same encoder in the same process. Selection: ``tube`` for the per-frame encoders
 single-stream fusion), so the step is dominated by the video encoder, which is what sparsity cuts.
 Writes ``bench_results/sparse_speed.json``.
 
-``--mode quality``: time to quality on synthetic data (``vl data synth --task motion``: a shape moving in
-one of four directions; written to ``--data`` when missing). A tiny ``vit_st`` (divided, 8 frames of
-32 px, 8x8 patches, 128 tokens) is trained with VTC from the same seed, dense and with token sparsity
-(``--quality-ratio``, each of ``--quality-methods``, a final dense phase of ``--dense-final`` of the steps), on
-clips decoded once into memory. Every ``--eval-every`` steps: held-out video-to-text R@1 over the four
-direction captions (chance 25%) and reversal accuracy (the share of clips whose own caption scores them
-above their frames reversed; chance 50%), against the CPU minutes spent training so far.
-Writes ``bench_results/sparse_quality.json``.
+``--mode quality``: time to quality. ``vl fit`` of the demo recipe (``configs/pretrain/demo.yaml``: joint
+attention over 4 frames, VTC with reversed-clip negatives, held-out compositions) at the shards' own 64 px
+(``--quality-size``; 8x8 patches, 256 tokens a clip, so that the video encoder dominates the step), once
+dense (``token_sparsity`` off) and once per sparse arm (``--arms``: ``motion:0.25`` keeps the quarter of the tokens that change most
+between frames, ``random:0.25`` any quarter; the last ``--dense-final`` of the steps dense), from the same
+seed. Every ``--eval-every`` steps the run validates (held-out text-to-video R@1 and reversal accuracy over
+the 24 validation clips) and ``vl.lit.TrainingCPUTime`` logs the CPU seconds spent training so far
+(decoding included: ``num_workers 0``). The table gives the CPU minutes each arm took to first reach the
+target (``--target-r1`` 80 and ``--target-reversal`` 95, the demo's goal), and that as a share of dense's. Writes
+``bench_results/sparse_quality.json``; the runs stay under ``bench_results/sparse_quality_runs/``.
 
     python scripts/bench/sparse.py                      # speed, CPU, one thread (about 5 min on 2 cores)
     python scripts/bench/sparse.py --device cuda --batch 8
-    python scripts/bench/sparse.py --mode quality
+    python scripts/bench/sparse.py --mode quality      # about 25 min on 1 core
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -46,7 +46,7 @@ from scripts.bench.model import saved_activation_bytes, time_steps  # noqa: E402
 from vl.models import create_model  # noqa: E402
 from vl.models.hub import load_tokenizer  # noqa: E402
 from vl.models.sparse import TokenSparsity  # noqa: E402
-from vl.objectives import MLMLoss, VTCLoss, VTMLoss, caption_keys  # noqa: E402
+from vl.objectives import MLMLoss, VTCLoss, VTMLoss  # noqa: E402
 
 RESULTS = Path("bench_results")
 ENCODERS = {  # name in the table -> video options of vl_tiny
@@ -129,116 +129,122 @@ def bench_speed(args: argparse.Namespace) -> dict:
 
 
 # ---- quality --------------------------------------------------------------------------------------
-def load_synth(args: argparse.Namespace) -> dict:
-    """Clips and captions of the synthetic motion task, decoded once: {split: (video (Nv, T, C, H, W), captions
-    (Nt), caption_video (Nt,) the clip of each caption, labels (Nv))}."""
-    from datapipes.pipeline import ClipConfig, build_eval_loader
-    from datapipes.synth import SynthConfig, write_synth
-    root = Path(args.data)
-    info_path = root / "splits.json"
-    if not info_path.exists():
-        write_synth(str(root), {"train": args.train_clips, "val": args.val_clips},
-                    SynthConfig(frames=8, size=32, task="motion", seed=1), maxcount=200, workers=1, progress=False)
-    splits = json.loads(info_path.read_text())["splits"]
-    tokenizer = load_tokenizer("minilm")
-    cfg = ClipConfig(num_frames=8, size=32, max_text_len=16)
-    data = {}
-    for split in ("train", "val"):
-        videos, captions, caption_video, labels = [], [], [], []
-        for batch in build_eval_loader(splits[split]["path"], tokenizer, cfg, batch_size=100):
-            caption_video.append(batch.video_index() + sum(len(v) for v in videos))
-            videos.append(batch.video)
-            captions += list(batch.texts)
-            labels += [m["label"] for m in batch.meta]
-        data[split] = (torch.cat(videos), captions, torch.cat(caption_video), labels)
-    return data
+def parse_arm(text: str) -> tuple[str, float]:
+    """``dense`` or ``METHOD:KEEP`` (``motion:0.25``) -> (method, keep ratio)."""
+    if text == "dense":
+        return "dense", 1.0
+    method, _, keep = text.partition(":")
+    if method not in ("random", "tube", "motion") or not keep:
+        raise argparse.ArgumentTypeError(f"an arm is 'dense' or METHOD:KEEP with METHOD random|tube|motion, got {text!r}")
+    return method, float(keep)
 
 
-@torch.no_grad()
-def evaluate(model, tokenizer, val: tuple) -> dict[str, float]:
-    """Held-out R@1 over the four direction captions and reversal accuracy (own caption: clip > reversed clip)."""
-    from datapipes.synth import DIRECTIONS, captions_for
-    model.eval()
-    video, _, _, labels = val
-    names = list(DIRECTIONS)
-    queries = [captions_for(label, [("red", "square")], name_objects=False)[0] for label in names]
-    q = tokenizer(queries, padding=True, return_tensors="pt")
-    text = model.embed_text(model.encode_text(q["input_ids"], q["attention_mask"])["pooled"])  # (4, E)
-    v = model.embed_video(model.encode_video(video)["pooled"])  # (Nv, E): dense, as every evaluation
-    rev = model.embed_video(model.encode_video(video.flip(1))["pooled"])  # frames in reverse order
-    truth = torch.tensor([names.index(label) for label in labels])
-    r1 = ((v @ text.t()).argmax(dim=1) == truth).float().mean().item()
-    own = text[truth]  # (Nv, E): each clip's direction caption
-    reversal = ((v * own).sum(1) > (rev * own).sum(1)).float().mean().item()
-    model.train()
-    return {"R@1": 100 * r1, "reversal": 100 * reversal}
+def val_curve(run_dir: Path) -> list[dict]:
+    """The validation points of a run's metrics.csv: step, training CPU seconds so far, R@1, reversal."""
+    import csv
 
-
-def train_run(args: argparse.Namespace, data: dict, sparsity: TokenSparsity) -> list[dict]:
-    """Train the tiny model for ``--steps`` steps; evaluation points (step, CPU minutes, R@1, reversal)."""
-    torch.manual_seed(0)
-    video_opts = dict(name="vit_st_tiny", temporal="divided", num_frames=8, img_size=32, patch_size=8,
-                      tubelet_size=1, pos_init="sincos")
-    model = create_model("vl_tiny", video=video_opts, text=dict(pooling="mean"), heads=[]).train()
-    tokenizer = load_tokenizer("minilm")
-    vtc = VTCLoss()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
-    video, captions, caption_video, _ = data["train"]
-    gen = torch.Generator().manual_seed(0)
-    points, cpu = [], 0.0
-    for step in range(args.steps + 1):
-        if step % args.eval_every == 0 or step == args.steps:
-            points.append({"step": step, "cpu_min": cpu / 60, **evaluate(model, tokenizer, data["val"])})
-            print(f"  keep {sparsity.keep_ratio:.2f} {sparsity.method:6s} step {step:4d}  {cpu / 60:6.2f} CPU min  "
-                  f"R@1 {points[-1]['R@1']:5.1f}  reversal {points[-1]['reversal']:5.1f}", flush=True)
-        if step == args.steps:
-            break
-        start = time.process_time()
-        idx = torch.randint(len(captions), (args.quality_batch,), generator=gen)
-        texts = [captions[i] for i in idx.tolist()]
-        tok = tokenizer(texts, padding="max_length", truncation=True, max_length=16, return_tensors="pt")
-        clips = video[caption_video[idx]]  # (B, T, C, H, W)
-        drop = sparsity.drop_mask(clips, None, model.video_encoder, step, args.steps, generator=gen)
-        v = model.encode_video(clips, drop=drop)
-        t = model.encode_text(tok["input_ids"], tok["attention_mask"])
-        keys = caption_keys(texts, [[c] for c in texts])  # multi-positive: captions repeat in a batch
-        loss = vtc(model.embed_video(v["pooled"]), model.embed_text(t["pooled"]), model.logit_scale, keys)["vtc_loss"]
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        cpu += time.process_time() - start
+    files = sorted((run_dir / "logs").glob("version_*/metrics.csv"))
+    if not files:
+        raise SystemExit(f"no metrics.csv under {run_dir / 'logs'}: the run failed (its log is {run_dir}/fit.log)")
+    points = []
+    with open(files[-1], newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("val/t2v_R@1") and row.get("time/train_cpu_s"):
+                points.append({"step": int(row["step"]) + 1, "cpu_min": float(row["time/train_cpu_s"]) / 60,
+                               "R@1": float(row["val/t2v_R@1"]), "reversal": float(row["val/reversal_acc"])})
     return points
 
 
-def time_to(points: list[dict], target: float) -> float | None:
-    """CPU minutes at the first evaluation reaching ``target`` R@1 (None: never)."""
-    return next((p["cpu_min"] for p in points if p["R@1"] >= target), None)
+def fit_arm(args: argparse.Namespace, name: str, method: str, keep: float, steps: int) -> dict:
+    """``vl fit`` of the demo config at ``--quality-size`` px for ``steps`` steps with the arm's token sparsity,
+    decoding in the training process (``num_workers 0``: its CPU time is counted), ``vl.lit.TrainingCPUTime``
+    logging the training CPU seconds at each validation, then ``vl test`` of its last checkpoint ->
+    {"val": the validation curve, "test": the test metrics}."""
+    import shutil
+    import subprocess
+
+    run_dir = Path(args.runs_dir) / name
+    data = ["-c", "configs/pretrain/demo.yaml", "--data.init_args.root", args.data,
+            "--data.init_args.frame_size", str(args.quality_size), "--data.init_args.num_workers", "0"]
+    done = args.reuse and (run_dir / "checkpoints" / "last.ckpt").exists() and val_curve(run_dir)[-1]["step"] >= steps
+    if done:
+        print(f"{name}: the finished run in {run_dir} (--reuse)", flush=True)
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        cmd = [sys.executable, "-m", "vl.cli", "fit", *data, "--data.init_args.batches_per_epoch", str(args.eval_every),
+               "--trainer.max_epochs", str(-(-steps // args.eval_every)), "--trainer.default_root_dir", str(run_dir),
+               "--seed_everything", str(args.seed), "--data.init_args.seed", str(args.seed),
+               "--trainer.callbacks+=vl.lit.TrainingCPUTime"]
+        sparsity = "{keep_ratio: 1.0}" if keep >= 1.0 else (  # the demo config itself is sparse
+            f"{{keep_ratio: {keep}, method: {method}, dense_final_steps: {args.dense_final}}}")
+        cmd += ["--model.init_args.objectives.token_sparsity", sparsity]
+        print(f"{name}: {steps} steps ({' '.join(cmd[3:])})", flush=True)
+        with open(run_dir / "fit.log", "w") as log:
+            code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+        if code != 0:
+            raise SystemExit(f"{name}: vl fit exited {code}; its log: {run_dir / 'fit.log'}")
+    points = val_curve(run_dir)
+    for p in points:
+        print(f"  {name:14s} step {p['step']:5d}  {p['cpu_min']:6.2f} CPU min  R@1 {p['R@1']:6.2f}  "
+              f"reversal {p['reversal']:6.2f}", flush=True)
+    test = test_arm(run_dir, data)
+    print(f"  {name:14s} test (last checkpoint): R@1 {test['t2v_R@1']:6.2f}  reversal {test['reversal_acc']:6.2f}")
+    return {"val": points, "test": test}
+
+
+def test_arm(run_dir: Path, data_args: list[str]) -> dict:
+    """``vl test`` of the run's last checkpoint on the held-out test split (24 clips the run never
+    validated on) -> its test metrics (also in the run's logs as test_metrics.json)."""
+    import subprocess
+
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    cmd = [sys.executable, "-m", "vl.cli", "test", *data_args, "--ckpt_path", str(ckpt),
+           "--trainer.default_root_dir", str(run_dir)]
+    with open(run_dir / "test.log", "w") as log:
+        if subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT) != 0:
+            raise SystemExit(f"vl test of {ckpt} failed; its log: {run_dir / 'test.log'}")
+    return json.loads(sorted((run_dir / "logs").glob("version_*/test_metrics.json"))[-1].read_text())
+
+
+def time_to(points: list[dict], r1: float, reversal: float) -> float | None:
+    """CPU minutes at the first validation reaching both ``r1`` R@1 and ``reversal`` accuracy (None: never)."""
+    return next((p["cpu_min"] for p in points if p["R@1"] >= r1 and p["reversal"] >= reversal), None)
 
 
 def bench_quality(args: argparse.Namespace) -> dict:
-    data = load_synth(args)
-    runs = {"dense": train_run(args, data, TokenSparsity(1.0))}
-    options = {"dense": TokenSparsity(1.0)}
-    for method in args.quality_methods:
-        options[method] = TokenSparsity(args.quality_ratio, method, dense_final_steps=args.dense_final)
-        runs[method] = train_run(args, data, options[method])
-    target = max(p["R@1"] for p in runs["dense"]) - args.margin
-    summary = {name: {"final_R@1": pts[-1]["R@1"], "final_reversal": pts[-1]["reversal"],
-                      "cpu_min": pts[-1]["cpu_min"], "cpu_min_to_target": time_to(pts, target)}
-               for name, pts in runs.items()}
-    print(f"target R@1 {target:.1f} (dense best - {args.margin}):")
+    import subprocess
+
+    if not (Path(args.data) / "splits.json").exists():  # the demo's shards (make demo writes the same)
+        subprocess.check_call([sys.executable, "-m", "vl.cli", "data", "synth", "--out", args.data, "--train", "2000",
+                               "--val", "24", "--test", "24", "--holdout", "--skip-existing"])
+    runs: dict[str, dict] = {}
+    for method, keep in (parse_arm(a) for a in args.arms):
+        name = "dense" if keep >= 1.0 else f"{method}_{keep:g}"
+        steps = args.steps if keep >= 1.0 else args.sparse_steps or args.steps
+        runs[name] = fit_arm(args, name, method, keep, steps)
+    if "dense" not in runs:
+        raise SystemExit("--arms needs 'dense': each sparse arm's time is compared with dense training's")
+    r1, reversal = args.target_r1, args.target_reversal
+    summary, dense_time = {}, time_to(runs["dense"]["val"], r1, reversal)
+    for name, run in runs.items():
+        last, reached = run["val"][-1], time_to(run["val"], r1, reversal)
+        summary[name] = {"steps": last["step"], "cpu_min": last["cpu_min"], "last_val_R@1": last["R@1"],
+                         "last_val_reversal": last["reversal"], "test_R@1": run["test"]["t2v_R@1"],
+                         "test_reversal": run["test"]["reversal_acc"], "cpu_min_to_target": reached,
+                         "vs_dense": None if reached is None or dense_time is None else reached / dense_time}
+    print(f"target: held-out validation R@1 >= {r1:.2f} and reversal >= {reversal:.2f}")
     for name, s in summary.items():
-        print(f"  {name:7s} final R@1 {s['final_R@1']:5.1f} reversal {s['final_reversal']:5.1f} "
-              f"in {s['cpu_min']:.2f} CPU min; reached target after {s['cpu_min_to_target']} CPU min")
-    setup = {"model": "vl_tiny, vit_st_tiny divided 8x32px patch 8 (128 tokens), VTC multi-positive",
-             "steps": args.steps, "batch": args.quality_batch,
-             "runs": {name: dataclasses.asdict(option) for name, option in options.items()},
-             "train_clips": len(data["train"][0]), "val_clips": len(data["val"][0]),
-             "threads": torch.get_num_threads(), "torch": torch.__version__}
-    return {"mode": "quality", "setup": setup, "target_R@1": target, "summary": summary, "runs": runs}
+        to = "never" if s["cpu_min_to_target"] is None else f"{s['cpu_min_to_target']:.2f} CPU min" + (
+            "" if s["vs_dense"] is None else f" ({s['vs_dense']:.2f}x dense)")
+        print(f"  {name:14s} {s['steps']:5d} steps in {s['cpu_min']:6.2f} CPU min; target reached after {to}; "
+              f"test R@1 {s['test_R@1']:6.2f} reversal {s['test_reversal']:6.2f}")
+    setup = {"config": "configs/pretrain/demo.yaml", "frame_size": args.quality_size, "data": args.data, "seed": args.seed,
+             "eval_every": args.eval_every, "dense_final": args.dense_final, "arms": args.arms,
+             "clock": "training process CPU time, decoding included (num_workers 0), validation left out",
+             "threads": 1, "torch": torch.__version__}
+    return {"mode": "quality", "setup": setup, "target": {"R@1": r1, "reversal": reversal}, "summary": summary,
+            "runs": runs}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -255,16 +261,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--text-len", type=int, default=32)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--data", default="data/synth_motion", help="synthetic motion shards (written when missing)")
-    p.add_argument("--train-clips", type=int, default=800)
-    p.add_argument("--val-clips", type=int, default=200)
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--eval-every", type=int, default=50)
-    p.add_argument("--quality-batch", type=int, default=32)
-    p.add_argument("--quality-ratio", type=float, default=0.25)
-    p.add_argument("--quality-methods", nargs="+", choices=("random", "tube", "motion"), default=["tube", "motion"])
-    p.add_argument("--dense-final", type=float, default=0.1, help="share of the steps trained dense at the end")
-    p.add_argument("--margin", type=float, default=2.0, help="target = dense's best R@1 minus this")
+    p.add_argument("--data", default="data/synth", help="the demo's shards (written when missing, as make demo does)")
+    p.add_argument("--arms", nargs="+", default=["dense", "motion:0.25", "random:0.25"],
+                   help="'dense' and METHOD:KEEP runs of the demo recipe (quality mode)")
+    p.add_argument("--steps", type=int, default=720, help="training steps of the dense arm (the demo's)")
+    p.add_argument("--sparse-steps", type=int, default=None, help="training steps of the sparse arms (default --steps)")
+    p.add_argument("--eval-every", type=int, default=60, help="steps between validations")
+    p.add_argument("--dense-final", type=float, default=0.1, help="share of a sparse arm's steps trained dense at the end")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quality-size", type=int, default=64, help="frame size of the quality runs (the shards' own)")
+    p.add_argument("--target-r1", type=float, default=80.0, help="held-out R@1 to reach (the demo's goal)")
+    p.add_argument("--target-reversal", type=float, default=95.0, help="reversal accuracy to reach (the demo's goal)")
+    p.add_argument("--runs-dir", default=str(RESULTS / "sparse_quality_runs"))
+    p.add_argument("--reuse", action="store_true", help="read an arm's finished run in --runs-dir instead of rerunning it")
     p.add_argument("--out", default=None)
     return p.parse_args(argv)
 
