@@ -527,7 +527,7 @@ def test_didemo_joins_descriptions_in_temporal_order(tmp_path):
     videos = touch_videos(tmp_path / "videos", ["12090392@N02_13482799053_87ef417396.mp4", "other.mp4"])
     didemo.main(["--annotations", str(ann / "test_data.json"), "--videos", str(videos), "--out", str(out)])
     test = load(out, "test")
-    assert test[0]["captions"] == ["a dog  sits.", "the dog runs back."]
+    assert test[0]["captions"] == ["a dog sits.", "the dog runs back."]  # whitespace runs made one space
     assert test[0]["caption"] == "a dog sits. the dog runs back."
     assert test[0]["video"] == "12090392@N02_13482799053_87ef417396.mp4"  # converted copy found by name
     assert test[1]["caption"] == "a car drives." and test[1]["split"] == "test"

@@ -18,8 +18,8 @@ from typing import Any, Sequence
 if __package__ in (None, ""):  # run as a file: make `scripts.prepare` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from scripts.prepare.common import (AnnotationError, Record, Report, convert_and_finish, find_annotation,
-    progress, read_json, run)
+from scripts.prepare.common import (AnnotationError, Record, Report, clean_text, convert_and_finish, find_annotation,
+                                    progress, read_json, run)
 from scripts.prepare.didemo import join_paragraph
 
 CAPTION_FILES = {"train": ("train.json", "train"), "val_1": ("val_1.json", "val"), "val_2": ("val_2.json", "val")}
@@ -57,7 +57,7 @@ def video_record(video_id: str, entry: Any, split: str) -> Record | None:
     if not all(isinstance(s, str) and s.strip() for s in sentences) or not all(valid_segment(t) for t in stamps):
         return None
     order = sorted(range(len(sentences)), key=lambda i: (stamps[i][0], stamps[i][1]))
-    captions = [" ".join(sentences[i].split()) for i in order]
+    captions = [clean_text(sentences[i]) for i in order]
     key = video_key(video_id)
     return {
         "id": key,

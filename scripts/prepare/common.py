@@ -95,6 +95,12 @@ class Report:
 # ---------------------------------------------------------------- annotation files
 
 
+def clean_text(text: str) -> str:
+    """A caption, question, answer or choice as every converter writes it: each run of whitespace in the
+    published text (doubled and leading spaces, tabs, line breaks) one space, the ends stripped."""
+    return " ".join(text.split())
+
+
 def find_annotation(sources: Sequence[Path], names: Sequence[str]) -> Path | None:
     """The file among `sources` named one of `names` (earlier names first).
 

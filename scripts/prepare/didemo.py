@@ -21,8 +21,8 @@ from typing import Any, Sequence
 if __package__ in (None, ""):  # run as a file: make `scripts.prepare` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from scripts.prepare.common import (AnnotationError, Record, Report, convert_and_finish, find_annotation,
-    progress, read_json, run, strip_video_suffix)
+from scripts.prepare.common import (AnnotationError, Record, Report, clean_text, convert_and_finish, find_annotation,
+                                    progress, read_json, run, strip_video_suffix)
 
 DATA_FILES = {"train": "train_data.json", "val": "val_data.json", "test": "test_data.json"}
 
@@ -41,7 +41,7 @@ def moment_start(times: Any) -> float | None:
 
 def join_paragraph(sentences: Sequence[str]) -> str:
     """Sentences joined with single spaces into one paragraph."""
-    return " ".join(" ".join(s.split()) for s in sentences)
+    return " ".join(clean_text(s) for s in sentences)
 
 
 def group_descriptions(items: Any, split: str, report: Report) -> list[Record]:
@@ -56,7 +56,7 @@ def group_descriptions(items: Any, split: str, report: Report) -> list[Record]:
         if not isinstance(video, str) or not video or not isinstance(text, str) or not text.strip() or start is None:
             report.skip("malformed moment", str(item)[:80])
             continue
-        moments.setdefault(video, []).append((start, item.get("annotation_id", 0), text.strip()))
+        moments.setdefault(video, []).append((start, item.get("annotation_id", 0), clean_text(text)))
     records = []
     for video, found in moments.items():
         ordered = [text for _, _, text in sorted(found, key=lambda m: (m[0], str(m[1])))]

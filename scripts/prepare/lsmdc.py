@@ -26,8 +26,8 @@ from typing import Any, Sequence
 if __package__ in (None, ""):  # run as a file: make `scripts.prepare` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from scripts.prepare.common import (Record, Report, convert_and_finish, find_annotation, progress, read_rows,
-    run)
+from scripts.prepare.common import (Record, Report, clean_text, convert_and_finish, find_annotation, progress,
+                                    read_rows, run)
 
 RETRIEVAL_FILES = {
     "train": ("LSMDC16_annos_training.csv", "train"),
@@ -61,7 +61,7 @@ def parse_retrieval(path: Path, split: str, report: Report) -> list[Record]:
         if len(row) != 6 or not valid_prefix(row) or not row[5].strip():
             report.skip("malformed row", f"{path.name}:{line_no}")
             continue
-        captions.setdefault(row[0].strip(), []).append(row[5].strip())
+        captions.setdefault(row[0].strip(), []).append(clean_text(row[5]))
     return [
         {"id": clip, "video": clip_video(clip), "split": split, "caption": texts[0], "captions": texts}
         for clip, texts in captions.items()
@@ -73,7 +73,7 @@ def mc_entry(row: list[str], randomized: bool, seed: str) -> dict[str, Any] | No
     expected = 5 + NUM_CHOICES + (1 if randomized else 0)
     if len(row) != expected or not valid_prefix(row):
         return None
-    choices = [c.strip() for c in row[5 : 5 + NUM_CHOICES]]
+    choices = [clean_text(c) for c in row[5 : 5 + NUM_CHOICES]]
     if not all(choices):
         return None
     if randomized:

@@ -34,8 +34,8 @@ if __package__ in (None, ""):  # run as a file: make `scripts.prepare` importabl
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from scripts.prepare import msrvtt_mc
-from scripts.prepare.common import (AnnotationError, Record, Report, convert_and_finish, find_annotation,
-    progress, read_json, read_table, run)
+from scripts.prepare.common import (AnnotationError, Record, Report, clean_text, convert_and_finish, find_annotation,
+                                    progress, read_json, read_table, run)
 
 INFO_FILES = ("train_val_videodatainfo.json", "test_videodatainfo.json", "MSRVTT_data.json")
 TEST_1K_FILE = "MSRVTT_JSFUSION_test.csv"
@@ -80,7 +80,7 @@ def merge_info(infos: Sequence[dict[str, Any]], report: Report) -> tuple[dict[st
             if (str(vid), sen_id, text) in seen:  # the same sentence given by two files
                 continue
             seen.add((str(vid), sen_id, text))
-            captions[str(vid)].append((order, text.strip()))
+            captions[str(vid)].append((order, clean_text(text)))
     ordered = {vid: [text for _, text in sorted(items, key=lambda item: item[0])] for vid, items in captions.items()}
     return splits, ordered
 
@@ -116,7 +116,7 @@ def test_1k_records(path: Path, report: Report) -> list[Record]:
     """Records of `MSRVTT_JSFUSION_test.csv`: one per video, its sentence(s) as the retrieval queries."""
     sentences: dict[str, list[str]] = defaultdict(list)
     for line_no, row in read_table(path, required=["video_id", "sentence"], delimiter=","):
-        vid, text = (row.get("video_id") or "").strip(), (row.get("sentence") or "").strip()
+        vid, text = (row.get("video_id") or "").strip(), clean_text(row.get("sentence") or "")
         if not vid or not text:
             report.skip("malformed row", f"{path.name}:{line_no}")
             continue
@@ -138,7 +138,7 @@ def frozen_captions(data: Any, path: Path, report: Report) -> dict[str, list[str
         if not isinstance(vid, str) or not vid or not isinstance(text, str) or not text.strip():
             report.skip("malformed annotation", str(item)[:80])
             continue
-        captions[vid].append(text.strip())
+        captions[vid].append(clean_text(text))
     return dict(captions)
 
 

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from scripts.prepare.common import AnnotationError, Record, Report, progress, read_table
+from scripts.prepare.common import AnnotationError, Record, Report, clean_text, progress, read_table
 
 JSONL_FILE = "msrvtt_mc_test.jsonl"
 CSV_FILE = "MSR_MC_test.csv"
@@ -29,7 +29,7 @@ def mc_entry(options: Any, answer: Any, qid: Any) -> dict[str, Any] | None:
     """A multiple-choice qa entry, or None unless there are 5 non-empty options and a 0-based answer."""
     if not isinstance(options, list) or len(options) != NUM_CHOICES:
         return None
-    choices = [o.strip() if isinstance(o, str) else "" for o in options]
+    choices = [clean_text(o) if isinstance(o, str) else "" for o in options]
     if isinstance(answer, str) and answer.strip().isdigit():
         answer = int(answer)
     if not all(choices) or not isinstance(answer, int) or not 0 <= answer < NUM_CHOICES:

@@ -19,8 +19,8 @@ from typing import Any, Callable, Sequence
 if __package__ in (None, ""):  # run as a file: make `scripts.prepare` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from scripts.prepare.common import (AnnotationError, Record, Report, convert_and_finish, find_annotation,
-    progress, read_json, run)
+from scripts.prepare.common import (AnnotationError, Record, Report, clean_text, convert_and_finish, find_annotation,
+                                    progress, read_json, run)
 
 QA_FILES = {"train": "train_qa.json", "val": "val_qa.json", "test": "test_qa.json"}
 QUESTION_TYPES = ("what", "who", "how", "when", "where")
@@ -45,8 +45,8 @@ def parse_qa_item(item: Any) -> tuple[int, dict[str, Any]] | None:
     if not isinstance(answer, (str, int)) or not str(answer).strip():
         return None
     entry = {
-        "question": question.strip(),
-        "answer": str(answer).strip(),
+        "question": clean_text(question),
+        "answer": clean_text(str(answer)),
         "type": question_type(question),
     }
     if "id" in item:

@@ -24,8 +24,8 @@ from typing import Any, Sequence
 if __package__ in (None, ""):  # run as a file: make `scripts.prepare` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from scripts.prepare.common import (Record, Report, build_parser, find_annotation, finish, parse_args,
-    progress, read_table, run)
+from scripts.prepare.common import (Record, Report, build_parser, clean_text, find_annotation, finish, parse_args,
+                                    progress, read_table, run)
 
 TASKS = ("frameqa", "count", "action", "transition")
 MULTIPLE_CHOICE = ("action", "transition")
@@ -42,7 +42,7 @@ def question_file_names(task: str, split: str) -> list[str]:
 
 def open_ended_entry(row: dict[str, str], task: str) -> dict[str, Any] | None:
     """The qa entry of a frameqa or count row, or None when question or answer is missing."""
-    question, answer = (row.get("question") or "").strip(), (row.get("answer") or "").strip()
+    question, answer = clean_text(row.get("question") or ""), clean_text(row.get("answer") or "")
     if not question or not answer:
         return None
     raw_type = (row.get("type") or "").strip()
@@ -52,8 +52,8 @@ def open_ended_entry(row: dict[str, str], task: str) -> dict[str, Any] | None:
 
 def multiple_choice_entry(row: dict[str, str]) -> dict[str, Any] | None:
     """The qa entry of an action or transition row, or None when a choice or the answer index is bad."""
-    question = (row.get("question") or "").strip()
-    choices = [(row.get(c) or "").strip() for c in CHOICE_COLUMNS]
+    question = clean_text(row.get("question") or "")
+    choices = [clean_text(row.get(c) or "") for c in CHOICE_COLUMNS]
     answer = (row.get("answer") or "").strip()
     if not question or not all(choices) or not answer.isdigit() or not 0 <= int(answer) < len(choices):
         return None

@@ -18,8 +18,8 @@ from typing import Any, Sequence
 if __package__ in (None, ""):  # run as a file: make `scripts.prepare` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from scripts.prepare.common import (AnnotationError, Record, Report, convert_and_finish, progress, read_json,
-    require_annotation, run)
+from scripts.prepare.common import (AnnotationError, Record, Report, clean_text, convert_and_finish, progress,
+                                    read_json, require_annotation, run)
 
 ANNOTATION_FILES = ("youcookii_annotations_trainval.json",)
 SUBSETS = {"training": "train", "validation": "val", "testing": "test"}
@@ -48,7 +48,7 @@ def segment_record(video_id: str, video: dict[str, Any], ann: Any, split: str, r
         "id": f"{video_id}_{ann.get('id', 0)}",
         "video": f"{video_id}.mp4",
         "split": split,
-        "caption": " ".join(sentence.split()),
+        "caption": clean_text(sentence),
         "start": start,
         "end": end,
         "recipe_type": str(video.get("recipe_type", "")),
