@@ -6,6 +6,10 @@ PY := $(VENV)/bin/python
 VL := $(VENV)/bin/vl
 STAMP := $(VENV)/.vl-installed
 export TOKENIZERS_PARALLELISM := false
+# Python writes the bytecode of what it imports (`__pycache__`), even where the shell says not to: the install
+# compiles nothing up front (--no-compile, below), so without the cache every process that imports torch,
+# Lightning and transformers compiled them again from source (16 CPU s a process instead of 7).
+unexport PYTHONDONTWRITEBYTECODE
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
@@ -26,8 +30,8 @@ setup: $(STAMP)
 
 # Re-installs only when pyproject.toml changes. DeepSpeed ships as a source distribution whose setup.py
 # imports torch, so it is installed without build isolation, after torch. --no-compile: Python compiles
-# the modules it imports on first use instead of pip compiling every file of every package up front
-# (the install took 180 s with it and 89 s without on a 2-core machine). The last step runs `vl fit --help`
+# the modules it imports on first use (and keeps them, see above) instead of pip compiling every file of
+# every package up front (the install took 180 s with it and 89 s without on a 2-core machine). The last step runs `vl fit --help`
 # once: it records the options of vl's modules (vl.known_options), so that even a first misspelled model
 # or data key is reported before torch loads.
 $(STAMP): pyproject.toml
