@@ -2,12 +2,12 @@
 read by the next command before torch loads.
 
 A model or data key (``--model.init_args.optim.lrr``) can only be checked against the class's signature,
-which takes PyTorch, Lightning and the model code to import (15 CPU seconds on a small machine). So every
-`vl fit|validate|test|predict` that has loaded them records, once, the option tree of each vl class it
-could run (``record``): the nested keys jsonargparse accepts under ``init_args``, where a mapping of keys is
-closed (a dataclass, a class signature) and a value such as a dict-typed option or a list is open (any key
-may follow). The next command line is checked against it in a fraction of a second (``unknown_key``);
-`vl fit --help` text is kept the same way (``cached_help``).
+which takes PyTorch, Lightning and the model code to import (7 CPU seconds on a small machine, 16 without
+their cached bytecode). So every `vl fit|validate|test|predict` that has loaded them records, once, the
+option tree of each vl class it could run (``record``): the nested keys jsonargparse accepts under
+``init_args``, where a mapping of keys is closed (a dataclass, a class signature) and a value such as a
+dict-typed option or a list is open (any key may follow). The next command line is checked against it in
+a fraction of a second (``unknown_key``); `vl fit --help` text is kept the same way (``cached_help``).
 
 Everything is keyed by a fingerprint of vl's and datapipes' source files (path, size, modification time)
 and of jsonargparse's and Lightning's versions, so an edit or an upgrade makes the records unused rather
