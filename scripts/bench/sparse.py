@@ -30,10 +30,13 @@ target (``--target-r1`` 80 and ``--target-reversal`` 95, the demo's goal), and t
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
@@ -141,8 +144,6 @@ def parse_arm(text: str) -> tuple[str, float]:
 
 def val_curve(run_dir: Path) -> list[dict]:
     """The validation points of a run's metrics.csv: step, training CPU seconds so far, R@1, reversal."""
-    import csv
-
     files = sorted((run_dir / "logs").glob("version_*/metrics.csv"))
     if not files:
         raise SystemExit(f"no metrics.csv under {run_dir / 'logs'}: the run failed (its log is {run_dir}/fit.log)")
@@ -160,9 +161,6 @@ def fit_arm(args: argparse.Namespace, name: str, method: str, keep: float, steps
     decoding in the training process (``num_workers 0``: its CPU time is counted), ``vl.lit.TrainingCPUTime``
     logging the training CPU seconds at each validation, then ``vl test`` of its last checkpoint ->
     {"val": the validation curve, "test": the test metrics}."""
-    import shutil
-    import subprocess
-
     run_dir = Path(args.runs_dir) / name
     data = ["-c", "configs/pretrain/demo.yaml", "--data.init_args.root", args.data,
             "--data.init_args.frame_size", str(args.quality_size), "--data.init_args.num_workers", "0"]
@@ -196,8 +194,6 @@ def fit_arm(args: argparse.Namespace, name: str, method: str, keep: float, steps
 def test_arm(run_dir: Path, data_args: list[str]) -> dict:
     """``vl test`` of the run's last checkpoint on the held-out test split (24 clips the run never
     validated on) -> its test metrics (also in the run's logs as test_metrics.json)."""
-    import subprocess
-
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     cmd = [sys.executable, "-m", "vl.cli", "test", *data_args, "--ckpt_path", str(ckpt),
            "--trainer.default_root_dir", str(run_dir)]
@@ -213,8 +209,6 @@ def time_to(points: list[dict], r1: float, reversal: float) -> float | None:
 
 
 def bench_quality(args: argparse.Namespace) -> dict:
-    import subprocess
-
     if not (Path(args.data) / "splits.json").exists():  # the demo's shards (make demo writes the same)
         subprocess.check_call([sys.executable, "-m", "vl.cli", "data", "synth", "--out", args.data, "--train", "2000",
                                "--val", "24", "--test", "24", "--holdout", "--skip-existing"])

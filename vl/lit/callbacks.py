@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Any, Optional, Union
 
 import lightning.pytorch as pl
@@ -97,8 +98,6 @@ class TrainingCPUTime(pl.Callback):
 
     @staticmethod
     def _now() -> float:
-        import time
-
         return time.process_time()
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

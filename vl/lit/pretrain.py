@@ -128,8 +128,12 @@ class PretrainModule(VLModule):
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
         """Every objective with a non-zero weight on one batch: `{"<name>_loss": ..., metrics...}`."""
         sparsity = self.objectives.token_sparsity
-        drop = sparsity.drop_mask(batch.video, batch.frame_mask, self.model.video_encoder, self.global_step,
-                                  self.total_steps() if sparsity.dense_final_steps else None)  # (B, N_grid) | None
+        total = self.total_steps() if sparsity.dense_final_steps else None
+
+        def select(video: Tensor) -> Optional[Tensor]:  # this step's drop mask (B, N_grid), None when dense
+            return sparsity.drop_mask(video, batch.frame_mask, self.model.video_encoder, self.global_step, total)
+
+        drop = select(batch.video)
         # tokens (B, N or N_kept, Dv), pooled (B, Dv): one encoding for VTC, VTM and MLM
         video = self.model.encode_video(batch.video, frame_mask=batch.frame_mask, drop=drop)
         text = self.model.encode_text(batch.text_ids, batch.text_mask)  # tokens (B, L, Dt)
@@ -142,11 +146,10 @@ class PretrainModule(VLModule):
             out.update(self.vtc(v_emb, t_emb, self.model.logit_scale, keys))
         if self.objectives.reversal > 0:  # the same frames backwards (padding stays at the end), same tokens kept
             frames = reorder_frames(batch.video, batch.frame_mask, reversed_order)
-            back_drop = None if drop is None else reversed_drop(drop, self.model.video_encoder.grid,
-                                                                batch.frame_mask, batch.video.shape[1])
-            if drop is not None and back_drop is None:  # tubelets of padded clips: select on the reversed clip
-                back_drop = sparsity.drop_mask(frames, batch.frame_mask, self.model.video_encoder, self.global_step,
-                                               self.total_steps() if sparsity.dense_final_steps else None)
+            back_drop = None
+            if drop is not None:  # the kept cells follow their frames; tubelets of padded clips: select anew
+                back_drop = reversed_drop(drop, self.model.video_encoder.grid, batch.frame_mask, batch.video.shape[1])
+                back_drop = select(frames) if back_drop is None else back_drop
             backwards = self.model.encode_video(frames, frame_mask=batch.frame_mask, drop=back_drop)
             out.update(time_reversal_loss(v_emb, self.model.embed_video(backwards["pooled"]), t_emb,
                                           self.model.logit_scale))
