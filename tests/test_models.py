@@ -292,6 +292,8 @@ def test_text_encoder_forward_backward(name, options):
     assert pooled.shape == (B, enc.embed_dim)
     if enc.pooling == "cls":
         torch.testing.assert_close(pooled, tokens[:, 0])
+    elif enc.pooling == "mean":  # over the real tokens only
+        torch.testing.assert_close(pooled[1], tokens[1, mask[1].bool()].mean(0))
     else:
         torch.testing.assert_close(pooled[1], tokens[1, 6])  # the last real token
     (tokens.mean() + pooled.sum()).backward()
@@ -438,7 +440,7 @@ def test_brief_example_overrides():
         "vl_tiny", video={"name": "vit_st_tiny", "temporal": "divided", "num_frames": 8, "img_size": 64},
         text={"name": "bert", "pretrained": "minilm"}, fusion={"name": "cross_attention", "depth": 2}, embed_dim=256,
     )
-    assert model.video_encoder.grid == (4, 8, 8) and model.text_encoder.embed_dim == 384
+    assert model.video_encoder.grid == (8, 8, 8) and model.text_encoder.embed_dim == 384  # 1-frame tokens
     assert len(model.fusion.blocks) == 2 and model.video_proj.out_features == 256
     assert model.mlm_head.decoder.weight is model.text_encoder.word_embeddings.weight
     names = model.pretrained_parameter_names()

@@ -269,7 +269,7 @@ def test_a_timm_file_that_does_not_fit_names_every_option_and_key_at_once(timm_v
     message = one_error("does not fit", **{**TINY, "pretrained": path, "depth": 3, "embed_dim": 32, "mlp_ratio": 2.0})
     for part in ("depth: 2", "embed_dim: 64", "class_token: True", "mlp_ratio: 4.0", "missing keys", "blocks.2.*",
                  "unexpected keys: cls_token", "shape mismatches",
-                 "patch_embed.proj.weight: checkpoint (64, 3, 8, 8) vs model (32, 3, 2, 8, 8)"):
+                 "patch_embed.proj.weight: checkpoint (64, 3, 8, 8) vs model (32, 3, 1, 8, 8)"):
         assert part in message, (part, message)
     message = one_error("does not fit", **{**TINY, "pretrained": path, "class_token": True, "final_norm": False,
                                            "pos_table": "flat_sincos"})

@@ -11,7 +11,10 @@ from vl.models import create_model, create_video_encoder
 from vl.models.sparse import TokenSparsity, num_kept, select_tokens
 from vl.models.vit_st import FrameSlots, roll_sources
 
-GRID = (2, 4, 4)  # vit_st_tiny / clip_st_tiny at 4 frames of 32 px: (T', H', W') for vit_st
+# vit_st_tiny on 2-frame tubelets (the preset's tokens are single frames): the case where a token spans
+# frames, padded ones included; (T', H', W') at 4 frames of 32 px
+TUBELET = {"tubelet_size": 2}
+GRID = (2, 4, 4)
 ENCODERS = [
     ("vit_st_tiny", dict(temporal="joint")),
     ("vit_st_tiny", dict(temporal="divided")),
@@ -27,6 +30,8 @@ def gen(seed: int) -> torch.Generator:
 
 def encoder(name: str, **opts):
     torch.manual_seed(0)
+    if name.startswith("vit_st"):
+        opts = {**TUBELET, **opts}
     return create_video_encoder(name, **opts).eval()
 
 
@@ -214,7 +219,7 @@ def test_per_frame_encoders_refuse_uneven_frames_and_swin_refuses_dropping():
 
 # ---- the pretraining option -----------------------------------------------------------------------
 def test_token_sparsity_schedule_and_eval_is_dense():
-    model = create_model("vl_tiny", video={"temporal": "divided"}).train()
+    model = create_model("vl_tiny", video={"temporal": "divided", **TUBELET}).train()
     enc = model.video_encoder
     video = torch.randn(2, 4, 3, 32, 32)
     assert TokenSparsity(1.0).drop_mask(video, None, enc, 0, 100) is None
@@ -223,6 +228,11 @@ def test_token_sparsity_schedule_and_eval_is_dense():
     assert drop.shape == (2, 32) and int((~drop[0]).sum()) == 2 * num_kept(16, 0.25)
     assert sparse.drop_mask(video, None, enc, step=90, max_steps=100) is None  # the final dense phase
     assert TokenSparsity(0.5, dense_final_steps=0.25).dense_from(100) == 75
+    every = TokenSparsity(0.25, "tube", dense_every=4, dense_final_steps=2)
+    assert [every.is_sparse(s, 10) for s in range(10)] == [True, True, True, False] * 2 + [False, False]
+    assert every.drop_mask(video, None, enc, step=3, max_steps=10) is None
+    with pytest.raises(ValueError, match="dense_every"):
+        TokenSparsity(0.5, dense_every=-1)
     with pytest.raises(ValueError, match="max_steps"):
         TokenSparsity(0.5, dense_final_steps=0.25).dense_from(None)
     with pytest.raises(ValueError, match="dense_final_steps"):
@@ -232,7 +242,7 @@ def test_token_sparsity_schedule_and_eval_is_dense():
 
 
 def test_encode_video_with_drop_feeds_the_fusion():
-    model = create_model("vl_tiny").eval()
+    model = create_model("vl_tiny", video=TUBELET).eval()
     video = torch.randn(2, 4, 3, 32, 32)
     frame_mask = torch.tensor([[True] * 4, [True, True, False, False]])
     drop = select_tokens(video, model.video_encoder.grid, 0.5, "random", frame_mask=frame_mask, generator=gen(0))

@@ -12,12 +12,12 @@ same event with other objects (MSRVTT-MC-like).
 
 Retrieval is fine-tuned from scratch (``vl_tiny``, VTC + VTM); its checkpoint is the starting point of
 captioning, QA and multiple choice, as users start them from a pretrained video-text checkpoint. The
-video encoder sees 16x16 patches of single frames with sin-cos position tables and the text encoder is
-pooled by the mean of its tokens (the recipe of ``tests/test_temporal.py``). VTM draws half its negatives
+model is ``vl_tiny`` as it comes, which is the from-scratch recipe that learns time (README, "Learning
+time": single-frame tokens with sin-cos position tables, a mean-pooled text encoder, the fusion's heads
+reading the mean of its text tokens, AdamW with PyTorch's betas and eps), on 16x16 patches (a 2x2 grid
+per frame, as in ``tests/test_temporal.py``). VTM draws half its negatives
 by VTC similarity and half uniformly (``objectives.vtm_hard_fraction: 0.5``): the dual encoder's hardest negatives
 here are the same objects doing the reverse, which a fusion trained from scratch cannot yet tell apart.
-The VTM, QA and multiple-choice heads read the mean of the fused text tokens (fusion ``pool: mean``):
-a from-scratch text encoder's first token is the same for every caption.
 
 Asserted, each with the margin over seeds that BENCHMARKS.md records: retrieval t2v R@1 >= 5x chance;
 VTM re-ranking costs at most a bounded number of R@1 hits and of queries moved down (effect sizes, not a
@@ -47,13 +47,7 @@ from vl.tasks import CaptioningModule, RetrievalModule, RetrievalObjectives
 pytestmark = pytest.mark.slow
 
 FRAMES, SIZE = 8, 32
-# vit_st_tiny on 8 x 2 x 2 patches of single frames with sin-cos position tables, and a from-scratch text
-# encoder pooled by the mean of its tokens: the recipe of tests/test_temporal.py, which lets it learn time
-TINY = {"num_frames": FRAMES, "img_size": SIZE, "patch_size": 16, "tubelet_size": 1, "pos_init": "sincos"}
-TEXT = {"pooling": "mean"}
-# The heads (VTM, QA, multiple choice) read the mean of the fused text tokens: the from-scratch text encoder's
-# first token is the same for every caption
-FUSION = {"pooling": "mean"}
+TINY = {"num_frames": FRAMES, "img_size": SIZE, "patch_size": 16}  # 8 x 2 x 2 tokens a clip
 # Training seed of every test here (the clips are the same for all); VL_QUALITY_SEED=1 pytest ... re-runs
 # the file at another one
 SEED = int(os.environ.get("VL_QUALITY_SEED", "0"))
@@ -119,7 +113,7 @@ def retrieval_run(synth: str, tmp_path_factory) -> dict:
     """``vl_tiny`` fine-tuned from scratch for retrieval (VTC + VTM); its test metrics and checkpoint."""
     out = tmp_path_factory.mktemp("retrieval")
     pl.seed_everything(SEED)
-    module = RetrievalModule(model="vl_tiny", video=TINY, text=TEXT, fusion=FUSION,
+    module = RetrievalModule(model="vl_tiny", video=TINY,
                              objectives=RetrievalObjectives(vtm=1.0, vtm_hard_fraction=0.5), rerank_k=128,
                              rerank_score="vtm+vtc", optim=optim(2e-3))
     metrics = fit_and_test(module, synth, "caption", 400, out)

@@ -13,13 +13,14 @@ Writes ``bench_results/sparse_speed.json``.
 
 ``--mode quality``: time to quality. ``vl fit`` of the demo recipe (``configs/pretrain/demo.yaml``: joint
 attention over 4 frames, VTC with reversed-clip negatives, held-out compositions) at the shards' own 64 px
-(``--quality-size``; 8x8 patches, 256 tokens a clip, so that the video encoder dominates the step), once
-dense (``token_sparsity`` off) and once per sparse arm (``--arms``: ``motion:0.25`` keeps the quarter of the tokens that change most
-between frames, ``random:0.25`` any quarter; the last ``--dense-final`` of the steps dense), from the same
-seed. Every ``--eval-every`` steps the run validates (held-out text-to-video R@1 and reversal accuracy over
-the 24 validation clips) and ``vl.lit.TrainingCPUTime`` logs the CPU seconds spent training so far
-(decoding included: ``num_workers 0``). The table gives the CPU minutes each arm took to first reach the
-target (``--target-r1`` 80 and ``--target-reversal`` 95, the demo's goal), and that as a share of dense's. Writes
+(``--quality-size``; 8x8 patches, 256 tokens a clip, so that the video encoder dominates the step), once dense
+(``token_sparsity`` off) and once per sparse arm (``--arms``: ``motion:0.25`` keeps the quarter of the tokens
+that change most between frames, ``random:0.25`` any quarter; the last ``--dense-final`` of the steps dense,
+and with ``--dense-every N`` every N-th step too), from the same seed. Every ``--eval-every`` steps the run
+validates (held-out text-to-video R@1 and reversal accuracy over the 24 validation clips) and
+``vl.lit.TrainingCPUTime`` logs the CPU seconds spent training so far (decoding included: ``num_workers 0``).
+The table gives the CPU minutes each arm took to first reach the target (``--target-r1`` 80 and
+``--target-reversal`` 95, the demo's goal), and that as a share of dense's. Writes
 ``bench_results/sparse_quality.json``; the runs stay under ``bench_results/sparse_quality_runs/``.
 
     python scripts/bench/sparse.py                      # speed, CPU, one thread (about 5 min on 2 cores)
@@ -138,7 +139,8 @@ def parse_arm(text: str) -> tuple[str, float]:
         return "dense", 1.0
     method, _, keep = text.partition(":")
     if method not in ("random", "tube", "motion") or not keep:
-        raise argparse.ArgumentTypeError(f"an arm is 'dense' or METHOD:KEEP with METHOD random|tube|motion, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"an arm is 'dense' or METHOD:KEEP with METHOD random|tube|motion, got {text!r}")
     return method, float(keep)
 
 
@@ -147,13 +149,16 @@ def val_curve(run_dir: Path) -> list[dict]:
     files = sorted((run_dir / "logs").glob("version_*/metrics.csv"))
     if not files:
         raise SystemExit(f"no metrics.csv under {run_dir / 'logs'}: the run failed (its log is {run_dir}/fit.log)")
-    points = []
-    with open(files[-1], newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get("val/t2v_R@1") and row.get("time/train_cpu_s"):
-                points.append({"step": int(row["step"]) + 1, "cpu_min": float(row["time/train_cpu_s"]) / 60,
-                               "R@1": float(row["val/t2v_R@1"]), "reversal": float(row["val/reversal_acc"])})
-    return points
+    for path in reversed(files):  # the newest fit's log (a `vl test` of the run logs a version of its own)
+        points = []
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("val/t2v_R@1") and row.get("time/train_cpu_s"):
+                    points.append({"step": int(row["step"]) + 1, "cpu_min": float(row["time/train_cpu_s"]) / 60,
+                                   "R@1": float(row["val/t2v_R@1"]), "reversal": float(row["val/reversal_acc"])})
+        if points:
+            return points
+    return []
 
 
 def fit_arm(args: argparse.Namespace, name: str, method: str, keep: float, steps: int) -> dict:
@@ -164,7 +169,8 @@ def fit_arm(args: argparse.Namespace, name: str, method: str, keep: float, steps
     run_dir = Path(args.runs_dir) / name
     data = ["-c", "configs/pretrain/demo.yaml", "--data.init_args.root", args.data,
             "--data.init_args.frame_size", str(args.quality_size), "--data.init_args.num_workers", "0"]
-    done = args.reuse and (run_dir / "checkpoints" / "last.ckpt").exists() and val_curve(run_dir)[-1]["step"] >= steps
+    done = (args.reuse and (run_dir / "checkpoints" / "last.ckpt").exists()
+            and max((p["step"] for p in val_curve(run_dir)), default=0) >= steps)
     if done:
         print(f"{name}: the finished run in {run_dir} (--reuse)", flush=True)
     else:
@@ -175,7 +181,8 @@ def fit_arm(args: argparse.Namespace, name: str, method: str, keep: float, steps
                "--seed_everything", str(args.seed), "--data.init_args.seed", str(args.seed),
                "--trainer.callbacks+=vl.lit.TrainingCPUTime"]
         sparsity = "{keep_ratio: 1.0}" if keep >= 1.0 else (  # the demo config itself is sparse
-            f"{{keep_ratio: {keep}, method: {method}, dense_final_steps: {args.dense_final}}}")
+            f"{{keep_ratio: {keep}, method: {method}, dense_final_steps: {args.dense_final}, "
+            f"dense_every: {args.dense_every}}}")
         cmd += ["--model.init_args.objectives.token_sparsity", sparsity]
         print(f"{name}: {steps} steps ({' '.join(cmd[3:])})", flush=True)
         with open(run_dir / "fit.log", "w") as log:
@@ -183,6 +190,8 @@ def fit_arm(args: argparse.Namespace, name: str, method: str, keep: float, steps
         if code != 0:
             raise SystemExit(f"{name}: vl fit exited {code}; its log: {run_dir / 'fit.log'}")
     points = val_curve(run_dir)
+    if not points:
+        raise SystemExit(f"{name}: no validation figures with training CPU time in {run_dir / 'logs'}")
     for p in points:
         print(f"  {name:14s} step {p['step']:5d}  {p['cpu_min']:6.2f} CPU min  R@1 {p['R@1']:6.2f}  "
               f"reversal {p['reversal']:6.2f}", flush=True)
@@ -214,7 +223,8 @@ def bench_quality(args: argparse.Namespace) -> dict:
                                "--val", "24", "--test", "24", "--holdout", "--skip-existing"])
     runs: dict[str, dict] = {}
     for method, keep in (parse_arm(a) for a in args.arms):
-        name = "dense" if keep >= 1.0 else f"{method}_{keep:g}"
+        every = f"_every{args.dense_every}" if args.dense_every else ""
+        name = "dense" if keep >= 1.0 else f"{method}_{keep:g}{every}"
         steps = args.steps if keep >= 1.0 else args.sparse_steps or args.steps
         runs[name] = fit_arm(args, name, method, keep, steps)
     if "dense" not in runs:
@@ -233,8 +243,9 @@ def bench_quality(args: argparse.Namespace) -> dict:
             "" if s["vs_dense"] is None else f" ({s['vs_dense']:.2f}x dense)")
         print(f"  {name:14s} {s['steps']:5d} steps in {s['cpu_min']:6.2f} CPU min; target reached after {to}; "
               f"test R@1 {s['test_R@1']:6.2f} reversal {s['test_reversal']:6.2f}")
-    setup = {"config": "configs/pretrain/demo.yaml", "frame_size": args.quality_size, "data": args.data, "seed": args.seed,
-             "eval_every": args.eval_every, "dense_final": args.dense_final, "arms": args.arms,
+    setup = {"config": "configs/pretrain/demo.yaml", "frame_size": args.quality_size, "data": args.data,
+             "seed": args.seed, "eval_every": args.eval_every, "dense_final": args.dense_final,
+             "dense_every": args.dense_every, "arms": args.arms,
              "clock": "training process CPU time, decoding included (num_workers 0), validation left out",
              "threads": 1, "torch": torch.__version__}
     return {"mode": "quality", "setup": setup, "target": {"R@1": r1, "reversal": reversal}, "summary": summary,
@@ -261,13 +272,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=720, help="training steps of the dense arm (the demo's)")
     p.add_argument("--sparse-steps", type=int, default=None, help="training steps of the sparse arms (default --steps)")
     p.add_argument("--eval-every", type=int, default=60, help="steps between validations")
-    p.add_argument("--dense-final", type=float, default=0.1, help="share of a sparse arm's steps trained dense at the end")
+    p.add_argument("--dense-final", type=float, default=0.1,
+                   help="share of a sparse arm's steps trained dense at the end")
+    p.add_argument("--dense-every", type=int, default=0, help="a sparse arm's every n-th step dense too (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quality-size", type=int, default=64, help="frame size of the quality runs (the shards' own)")
     p.add_argument("--target-r1", type=float, default=80.0, help="held-out R@1 to reach (the demo's goal)")
     p.add_argument("--target-reversal", type=float, default=95.0, help="reversal accuracy to reach (the demo's goal)")
     p.add_argument("--runs-dir", default=str(RESULTS / "sparse_quality_runs"))
-    p.add_argument("--reuse", action="store_true", help="read an arm's finished run in --runs-dir instead of rerunning it")
+    p.add_argument("--reuse", action="store_true",
+                   help="read an arm's finished run in --runs-dir instead of rerunning it")
     p.add_argument("--out", default=None)
     return p.parse_args(argv)
 

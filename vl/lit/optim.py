@@ -16,8 +16,11 @@ class OptimConfig:
     lr: float = 1e-4  # peak learning rate of parts trained from scratch
     pretrained_lr_scale: float = 0.1  # pretrained parts (e.g. a loaded text encoder) get lr * this
     weight_decay: float = 0.05  # not applied to norms, biases, embeddings, logit scale
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
+    # PyTorch's AdamW defaults. From scratch every embedding starts alike and the first gradients are tiny:
+    # BERT/CLIP's (0.9, 0.98) and 1e-6 damp those steps until nothing moves (README, "Learning time"). The
+    # configs that start from BERT/CLIP/VideoMAE weights set their recipes' (0.9, 0.98) / 1e-6 themselves.
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
     warmup_steps: int = 100  # linear warmup from 0 to lr
     min_lr_ratio: float = 0.01  # cosine decays to lr * this at the last step
     fused: bool = False  # torch's fused AdamW kernel (CUDA and CPU)

@@ -43,8 +43,11 @@ class Objectives:
 
     vtc: float = 1.0  # video-text contrastive (open_clip's ClipLoss)
     # Multi-positive VTC: texts in the batch that are one of a clip's captions (duplicates, paraphrases) count
-    # as its positives instead of negatives (for data with few distinct captions); false: open_clip's ClipLoss.
-    vtc_multi_positive: bool = False
+    # as its positives instead of negatives. With no caption twice in a batch it is open_clip's ClipLoss
+    # exactly; where captions recur (few distinct ones, web duplicates) ClipLoss would push clips apart for
+    # describing the same thing. false: open_clip's ClipLoss always; so is a batch that carries no caption
+    # strings (``Batch.texts`` None: nothing says which captions recur).
+    vtc_multi_positive: bool = True
     # Reversed-clip negatives: each caption must score its clip above the same frames played backwards (a
     # two-way softmax at VTC's temperature; one more video encoding per step). For captions that say what
     # happens in time; 0 = off.
@@ -142,7 +145,9 @@ class PretrainModule(VLModule):
         video_mask = video.get("token_mask")  # (B, N) True for tokens of real frames; None: no padding known
         out: dict[str, Tensor] = {}
         if self.objectives.vtc > 0:
-            keys = self.match_keys(batch) if self.objectives.vtc_multi_positive else None
+            # a batch without caption strings (built by hand) gives no duplicates to find: ClipLoss
+            multi = self.objectives.vtc_multi_positive and batch.texts is not None
+            keys = self.match_keys(batch) if multi else None
             out.update(self.vtc(v_emb, t_emb, self.model.logit_scale, keys))
         if self.objectives.reversal > 0:  # the same frames backwards (padding stays at the end), same tokens kept
             frames = reorder_frames(batch.video, batch.frame_mask, reversed_order)
@@ -171,9 +176,9 @@ class PretrainModule(VLModule):
 
     def match_keys(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Caption keys for multi-positive VTC: each text row's and each clip's reference captions'."""
-        if batch.texts is None or len(batch.texts) != batch.batch_size:
+        if len(batch.texts) != batch.batch_size:
             raise ValueError("objectives.vtc_multi_positive needs one caption per clip in each batch (the "
-                             "pretraining data's text_field: caption)")
+                             "pretraining data's text_field: caption); set it to false for open_clip's ClipLoss")
         return caption_keys(batch.texts, batch.references or [[c] for c in batch.texts], self.device)
 
     def sometimes_unused(self) -> list[Tensor]:

@@ -121,12 +121,16 @@ class TokenSparsity:
     Every training step encodes each clip on ``keep_ratio`` of its grid tokens, chosen by ``method``, once,
     and VTC, VTM and MLM all use that encoding (MVM keeps its own masked pass); the last
     ``dense_final_steps`` steps encode the full clip, which closes most of the gap to dense training
-    (FLIP's unmasked tuning). Evaluation always encodes the full clip.
+    (FLIP's unmasked tuning). ``dense_every: n`` also makes every n-th step dense, so that the model keeps
+    seeing whole clips throughout (and a validation in mid-run scores a model that has): a motion-guided
+    selection keeps the moving object, whose tokens pool to another embedding than the whole clip's, mostly
+    background. Evaluation always encodes the full clip.
     """
 
     keep_ratio: float = 1.0  # share of grid tokens encoded per clip; 1.0 = dense (every token, no selection)
     method: Method = "random"  # random | tube | motion (see vl.models.sparse)
     dense_final_steps: int | float = 0  # final dense phase: a number of steps (int) or a share of max_steps (float < 1)
+    dense_every: int = 0  # every n-th step dense too (steps n-1, 2n-1, ...); 0: only the final phase
     motion_jitter: float = 0.1  # weight of the uniform noise added to the [0, 1] motion scores (method: motion)
 
     def __post_init__(self) -> None:
@@ -138,6 +142,9 @@ class TokenSparsity:
                 isinstance(final, float) and final >= 1.0):
             raise ValueError(f"token_sparsity.dense_final_steps must be a number of steps (int >= 0) or a share of "
                              f"the run (float in [0, 1)), got {final!r}")
+        if isinstance(self.dense_every, bool) or not isinstance(self.dense_every, int) or self.dense_every < 0:
+            raise ValueError(f"token_sparsity.dense_every must be a number of steps (int >= 0), "
+                             f"got {self.dense_every!r}")
         if self.motion_jitter < 0:
             raise ValueError(f"token_sparsity.motion_jitter must be >= 0, got {self.motion_jitter}")
 
@@ -154,7 +161,7 @@ class TokenSparsity:
 
     def is_sparse(self, step: int, max_steps: int | None) -> bool:
         """Whether training step ``step`` encodes a subset of the tokens."""
-        if self.keep_ratio >= 1.0:
+        if self.keep_ratio >= 1.0 or (self.dense_every and (step + 1) % self.dense_every == 0):
             return False
         start = self.dense_from(max_steps)
         return start is None or step < start

@@ -233,8 +233,10 @@ def bert(**kw) -> HFTextEncoder:
 
 @TEXT_ENCODERS.register(HFTextEncoder)
 def bert_tiny(**kw) -> HFTextEncoder:
-    """BERT-tiny dims (128 wide, 2 layers, 2 heads) on the uncased WordPiece vocab, random init."""
-    return build(HFTextEncoder, dict(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512), kw)
+    """BERT-tiny dims (128 wide, 2 layers, 2 heads) on the uncased WordPiece vocab, random init, pooled by the
+    mean of its tokens: a randomly initialised BERT's CLS output is nearly the same for every caption."""
+    return build(HFTextEncoder, dict(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512,
+                                     pooling="mean"), kw)
 
 
 @TEXT_ENCODERS.register(HFTextEncoder)

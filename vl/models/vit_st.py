@@ -49,8 +49,8 @@ hundreds of steps before it can tell where or when anything is: a divided-attent
 (8 frames of 32 px, 4x4 patches) trained to classify the direction of motion of synthetic clips reached
 28% after 400 steps from ``random`` (chance 25%) and 97.5% from ``sincos``. ``sincos`` also slows the
 early learning of appearance (the input-independent position signal makes all clips' embeddings alike at
-first), so ``random`` stays the default; ``tests/test_temporal.py`` pretrains with ``sincos`` to learn
-the direction of motion contrastively.
+first), so ``random`` stays the class default, for pretrained starts whose checkpoints bring their own
+tables; ``vit_st_tiny``, which is trained from scratch, starts from ``sincos`` (README, "Learning time").
 
 ``class_token`` adds one CLS token per time step (timm's ViT has one per image): it sits first in its
 frame, attends within its frame in ``none``/``divided``/``rolling`` (and across time to the other frames'
@@ -513,8 +513,11 @@ class VideoViT(VideoEncoder):
 
 @VIDEO_ENCODERS.register(VideoViT)
 def vit_st_tiny(**kw) -> VideoViT:
-    """Debug size: 128 wide, 2 deep, 2 heads, 32 px, 4 frames."""
-    return build(VideoViT, dict(img_size=32, num_frames=4, patch_size=8, embed_dim=128, depth=2, num_heads=2), kw)
+    """Debug size: 128 wide, 2 deep, 2 heads, 32 px, 4 frames; the from-scratch recipe that learns time: one
+    frame per token (``tubelet_size=1``: attention sees the order of frames, a tubelet would average two) and
+    sin-cos-initialised position tables (positions and time usable from the first step)."""
+    return build(VideoViT, dict(img_size=32, num_frames=4, patch_size=8, embed_dim=128, depth=2, num_heads=2,
+                                tubelet_size=1, pos_init="sincos"), kw)
 
 
 @VIDEO_ENCODERS.register(VideoViT)

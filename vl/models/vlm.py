@@ -263,32 +263,38 @@ def list_fusions(pattern: str = "*") -> list[str]:
 TINY_TEXT = dict(name="bert_tiny")  # 128 wide, uncased WordPiece vocab (MiniLM's), trains in seconds
 
 
+def tiny_fusion(name: str) -> dict[str, Any]:
+    """The tiny presets' 2-layer fusion; its heads (VTM, QA, multiple choice) read the mean of the fused text
+    tokens, as suits a text encoder trained from scratch, whose first token says nothing yet."""
+    return dict(name=name, depth=2, pooling="mean")
+
+
 @MODELS.register(VideoLanguageModel)
 def vl_tiny(**kw) -> VideoLanguageModel:
     """Debug model: vit_st_tiny (joint) + bert_tiny + 2-layer single-stream fusion, 128-d VTC space."""
     return _preset("vl_tiny", dict(video=dict(name="vit_st_tiny"), text=TINY_TEXT,
-                                   fusion=dict(name="single_stream", depth=2), embed_dim=128), kw)
+                                   fusion=tiny_fusion("single_stream"), embed_dim=128), kw)
 
 
 @MODELS.register(VideoLanguageModel)
 def violet_tiny(**kw) -> VideoLanguageModel:
     """Debug VIOLET: swin3d_tiny + bert_tiny + 2-layer single-stream fusion."""
     return _preset("violet_tiny", dict(video=dict(name="swin3d_tiny"), text=TINY_TEXT,
-                                       fusion=dict(name="single_stream", depth=2), embed_dim=128), kw)
+                                       fusion=tiny_fusion("single_stream"), embed_dim=128), kw)
 
 
 @MODELS.register(VideoLanguageModel)
 def allinone_tiny(**kw) -> VideoLanguageModel:
     """Debug All-in-one: vit_st_tiny with token rolling + bert_tiny + 2-layer single-stream fusion."""
     return _preset("allinone_tiny", dict(video=dict(name="vit_st_tiny", temporal="rolling"), text=TINY_TEXT,
-                                         fusion=dict(name="single_stream", depth=2), embed_dim=128), kw)
+                                         fusion=tiny_fusion("single_stream"), embed_dim=128), kw)
 
 
 @MODELS.register(VideoLanguageModel)
 def clip_tiny(**kw) -> VideoLanguageModel:
     """Debug CLIP-based model: clip_st_tiny + bert_tiny + 2-layer cross-attention fusion."""
     return _preset("clip_tiny", dict(video=dict(name="clip_st_tiny"), text=TINY_TEXT,
-                                     fusion=dict(name="cross_attention", depth=2), embed_dim=128), kw)
+                                     fusion=tiny_fusion("cross_attention"), embed_dim=128), kw)
 
 
 @MODELS.register(VideoLanguageModel)
