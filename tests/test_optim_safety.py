@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from vl.lit.optim import OptimConfig, build_optimizer, param_groups, warmup_cosine
-from vl.lit.safety import NonFiniteGuard, NonFiniteLossError
+from vl.lit.safety import NonFiniteGuard, NonFiniteLossError, nonfinite_indices
 
 
 class Toy(nn.Module):
@@ -50,6 +50,17 @@ def test_build_optimizer_steps():
     assert opt["optimizer"].param_groups[0]["lr"] == pytest.approx(0.25)  # warmup step 0 -> lr/2
     opt["optimizer"].step(); sched.step()
     assert max(g["lr"] for g in opt["optimizer"].param_groups) == pytest.approx(0.5)
+
+
+def test_nonfinite_indices_names_each_bad_tensor_of_any_dtype():
+    """The fused-norm shortcut misses nothing: NaN and infinity are found in any dtype; finite tensors whose
+    norms overflow (3e38 twice) are looked at one by one and pass; empty and integer tensors are fine."""
+    finite = [torch.ones(3), torch.ones(2, dtype=torch.bfloat16), torch.full((2,), 3e38), torch.zeros(0),
+              torch.arange(3)]
+    assert nonfinite_indices(finite) == []
+    bad = [torch.tensor([1.0, math.nan]), torch.tensor([1.0, math.inf], dtype=torch.float16),
+           torch.tensor([-math.inf], dtype=torch.bfloat16)]
+    assert nonfinite_indices(finite[:2] + bad + finite[2:]) == [2, 3, 4]
 
 
 def test_guard_skips_then_stops():
