@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from vl.lit.optim import OptimConfig, build_optimizer, param_groups, warmup_cosine
+from vl.lit.optim import (FROM_SCRATCH_ADAM, PRETRAINED_START_ADAM, OptimConfig, build_optimizer, param_groups,
+                          warmup_cosine)
 from vl.lit.safety import NonFiniteGuard, NonFiniteLossError, nonfinite_indices
 
 
@@ -50,6 +51,25 @@ def test_build_optimizer_steps():
     assert opt["optimizer"].param_groups[0]["lr"] == pytest.approx(0.25)  # warmup step 0 -> lr/2
     opt["optimizer"].step(); sched.step()
     assert max(g["lr"] for g in opt["optimizer"].param_groups) == pytest.approx(0.5)
+
+
+def test_adam_betas_and_eps_default_by_kind_of_run():
+    """Unset betas / eps take the module's defaults: PyTorch's for pretraining (mostly from scratch), BERT/CLIP's
+    for the fine-tuning tasks; a config's own values win; a wrong length is refused when the config is read."""
+    from vl.lit import PretrainModule
+    from vl.tasks import CaptioningModule, MultipleChoiceModule, QAModule, RetrievalModule
+
+    model = nn.Linear(2, 2)
+    for defaults, want in ((None, ((0.9, 0.98), 1e-6)), (FROM_SCRATCH_ADAM, ((0.9, 0.999), 1e-8))):
+        opt = build_optimizer(model, OptimConfig(), total_steps=10, adam_defaults=defaults)["optimizer"]
+        assert (opt.defaults["betas"], opt.defaults["eps"]) == want
+    opt = build_optimizer(model, OptimConfig(betas=(0.8, 0.9), eps=1e-7), 10, adam_defaults=FROM_SCRATCH_ADAM)
+    assert (opt["optimizer"].defaults["betas"], opt["optimizer"].defaults["eps"]) == ((0.8, 0.9), 1e-7)
+    assert PretrainModule.adam_defaults == FROM_SCRATCH_ADAM
+    for task in (RetrievalModule, CaptioningModule, QAModule, MultipleChoiceModule):
+        assert task.adam_defaults == PRETRAINED_START_ADAM
+    with pytest.raises(ValueError, match="optim.betas must be two numbers"):
+        OptimConfig(betas=(0.9,))
 
 
 def test_nonfinite_indices_names_each_bad_tensor_of_any_dtype():

@@ -8,15 +8,16 @@ right", "... upwards", with paraphrases). A clip and its reversal in time carry 
 model that cannot order its frames scores at most 50% on the four directions (it can still tell
 horizontal from vertical), and ``none``, which sees the frames as an unordered set, is such a model.
 
-Pretraining: ``vl_tiny`` with ``vit_st`` on 16x16-pixel patches of single frames (a 2x2 grid per frame;
-tubelet 1, so no token spans two frames) and sin-cos-initialised position tables, multi-positive VTC (with four directions a
-batch of 32 holds each caption ~8 times: open_clip's loss would push clips with the same caption apart),
-a from-scratch text encoder pooled by the mean of its tokens (the CLS token of a randomly initialised
-BERT is nearly the same for every caption, so neither tower could start learning), and AdamW with
-PyTorch's betas and eps (0.999, 1e-8): at the start every clip's embedding is alike, the gradients are
-tiny, and with BERT/CLIP's (0.98, 1e-6) training still sat at the collapsed start (loss log 32) after
-400 steps, where PyTorch's had left it at step ~250. No random crops: with them direction emerged later (63.5% after 600
-steps, with 8x8 patches). Everything but ``temporal`` is the same in both runs.
+Pretraining: ``vl_tiny`` as it comes, vl's from-scratch recipe (README, "Learning time"), on 16x16-pixel
+patches: ``vit_st`` on single frames (a 2x2 grid per frame; tubelet 1, so no token spans two frames) with
+sin-cos-initialised position tables, multi-positive VTC (with four directions a batch of 32 holds each caption
+~8 times: open_clip's loss would push clips with the same caption apart), a from-scratch text encoder pooled
+by the mean of its tokens (the CLS token of a randomly initialised BERT is nearly the same for every caption,
+so neither tower could start learning), and AdamW with PyTorch's betas and eps (0.999, 1e-8): at the start
+every clip's embedding is alike, the gradients are tiny, and with BERT/CLIP's (0.98, 1e-6) training still sat
+at the collapsed start (loss log 32) after 400 steps, where PyTorch's had left it at step ~250. No random
+crops: with them direction emerged later (63.5% after 600 steps, with 8x8 patches). Everything but
+``temporal`` is the same in both runs.
 
 Metric: video-to-text R@1 over the four direction captions on held-out clips (chance 25%).
 Figures are printed; run with ``-s`` to see them (also in BENCHMARKS.md).
@@ -39,7 +40,7 @@ from vl.lit.pretrain import Objectives
 pytestmark = pytest.mark.slow
 
 FRAMES, SIZE, STEPS, BATCH = 8, 32, 600, 32
-VIDEO = dict(num_frames=FRAMES, img_size=SIZE, patch_size=16, tubelet_size=1, pos_init="sincos")
+VIDEO = dict(num_frames=FRAMES, img_size=SIZE, patch_size=16)  # vit_st_tiny: 1-frame tubelets, sin-cos tables
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +55,9 @@ def pretrain_and_score(shards: dict, temporal: str) -> dict[str, float]:
     """Pretrain for STEPS steps; video-to-text R@1 over the four direction captions on the held-out clips."""
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     pl.seed_everything(0, workers=True)
-    module = PretrainModule(model="vl_tiny", video=dict(VIDEO, temporal=temporal), text=dict(pooling="mean"),
-                            objectives=Objectives(vtc=1.0, vtc_multi_positive=True),
-                            optim=OptimConfig(lr=1e-3, warmup_steps=20, betas=(0.9, 0.999), eps=1e-8))
+    # vl's from-scratch defaults: mean-pooled bert_tiny, multi-positive VTC, PyTorch's AdamW betas / eps
+    module = PretrainModule(model="vl_tiny", video=dict(VIDEO, temporal=temporal), objectives=Objectives(vtc=1.0),
+                            optim=OptimConfig(lr=1e-3, warmup_steps=20))
     data = VideoTextDataModule(
         train_shards=shards["train"], val_shards=shards["val"], max_text_len=16, num_frames=FRAMES, frame_size=SIZE,
         train_sampling="uniform", crop_scale=(1.0, 1.0), hflip=0.0, batch_size=BATCH, eval_batch_size=50,

@@ -37,7 +37,7 @@ from datapipes.batch import Batch
 from vl.evaluation.retrieval import NonFiniteError, nonfinite_message
 from vl.lit.checkpoint import load_checkpoint, preprocess_from_datamodule, recorded_model_config
 from vl.lit.evaluation import gather_objects, write_eval_outputs
-from vl.lit.optim import OptimConfig, build_optimizer
+from vl.lit.optim import PRETRAINED_START_ADAM, OptimConfig, build_optimizer
 from vl.lit.safety import NonFiniteGuard, retarget_learning_rates
 from vl.models import VideoLanguageModel, create_model
 
@@ -173,6 +173,10 @@ class VLModule(pl.LightningModule, abc.ABC):
             restores a checkpoint's hyper-parameters over its command line, and these must come from it.
     """
 
+    # AdamW (betas, eps) where ``optim`` leaves them unset: BERT/CLIP's, for tasks fine-tuned from a
+    # pretrained checkpoint (pretraining overrides it: ``OptimConfig.betas``)
+    adam_defaults = PRETRAINED_START_ADAM
+
     def __init__(self, backbone: BackboneConfig, *, heads: Optional[tuple[str, ...]], frozen: tuple[str, ...] = (),
                  optim: OptimConfig | Mapping[str, Any] = OptimConfig(), max_consecutive_nonfinite: int = 5,
                  options: Mapping[str, Any] = {}, evaluation: Mapping[str, Any] = {}) -> None:
@@ -281,6 +285,7 @@ class VLModule(pl.LightningModule, abc.ABC):
             self, self.optim, total_steps=int(self.trainer.estimated_stepping_batches),
             no_weight_decay=self.no_weight_decay(),
             pretrained={f"model.{n}" for n in self.model.pretrained_parameter_names()},
+            adam_defaults=self.adam_defaults,
         )
 
     # ---- evaluation -------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -16,11 +17,14 @@ class OptimConfig:
     lr: float = 1e-4  # peak learning rate of parts trained from scratch
     pretrained_lr_scale: float = 0.1  # pretrained parts (e.g. a loaded text encoder) get lr * this
     weight_decay: float = 0.05  # not applied to norms, biases, embeddings, logit scale
-    # PyTorch's AdamW defaults. From scratch every embedding starts alike and the first gradients are tiny:
-    # BERT/CLIP's (0.9, 0.98) and 1e-6 damp those steps until nothing moves (README, "Learning time"). The
-    # configs that start from BERT/CLIP/VideoMAE weights set their recipes' (0.9, 0.98) / 1e-6 themselves.
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    # AdamW's betas and eps; None (unset): the training module's ``adam_defaults``. Pretraining takes
+    # PyTorch's (0.9, 0.999) / 1e-8 (``FROM_SCRATCH_ADAM``): from scratch every embedding starts alike and the
+    # first gradients are tiny, and BERT/CLIP's 0.98 / 1e-6 damp those steps until nothing moves (README,
+    # "Learning time"); the pretraining configs that start from BERT/CLIP/VideoMAE weights set 0.98 / 1e-6.
+    # The fine-tuning tasks and the VQ tokenizer take BERT/CLIP's (``PRETRAINED_START_ADAM``), which their
+    # quality fixtures were measured with (PyTorch's scored lower there: BENCHMARKS.md, "Fine-tuning quality").
+    betas: Optional[tuple[float, float]] = None
+    eps: Optional[float] = None
     warmup_steps: int = 100  # linear warmup from 0 to lr
     min_lr_ratio: float = 0.01  # cosine decays to lr * this at the last step
     fused: bool = False  # torch's fused AdamW kernel (CUDA and CPU)
@@ -29,14 +33,27 @@ class OptimConfig:
         """Reject impossible settings when the config is read, naming the key as a config writes it."""
         checks = {
             "lr": self.lr > 0, "pretrained_lr_scale": self.pretrained_lr_scale >= 0,
-            "weight_decay": self.weight_decay >= 0, "eps": self.eps > 0, "warmup_steps": self.warmup_steps >= 0,
-            "min_lr_ratio": 0 <= self.min_lr_ratio <= 1, "betas": all(0 <= b < 1 for b in self.betas),
+            "weight_decay": self.weight_decay >= 0, "eps": self.eps is None or self.eps > 0,
+            "warmup_steps": self.warmup_steps >= 0, "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
+            "betas": self.betas is None or (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)),
         }
-        bounds = {"lr": "> 0", "eps": "> 0", "min_lr_ratio": "in [0, 1]", "betas": "each in [0, 1)"}
+        bounds = {"lr": "> 0", "eps": "> 0", "min_lr_ratio": "in [0, 1]", "betas": "two numbers, each in [0, 1)"}
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"model.init_args.optim.{name} must be {bounds.get(name, '>= 0')}, "
                                  f"got {getattr(self, name)!r}")
+
+
+# AdamW (betas, eps) of a run that starts from scratch (PyTorch's) and from pretrained weights (BERT's and
+# CLIP's); see ``OptimConfig.betas``
+FROM_SCRATCH_ADAM: tuple[tuple[float, float], float] = ((0.9, 0.999), 1e-8)
+PRETRAINED_START_ADAM: tuple[tuple[float, float], float] = ((0.9, 0.98), 1e-6)
+
+
+def adam_settings(cfg: OptimConfig, defaults: tuple[tuple[float, float], float]) -> tuple[tuple[float, float], float]:
+    """The (betas, eps) AdamW gets: the config's, each unset one from ``defaults``."""
+    betas = defaults[0] if cfg.betas is None else (float(cfg.betas[0]), float(cfg.betas[1]))
+    return betas, defaults[1] if cfg.eps is None else float(cfg.eps)
 
 
 def _no_decay(name: str, param: nn.Parameter, explicit: set[str]) -> bool:
@@ -99,11 +116,14 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
 
 
 def build_optimizer(
-    model: nn.Module, cfg: OptimConfig, total_steps: int, no_weight_decay=frozenset(), pretrained=frozenset()
+    model: nn.Module, cfg: OptimConfig, total_steps: int, no_weight_decay=frozenset(), pretrained=frozenset(),
+    adam_defaults: tuple[tuple[float, float], float] = None,
 ) -> dict:
-    """The `configure_optimizers` return value: AdamW + per-step LambdaLR."""
+    """The `configure_optimizers` return value: AdamW + per-step LambdaLR. ``adam_defaults``: the (betas, eps)
+    of an ``OptimConfig`` that leaves them unset (default ``PRETRAINED_START_ADAM``)."""
     groups = param_groups(model, cfg, set(no_weight_decay), set(pretrained))
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=cfg.fused or None)
+    betas, eps = adam_settings(cfg, adam_defaults or PRETRAINED_START_ADAM)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=eps, fused=cfg.fused or None)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, warmup_cosine(cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
     )

@@ -12,7 +12,7 @@ from datapipes.batch import Batch
 from vl.evaluation.frame_order import caption_temporal_flags, frame_order_embeddings, reorder_frames, reversed_order
 from vl.lit.evaluation import RetrievalAccumulator, retrieval_summary
 from vl.lit.module import BackboneConfig, VLModule, from_plain
-from vl.lit.optim import OptimConfig
+from vl.lit.optim import FROM_SCRATCH_ADAM, OptimConfig
 from vl.models.hub import load_tokenizer
 from vl.models.sparse import TokenSparsity
 from vl.objectives import MLMLoss, VTCLoss, VTMLoss, caption_keys, time_reversal_loss, vtm_positives
@@ -86,6 +86,8 @@ class PretrainModule(VLModule):
         max_consecutive_nonfinite: stop after this many steps in a row with a NaN/inf loss.
         reversal_eval: also score every caption against its clip reversed and shuffled in time.
     """
+
+    adam_defaults = FROM_SCRATCH_ADAM  # PyTorch's AdamW betas / eps unless optim sets them (OptimConfig.betas)
 
     def __init__(
         self,
