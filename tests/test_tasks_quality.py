@@ -11,13 +11,14 @@ and other events of the same objects (TGIF-Transition-like) and "which caption" 
 same event with other objects (MSRVTT-MC-like).
 
 Retrieval is fine-tuned from scratch (``vl_tiny``, VTC + VTM); its checkpoint is the starting point of
-captioning, QA and multiple choice, as users start them from a pretrained video-text checkpoint. The
-model is ``vl_tiny`` as it comes, which is the from-scratch recipe that learns time (README, "Learning
-time": single-frame tokens with sin-cos position tables, a mean-pooled text encoder, the fusion's heads
-reading the mean of its text tokens, AdamW with PyTorch's betas and eps), on 16x16 patches (a 2x2 grid
-per frame, as in ``tests/test_temporal.py``). VTM draws half its negatives
-by VTC similarity and half uniformly (``objectives.vtm_hard_fraction: 0.5``): the dual encoder's hardest negatives
-here are the same objects doing the reverse, which a fusion trained from scratch cannot yet tell apart.
+captioning, QA and multiple choice, as users start them from a pretrained video-text checkpoint. The model is
+``vl_tiny`` as it comes, the tiny presets' from-scratch recipe (README, "Learning time": single-frame tokens
+with sin-cos position tables, a mean-pooled text encoder, the fusion's heads reading the mean of its text
+tokens), on 16x16 patches (a 2x2 grid per frame, as in ``tests/test_temporal.py``), and the tasks' AdamW takes
+BERT/CLIP's betas and eps (0.98, 1e-6: PyTorch's scored lower here, BENCHMARKS.md). VTM draws half its
+negatives by VTC similarity and half uniformly (``objectives.vtm_hard_fraction: 0.5``): the dual encoder's
+hardest negatives here are the same objects doing the reverse, which a fusion trained from scratch cannot yet
+tell apart.
 
 Asserted, each with the margin over seeds that BENCHMARKS.md records: retrieval t2v R@1 >= 5x chance;
 VTM re-ranking costs at most a bounded number of R@1 hits and of queries moved down (effect sizes, not a

@@ -117,7 +117,7 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
 
 def build_optimizer(
     model: nn.Module, cfg: OptimConfig, total_steps: int, no_weight_decay=frozenset(), pretrained=frozenset(),
-    adam_defaults: tuple[tuple[float, float], float] = None,
+    adam_defaults: Optional[tuple[tuple[float, float], float]] = None,
 ) -> dict:
     """The `configure_optimizers` return value: AdamW + per-step LambdaLR. ``adam_defaults``: the (betas, eps)
     of an ``OptimConfig`` that leaves them unset (default ``PRETRAINED_START_ADAM``)."""
